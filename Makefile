@@ -1,0 +1,77 @@
+# ferroserve: `make run` installs what is needed, builds and starts the server; `make test` runs every check.
+#
+# Native libraries come from pinned PyPI wheels installed into a venv outside the clone (reused across clones,
+# keyed by version), and third_party/ links to them. .cargo/config.toml points ORT_DYLIB_PATH there.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+
+ORT_VERSION   := 1.31.1
+TORCH_VERSION := 2.13.0
+ONNX_VERSION  := 1.23.2
+ONNXSCRIPT_VERSION := 0.7.2
+PYTHON  ?= python3
+CACHE   ?= $(HOME)/.cache/ferroserve
+RUNTIME_VENV := $(CACHE)/venv-ort-$(ORT_VERSION)
+MODEL_VENV   := $(CACHE)/venv-model-torch-$(TORCH_VERSION)-onnx-$(ONNX_VERSION)
+ORT_LIB := third_party/onnxruntime/capi/libonnxruntime.so.$(ORT_VERSION)
+CONFIG  ?= config/config.properties
+BIN     := target/release/ferroserve
+
+.PHONY: deps run build test fmt lint bench bench-backend bench-e2e model clean
+
+## deps: install onnxruntime==$(ORT_VERSION) (once) and link third_party/onnxruntime to it
+deps: $(ORT_LIB)
+
+$(RUNTIME_VENV)/.stamp:
+	$(PYTHON) -m venv $(RUNTIME_VENV)
+	$(RUNTIME_VENV)/bin/python -m pip install --quiet onnxruntime==$(ORT_VERSION)
+	touch $@
+
+$(ORT_LIB): $(RUNTIME_VENV)/.stamp
+	mkdir -p third_party
+	ln -sfn "$$($(RUNTIME_VENV)/bin/python -c 'import onnxruntime, os; print(os.path.dirname(onnxruntime.__file__))')" third_party/onnxruntime
+	test -f $(ORT_LIB)
+	touch -h third_party/onnxruntime
+
+## build: the release binaries
+build: deps
+	cargo build --release --bin ferroserve
+
+## run: start the server with $(CONFIG) (the bundled model signnet on 127.0.0.1:8080)
+run: build
+	$(BIN) --ts-config $(CONFIG)
+
+## test: formatting, clippy with -D warnings, and every test
+test: deps fmt lint
+	cargo test --workspace --all-targets
+	cargo test --workspace --doc
+
+fmt:
+	cargo fmt --all --check
+
+lint: deps
+	cargo clippy --workspace --all-targets -- -D warnings
+
+## bench: the in-process backend benchmark and the end-to-end HTTP benchmark
+bench: bench-backend bench-e2e
+
+bench-backend: deps
+	cargo bench -p ferroserve-benches --bench backend
+
+bench-e2e: build
+	bash benches/e2e.sh
+
+## model: remake models/signnet from its script (installs torch, onnx and onnxruntime in a tools venv)
+$(MODEL_VENV)/.stamp:
+	$(PYTHON) -m venv $(MODEL_VENV)
+	$(MODEL_VENV)/bin/python -m pip install --quiet torch==$(TORCH_VERSION) onnx==$(ONNX_VERSION) \
+		onnxscript==$(ONNXSCRIPT_VERSION) onnxruntime==$(ORT_VERSION) numpy
+	touch $@
+
+model: $(MODEL_VENV)/.stamp
+	$(MODEL_VENV)/bin/python models/signnet/make_signnet.py
+
+clean:
+	cargo clean
+	rm -rf third_party

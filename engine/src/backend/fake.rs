@@ -1,0 +1,195 @@
+//! The fake backend, always compiled: scripted latency and failures, an echo mode to prove there is no
+//! cross-talk between requests, a gate that holds batches until a test releases them, and a log of batch sizes.
+
+use std::{
+    collections::VecDeque,
+    sync::{Arc, Condvar, Mutex, PoisonError},
+    time::Duration,
+};
+
+use super::{Backend, BackendError, BackendFactory, Device, ModelSpec};
+
+/// What the fake computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FakeMode {
+    /// Output row `i` is the first `output_len` values of input row `i`.
+    Echo,
+    /// Output row `i` is the batch size followed by zeros (shows how requests were grouped).
+    BatchSize,
+}
+
+/// Steps the fake takes per batch, in order, shared by all its workers. When the script runs out, batches
+/// succeed with no delay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FakeStep {
+    /// Succeed after sleeping this long (real time; used only by benchmarks and overload tests).
+    Sleep(Duration),
+    /// Fail with this message.
+    Fail(String),
+    /// Panic with this message (the worker must survive it).
+    Panic(String),
+}
+
+/// A shared script of [`FakeStep`]s.
+#[derive(Debug, Clone, Default)]
+pub struct FakeScript(Arc<Mutex<VecDeque<FakeStep>>>);
+
+impl FakeScript {
+    /// Appends a step.
+    pub fn push(&self, step: FakeStep) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push_back(step);
+    }
+
+    fn pop(&self) -> Option<FakeStep> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop_front()
+    }
+}
+
+/// A gate that batches wait at while it is closed; it counts the batches that reached it, so a test can wait
+/// until a worker is busy before it fills the queue.
+#[derive(Debug, Clone, Default)]
+pub struct Gate(Arc<(Mutex<GateState>, Condvar)>);
+
+#[derive(Debug, Default)]
+struct GateState {
+    closed: bool,
+    arrived: usize,
+}
+
+impl Gate {
+    /// A gate that holds every batch until [`Gate::open`].
+    #[must_use]
+    pub fn closed() -> Self {
+        let gate = Self::default();
+        gate.state().closed = true;
+        gate
+    }
+
+    /// Lets every held and future batch through.
+    pub fn open(&self) {
+        self.state().closed = false;
+        self.0 .1.notify_all();
+    }
+
+    /// Blocks until at least `n` batches have reached the gate.
+    pub fn wait_arrived(&self, n: usize) {
+        let mut state = self.state();
+        while state.arrived < n {
+            state = self
+                .0
+                 .1
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    fn pass(&self) {
+        let mut state = self.state();
+        state.arrived += 1;
+        self.0 .1.notify_all();
+        while state.closed {
+            state = self
+                .0
+                 .1
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, GateState> {
+        self.0 .0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The fake model: a factory whose backends follow a shared script.
+#[derive(Debug, Clone)]
+pub struct FakeBackend {
+    spec: ModelSpec,
+    mode: FakeMode,
+    /// The per-batch script.
+    pub script: FakeScript,
+    /// Held batches wait here.
+    pub gate: Gate,
+    /// Sizes of the batches run, in order.
+    pub batches: Arc<Mutex<Vec<usize>>>,
+}
+
+impl FakeBackend {
+    /// A fake with this spec and mode, an empty script and an open gate.
+    #[must_use]
+    pub fn new(spec: ModelSpec, mode: FakeMode) -> Self {
+        Self {
+            spec,
+            mode,
+            script: FakeScript::default(),
+            gate: Gate::default(),
+            batches: Arc::default(),
+        }
+    }
+
+    /// The sizes of the batches run so far.
+    #[must_use]
+    pub fn batch_sizes(&self) -> Vec<usize> {
+        self.batches
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn compute(&self, batch: usize, input: &[f32]) -> Vec<f32> {
+        let (in_len, out_len) = (self.spec.input_len(), self.spec.output_len());
+        let mut out = vec![0.0; batch * out_len];
+        for (row, chunk) in out.chunks_mut(out_len.max(1)).enumerate() {
+            match self.mode {
+                FakeMode::Echo => {
+                    let src = &input[row * in_len..][..in_len.min(out_len)];
+                    chunk[..src.len()].copy_from_slice(src);
+                }
+                #[allow(clippy::cast_precision_loss)]
+                FakeMode::BatchSize => chunk[0] = batch as f32,
+            }
+        }
+        out
+    }
+}
+
+impl Backend for FakeBackend {
+    fn infer(&mut self, batch: usize, input: &[f32]) -> Result<Vec<f32>, BackendError> {
+        self.gate.pass();
+        self.batches
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(batch);
+        match self.script.pop() {
+            Some(FakeStep::Sleep(d)) => std::thread::sleep(d),
+            Some(FakeStep::Fail(msg)) => return Err(BackendError::inference(msg)),
+            Some(FakeStep::Panic(msg)) => panic!("{msg}"),
+            None => {}
+        }
+        Ok(self.compute(batch, input))
+    }
+}
+
+impl BackendFactory for FakeBackend {
+    fn spec(&self) -> &ModelSpec {
+        &self.spec
+    }
+
+    fn device(&self) -> Device {
+        Device::Cpu
+    }
+
+    fn runtime(&self) -> &'static str {
+        "fake"
+    }
+
+    fn create(&self, _worker: usize) -> Result<Box<dyn Backend>, BackendError> {
+        Ok(Box::new(self.clone()))
+    }
+}

@@ -1,0 +1,139 @@
+//! The synchronous backend trait that runs one batch on one device, and the backends behind it.
+//!
+//! A [`BackendFactory`] is loaded once per model; it makes one [`Backend`] per worker thread (an ONNX Runtime
+//! session cannot run concurrently with itself, so each worker owns one). `infer` is a blocking call made on the
+//! worker's own thread, never on the async runtime.
+
+mod fake;
+#[cfg(feature = "onnx")]
+mod onnx;
+
+use std::{fmt, sync::Arc};
+
+pub use fake::{FakeBackend, FakeMode, FakeScript, FakeStep, Gate};
+#[cfg(feature = "onnx")]
+pub use onnx::{OnnxFactory, OnnxOptions};
+
+/// The device a backend runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Device {
+    /// The host CPU.
+    Cpu,
+    /// An NVIDIA GPU, by index.
+    Cuda(usize),
+    /// An Apple-silicon GPU.
+    Mps,
+}
+
+impl Device {
+    /// The short name used in responses and metric labels: `cpu`, `cuda`, `mps`.
+    #[must_use]
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Device::Cpu => "cpu",
+            Device::Cuda(_) => "cuda",
+            Device::Mps => "mps",
+        }
+    }
+}
+
+impl fmt::Display for Device {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Device::Cuda(i) => write!(f, "cuda:{i}"),
+            other => f.write_str(other.kind()),
+        }
+    }
+}
+
+/// The shapes of a model's single input and single output, per sample (without the batch dimension).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelSpec {
+    /// Name of the input tensor (e.g. `landmarks`).
+    pub input_name: String,
+    /// Per-sample input shape (e.g. `[30, 21, 3]`).
+    pub input_shape: Vec<usize>,
+    /// Name of the output tensor (e.g. `probabilities`).
+    pub output_name: String,
+    /// Per-sample output shape (e.g. `[10]`).
+    pub output_shape: Vec<usize>,
+}
+
+impl ModelSpec {
+    /// Number of f32 values in one sample's input.
+    #[must_use]
+    pub fn input_len(&self) -> usize {
+        self.input_shape.iter().product()
+    }
+
+    /// Number of f32 values in one sample's output.
+    #[must_use]
+    pub fn output_len(&self) -> usize {
+        self.output_shape.iter().product()
+    }
+}
+
+/// A backend failure. Cloneable, so that one failure can answer every request of its batch.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BackendError {
+    /// The model could not be loaded.
+    #[error("cannot load model: {0}")]
+    Load(Arc<str>),
+    /// The model failed while running a batch.
+    #[error("inference failed: {0}")]
+    Inference(Arc<str>),
+}
+
+impl BackendError {
+    /// A load error with this message.
+    pub fn load(msg: impl fmt::Display) -> Self {
+        Self::Load(msg.to_string().into())
+    }
+
+    /// An inference error with this message.
+    pub fn inference(msg: impl fmt::Display) -> Self {
+        Self::Inference(msg.to_string().into())
+    }
+}
+
+/// One worker's handle on a loaded model.
+pub trait Backend: Send {
+    /// Runs `batch` samples stacked row-major in `input` (`batch * spec.input_len()` values) and returns
+    /// `batch * spec.output_len()` values, row `i` being the answer to input row `i`.
+    ///
+    /// # Errors
+    /// [`BackendError::Inference`] when the runtime fails; the worker answers the whole batch with it.
+    fn infer(&mut self, batch: usize, input: &[f32]) -> Result<Vec<f32>, BackendError>;
+}
+
+/// A loaded model that makes backends for worker threads.
+pub trait BackendFactory: Send + Sync {
+    /// The model's input and output shapes.
+    fn spec(&self) -> &ModelSpec;
+    /// The device its backends run on.
+    fn device(&self) -> Device;
+    /// The runtime's name (`onnx`, `fake`), as TorchServe's describe API reports it.
+    fn runtime(&self) -> &'static str;
+    /// Makes the backend of worker `worker`.
+    ///
+    /// # Errors
+    /// [`BackendError::Load`] when the runtime cannot open the model.
+    fn create(&self, worker: usize) -> Result<Box<dyn Backend>, BackendError>;
+}
+
+/// Checks what a backend returned against what the batch needs, so that a wrong-sized output never reaches a
+/// client as somebody else's row.
+///
+/// # Errors
+/// [`BackendError::Inference`] when the length is not `batch * spec.output_len()`.
+pub fn check_output(spec: &ModelSpec, batch: usize, output: &[f32]) -> Result<(), BackendError> {
+    let want = batch * spec.output_len();
+    if output.len() == want {
+        Ok(())
+    } else {
+        Err(BackendError::inference(format!(
+            "the model returned {} values for a batch of {batch}, expected {want}",
+            output.len()
+        )))
+    }
+}

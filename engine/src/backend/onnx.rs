@@ -1,0 +1,163 @@
+//! The ONNX Runtime backend on the CPU (ort, loading `libonnxruntime` at run time).
+//!
+//! One session per worker: ort's `Session::run` takes `&mut self`. Each session gets `intra_threads` threads, so
+//! that `workers x intra_threads` can be sized to the cores instead of every session spawning one thread per core.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::OnceLock,
+};
+
+use ort::{
+    environment::Environment,
+    session::{
+        builder::{GraphOptimizationLevel, SessionBuilder},
+        Session,
+    },
+    value::{TensorRef, ValueType},
+};
+
+use super::{check_output, Backend, BackendError, BackendFactory, Device, ModelSpec};
+
+/// Where the ONNX Runtime library is and how sessions use threads.
+#[derive(Debug, Clone)]
+pub struct OnnxOptions {
+    /// Path of `libonnxruntime.so` (from `ORT_DYLIB_PATH` or the build's default).
+    pub dylib: PathBuf,
+    /// Intra-op threads per session (per worker).
+    pub intra_threads: usize,
+}
+
+/// A loaded ONNX model: its file, spec and the options its sessions are built with.
+pub struct OnnxFactory {
+    path: PathBuf,
+    options: OnnxOptions,
+    spec: ModelSpec,
+}
+
+/// The process-wide ONNX Runtime environment; the library can be loaded once per process.
+fn environment(dylib: &Path) -> Result<Environment, BackendError> {
+    static ENV: OnceLock<Result<Environment, String>> = OnceLock::new();
+    ENV.get_or_init(|| {
+        let builder = ort::init_from(dylib)
+            .map_err(|e| format!("cannot load ONNX Runtime from {}: {e}", dylib.display()))?;
+        builder
+            .with_name("ferroserve")
+            .build()
+            .map_err(|e| e.to_string())
+    })
+    .clone()
+    .map_err(BackendError::load)
+}
+
+impl OnnxFactory {
+    /// Opens `path` once to read its input and output shapes; workers open their own sessions later.
+    ///
+    /// # Errors
+    /// [`BackendError::Load`] when the library or the model cannot be loaded, or when the model does not have
+    /// exactly one float input and output whose dimensions, but the first (batch), are fixed.
+    pub fn load(path: &Path, options: OnnxOptions) -> Result<Self, BackendError> {
+        let session = open(path, &options)?;
+        let spec = spec_of(&session)
+            .map_err(|e| BackendError::load(format!("{}: {e}", path.display())))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            options,
+            spec,
+        })
+    }
+}
+
+fn open(path: &Path, options: &OnnxOptions) -> Result<Session, BackendError> {
+    let env = environment(&options.dylib)?;
+    let fail = |e: ort::Error| BackendError::load(format!("{}: {e}", path.display()));
+    let configure = |b: SessionBuilder| -> ort::Result<SessionBuilder> {
+        Ok(b.with_optimization_level(GraphOptimizationLevel::Level3)?
+            .with_intra_threads(options.intra_threads.max(1))?
+            .with_inter_threads(1)?)
+    };
+    configure(Session::builder(&env).map_err(fail)?)
+        .map_err(fail)?
+        .commit_from_file(path)
+        .map_err(fail)
+}
+
+/// Reads the per-sample shapes: one f32 input and one f32 output, batch first, every other dimension fixed.
+fn spec_of(session: &Session) -> Result<ModelSpec, String> {
+    let (input, output) = match (session.inputs(), session.outputs()) {
+        ([input], [output, ..]) => (input, output),
+        (inputs, _) => {
+            return Err(format!(
+                "expected one input, the model has {}",
+                inputs.len()
+            ))
+        }
+    };
+    let shape = |dtype: &ValueType, what: &str| -> Result<Vec<usize>, String> {
+        let ValueType::Tensor { shape, .. } = dtype else {
+            return Err(format!("its {what} is not a tensor"));
+        };
+        let dims: &[i64] = shape;
+        let rest = dims
+            .get(1..)
+            .ok_or_else(|| format!("its {what} has no batch dimension"))?;
+        rest.iter()
+            .map(|&d| {
+                usize::try_from(d)
+                    .map_err(|_| format!("its {what} shape {dims:?} has a dynamic dimension"))
+            })
+            .collect()
+    };
+    Ok(ModelSpec {
+        input_name: input.name().to_string(),
+        input_shape: shape(input.dtype(), "input")?,
+        output_name: output.name().to_string(),
+        output_shape: shape(output.dtype(), "output")?,
+    })
+}
+
+impl BackendFactory for OnnxFactory {
+    fn spec(&self) -> &ModelSpec {
+        &self.spec
+    }
+
+    fn device(&self) -> Device {
+        Device::Cpu
+    }
+
+    fn runtime(&self) -> &'static str {
+        "onnx"
+    }
+
+    fn create(&self, _worker: usize) -> Result<Box<dyn Backend>, BackendError> {
+        let session = open(&self.path, &self.options)?;
+        Ok(Box::new(OnnxBackend {
+            session,
+            spec: self.spec.clone(),
+        }))
+    }
+}
+
+struct OnnxBackend {
+    session: Session,
+    spec: ModelSpec,
+}
+
+impl Backend for OnnxBackend {
+    fn infer(&mut self, batch: usize, input: &[f32]) -> Result<Vec<f32>, BackendError> {
+        let mut shape = Vec::with_capacity(self.spec.input_shape.len() + 1);
+        shape.push(batch);
+        shape.extend_from_slice(&self.spec.input_shape);
+        // A view over the stacked batch: no copy between the worker's buffer and the runtime.
+        let tensor = TensorRef::from_array_view((shape, input)).map_err(BackendError::inference)?;
+        let outputs = self
+            .session
+            .run(ort::inputs![tensor])
+            .map_err(BackendError::inference)?;
+        let (_, data) = outputs[0]
+            .try_extract_tensor::<f32>()
+            .map_err(BackendError::inference)?;
+        check_output(&self.spec, batch, data)?;
+        Ok(data.to_vec())
+    }
+}

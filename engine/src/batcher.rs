@@ -1,0 +1,380 @@
+//! The dynamic batching policy, free of threads and clocks so that it can be tested on virtual time.
+//!
+//! A batch holds at most `max_batch_size` requests. It is dispatched as soon as it is full, or once `max_delay`
+//! has passed since the arrival of the OLDEST request in it (not since a worker started polling, which is what
+//! TorchServe does), measured on a monotonic clock at microsecond resolution. Requests whose caller has gone, or
+//! whose deadline has passed, are skipped before they take a place in the batch.
+
+use std::time::{Duration, Instant};
+
+/// How batches are formed for one model (TorchServe's `batchSize` and `maxBatchDelay`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchPolicy {
+    /// The most requests in one batch (at least 1).
+    pub max_batch_size: usize,
+    /// The longest the oldest request of a batch waits for others to join it.
+    pub max_delay: Duration,
+}
+
+impl Default for BatchPolicy {
+    /// TorchServe's defaults: batches of 1, 100 ms delay.
+    fn default() -> Self {
+        Self {
+            max_batch_size: 1,
+            max_delay: Duration::from_millis(100),
+        }
+    }
+}
+
+/// What a collector should do next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// Nothing is collected yet: wait for a first request, however long.
+    WaitForFirst,
+    /// Wait for another request until this instant at most.
+    WaitUntil(Instant),
+    /// Send the batch now.
+    Dispatch,
+}
+
+impl BatchPolicy {
+    /// Decides the next step for a batch of `len` requests whose oldest arrived at `oldest`.
+    #[must_use]
+    pub fn next(&self, len: usize, oldest: Option<Instant>, now: Instant) -> Next {
+        let Some(oldest) = oldest.filter(|_| len > 0) else {
+            return Next::WaitForFirst;
+        };
+        if len >= self.max_batch_size.max(1) {
+            return Next::Dispatch;
+        }
+        let due = oldest + self.max_delay;
+        if now >= due {
+            Next::Dispatch
+        } else {
+            Next::WaitUntil(due)
+        }
+    }
+}
+
+/// Why a queued request is not put into a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Skip {
+    /// Its caller dropped the reply channel (client disconnected).
+    CallerGone,
+    /// Its deadline passed while it waited.
+    Expired,
+}
+
+/// A queued item as the collector sees it.
+pub trait Pending {
+    /// When it arrived.
+    fn arrived(&self) -> Instant;
+    /// Whether it should be skipped at `now`, and why.
+    fn skip(&self, now: Instant) -> Option<Skip>;
+}
+
+/// Outcome of a bounded wait on a [`Source`].
+#[derive(Debug)]
+pub enum Recv<T> {
+    /// An item arrived.
+    Item(T),
+    /// The instant passed with nothing new.
+    Timeout,
+    /// The source is closed and empty.
+    Closed,
+}
+
+/// Where a collector takes requests from, and its clock. The real one is a crossbeam channel with
+/// `Instant::now`; tests use a scripted source on virtual time.
+pub trait Source {
+    /// The queued item type.
+    type Item: Pending;
+    /// Waits for the next item, however long; `None` when the source is closed and empty.
+    fn recv(&self) -> Option<Self::Item>;
+    /// Waits for the next item until `until` at most.
+    fn recv_until(&self, until: Instant) -> Recv<Self::Item>;
+    /// The current instant of this source's clock.
+    fn now(&self) -> Instant;
+}
+
+/// Collects one batch from `source` by `policy`. Skipped items are handed to `on_skip` (which answers them);
+/// they never count towards the batch nor start its delay. Returns `None` once the source is closed and empty.
+pub fn collect<S: Source>(
+    policy: &BatchPolicy,
+    source: &S,
+    mut on_skip: impl FnMut(S::Item, Skip),
+) -> Option<Vec<S::Item>> {
+    let mut batch: Vec<S::Item> = Vec::with_capacity(policy.max_batch_size.max(1));
+    loop {
+        let oldest = batch.first().map(Pending::arrived);
+        let item = match policy.next(batch.len(), oldest, source.now()) {
+            Next::Dispatch => return Some(batch),
+            Next::WaitForFirst => source.recv()?,
+            Next::WaitUntil(until) => match source.recv_until(until) {
+                Recv::Item(item) => item,
+                Recv::Timeout => continue,
+                Recv::Closed => return Some(batch),
+            },
+        };
+        match item.skip(source.now()) {
+            Some(why) => on_skip(item, why),
+            None => batch.push(item),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{cell::RefCell, collections::VecDeque};
+
+    use super::*;
+
+    /// A request on virtual time: id, arrival offset in µs, and an optional skip reason.
+    #[derive(Debug, Clone, PartialEq)]
+    struct Item {
+        id: usize,
+        at: Instant,
+        skip: Option<Skip>,
+    }
+
+    impl Pending for Item {
+        fn arrived(&self) -> Instant {
+            self.at
+        }
+        fn skip(&self, _now: Instant) -> Option<Skip> {
+            self.skip
+        }
+    }
+
+    /// A scripted source: arrivals at fixed virtual instants; waiting advances virtual time, never real time.
+    struct Script {
+        start: Instant,
+        now: RefCell<Instant>,
+        arrivals: RefCell<VecDeque<Item>>,
+        closed: bool,
+    }
+
+    impl Script {
+        fn new(arrivals_us: &[(u64, Option<Skip>)], closed: bool) -> Self {
+            let start = Instant::now();
+            let arrivals = arrivals_us
+                .iter()
+                .enumerate()
+                .map(|(id, &(us, skip))| Item {
+                    id,
+                    at: start + Duration::from_micros(us),
+                    skip,
+                })
+                .collect();
+            Self {
+                start,
+                now: RefCell::new(start),
+                arrivals: RefCell::new(arrivals),
+                closed,
+            }
+        }
+        fn elapsed_us(&self) -> u128 {
+            (*self.now.borrow() - self.start).as_micros()
+        }
+        fn take(&self) -> Item {
+            let item = self
+                .arrivals
+                .borrow_mut()
+                .pop_front()
+                .expect("checked non-empty");
+            let mut now = self.now.borrow_mut();
+            *now = (*now).max(item.at);
+            item
+        }
+    }
+
+    impl Source for Script {
+        type Item = Item;
+        fn recv(&self) -> Option<Item> {
+            if self.arrivals.borrow().is_empty() {
+                assert!(self.closed, "test would wait forever");
+                return None;
+            }
+            Some(self.take())
+        }
+        fn recv_until(&self, until: Instant) -> Recv<Item> {
+            let next_at = self.arrivals.borrow().front().map(|i| i.at);
+            match next_at {
+                Some(at) if at <= until => Recv::Item(self.take()),
+                None if self.closed => Recv::Closed,
+                _ => {
+                    *self.now.borrow_mut() = until;
+                    Recv::Timeout
+                }
+            }
+        }
+        fn now(&self) -> Instant {
+            *self.now.borrow()
+        }
+    }
+
+    fn policy(size: usize, delay_us: u64) -> BatchPolicy {
+        BatchPolicy {
+            max_batch_size: size,
+            max_delay: Duration::from_micros(delay_us),
+        }
+    }
+
+    fn ids(batch: &[Item]) -> Vec<usize> {
+        batch.iter().map(|i| i.id).collect()
+    }
+
+    fn no_skip(item: Item, why: Skip) {
+        panic!("unexpected skip of {item:?}: {why:?}");
+    }
+
+    #[test]
+    fn full_batch_goes_without_waiting() {
+        let src = Script::new(&[(0, None), (10, None), (20, None), (5_000, None)], false);
+        let batch = collect(&policy(3, 1_000_000), &src, no_skip).expect("batch");
+        assert_eq!(ids(&batch), vec![0, 1, 2]);
+        assert_eq!(
+            src.elapsed_us(),
+            20,
+            "dispatched when the third arrived, not at the delay"
+        );
+    }
+
+    #[test]
+    fn never_more_than_max_batch_size() {
+        let arrivals: Vec<_> = (0..50).map(|i| (i, None)).collect();
+        let src = Script::new(&arrivals, true);
+        let mut seen = Vec::new();
+        while let Some(batch) = collect(&policy(8, 1_000), &src, no_skip) {
+            assert!(batch.len() <= 8 && !batch.is_empty());
+            seen.extend(ids(&batch));
+        }
+        assert_eq!(
+            seen,
+            (0..50).collect::<Vec<_>>(),
+            "FIFO, nothing lost or repeated"
+        );
+    }
+
+    #[test]
+    fn deadline_counts_from_the_oldest_arrival() {
+        // The first request arrives at 1 ms; the worker became free at 0. Delay 5 ms: dispatch at 6 ms exactly.
+        let src = Script::new(&[(1_000, None), (2_000, None), (9_000, None)], false);
+        let batch = collect(&policy(16, 5_000), &src, no_skip).expect("batch");
+        assert_eq!(ids(&batch), vec![0, 1]);
+        assert_eq!(src.elapsed_us(), 6_000);
+    }
+
+    #[test]
+    fn a_request_that_waited_in_the_queue_goes_at_once_when_its_delay_is_spent() {
+        // Both requests arrived long before a worker came to collect: the oldest's delay is already spent.
+        let src = Script::new(&[(0, None), (100, None)], false);
+        *src.now.borrow_mut() = src.start + Duration::from_micros(50_000);
+        let batch = collect(&policy(16, 5_000), &src, no_skip).expect("batch");
+        assert_eq!(
+            ids(&batch),
+            vec![0],
+            "the second item is not awaited once the delay is over"
+        );
+        assert_eq!(src.elapsed_us(), 50_000);
+    }
+
+    #[test]
+    fn zero_delay_dispatches_what_is_there() {
+        let src = Script::new(&[(0, None), (0, None), (1, None)], false);
+        let batch = collect(&policy(16, 0), &src, no_skip).expect("batch");
+        assert_eq!(ids(&batch), vec![0]);
+    }
+
+    #[test]
+    fn skipped_requests_take_no_place_and_start_no_delay() {
+        let src = Script::new(
+            &[
+                (0, Some(Skip::CallerGone)),
+                (3_000, None),
+                (4_000, Some(Skip::Expired)),
+                (5_000, None),
+                (6_000, None),
+            ],
+            false,
+        );
+        let mut skipped = Vec::new();
+        let batch = collect(&policy(2, 10_000), &src, |item, why| {
+            skipped.push((item.id, why))
+        })
+        .expect("batch");
+        assert_eq!(ids(&batch), vec![1, 3]);
+        assert_eq!(skipped, vec![(0, Skip::CallerGone), (2, Skip::Expired)]);
+        assert_eq!(src.elapsed_us(), 5_000);
+    }
+
+    #[test]
+    fn skipped_oldest_does_not_shorten_the_delay() {
+        // The first live request arrives at 8 ms; delay 5 ms must count from 8 ms, not from the gone one at 0.
+        let src = Script::new(
+            &[
+                (0, Some(Skip::CallerGone)),
+                (8_000, None),
+                (12_000, None),
+                (20_000, None),
+            ],
+            false,
+        );
+        let batch = collect(&policy(16, 5_000), &src, |_, _| {}).expect("batch");
+        assert_eq!(ids(&batch), vec![1, 2]);
+        assert_eq!(src.elapsed_us(), 13_000);
+    }
+
+    #[test]
+    fn closed_source_flushes_then_ends() {
+        let src = Script::new(&[(0, None), (10, None)], true);
+        let batch = collect(&policy(16, 1_000_000), &src, no_skip).expect("batch");
+        assert_eq!(ids(&batch), vec![0, 1]);
+        assert!(collect(&policy(16, 1_000_000), &src, no_skip).is_none());
+    }
+
+    #[test]
+    fn policy_next_is_pure() {
+        let t0 = Instant::now();
+        let p = policy(4, 2_000);
+        assert_eq!(p.next(0, None, t0), Next::WaitForFirst);
+        assert_eq!(
+            p.next(1, Some(t0), t0),
+            Next::WaitUntil(t0 + Duration::from_micros(2_000))
+        );
+        assert_eq!(
+            p.next(3, Some(t0), t0 + Duration::from_micros(2_000)),
+            Next::Dispatch
+        );
+        assert_eq!(p.next(4, Some(t0), t0), Next::Dispatch);
+        // A batch size of 0 in a config behaves as 1, never as "wait forever".
+        assert_eq!(policy(0, 2_000).next(1, Some(t0), t0), Next::Dispatch);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn batches_respect_size_order_and_deadline(
+            gaps in proptest::collection::vec(0u64..3_000, 1..120),
+            size in 1usize..20,
+            delay in 0u64..5_000,
+        ) {
+            let mut at = 0;
+            let arrivals: Vec<_> = gaps.iter().map(|g| { at += g; (at, None) }).collect();
+            let src = Script::new(&arrivals, true);
+            let p = policy(size, delay);
+            let mut next_id = 0;
+            while let Some(batch) = collect(&p, &src, no_skip) {
+                proptest::prop_assert!(!batch.is_empty() && batch.len() <= size);
+                let oldest_us = (batch[0].at - src.start).as_micros();
+                // Dispatched no later than the oldest's deadline, unless it only arrived after that instant.
+                let dispatched = src.elapsed_us();
+                proptest::prop_assert!(dispatched <= (oldest_us + u128::from(delay)).max(oldest_us));
+                for item in &batch {
+                    proptest::prop_assert_eq!(item.id, next_id);
+                    next_id += 1;
+                }
+            }
+            proptest::prop_assert_eq!(next_id, arrivals.len());
+        }
+    }
+}

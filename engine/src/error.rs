@@ -1,0 +1,32 @@
+//! Errors a request can meet inside the engine. They are `Clone` because one backend failure answers every
+//! request of its batch.
+
+use crate::backend::BackendError;
+
+/// Why the engine could not answer a request.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum EngineError {
+    /// The model's job queue is full: the request was refused at once, never queued.
+    #[error("model \"{model}\" is overloaded: its job queue of {capacity} requests is full, retry later")]
+    QueueFull {
+        /// Model name.
+        model: String,
+        /// The queue's capacity (`job_queue_size`).
+        capacity: usize,
+    },
+    /// The input does not fit the model.
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
+    /// The request waited in the queue past its deadline (`default_response_timeout`).
+    #[error("the request waited {waited_ms} ms in the queue, past its deadline")]
+    Timeout {
+        /// How long it waited before it was dropped.
+        waited_ms: u64,
+    },
+    /// The model is being unloaded or the server is shutting down.
+    #[error("model \"{0}\" is shutting down")]
+    ShuttingDown(String),
+    /// The backend failed on the batch that held this request.
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+}

@@ -1,0 +1,24 @@
+//! The engine of ferroserve: everything between a validated request and a model's output, with no HTTP in it.
+//!
+//! A request ([`request::InferRequest`]) enters a model's bounded lock-free queue ([`queue::JobQueue`]); the
+//! model's worker threads ([`scheduler`]) form batches by the policy of [`batcher`] and run them on a synchronous
+//! [`backend::Backend`] (ONNX Runtime, or the always-compiled fake used by tests); every request gets exactly its
+//! own row of the output back through its reply channel. [`registry::Registry`] maps model names and versions to
+//! the running [`model::Model`]s.
+
+pub mod backend;
+pub mod batcher;
+pub mod error;
+pub mod model;
+pub mod queue;
+pub mod registry;
+pub mod request;
+pub mod scheduler;
+pub mod stats;
+
+pub use backend::{Backend, BackendError, BackendFactory, Device, ModelSpec};
+pub use batcher::BatchPolicy;
+pub use error::EngineError;
+pub use model::{Model, ModelOptions};
+pub use registry::Registry;
+pub use request::{InferOutput, Timing};

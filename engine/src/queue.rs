@@ -1,0 +1,76 @@
+//! A model's job queue: a bounded crossbeam channel. Pushing never blocks; a full queue refuses at once.
+
+use std::time::Instant;
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+
+use crate::{
+    batcher::{Pending, Recv, Skip, Source},
+    request::InferRequest,
+};
+
+/// Why a push was refused; the request is handed back.
+#[derive(Debug)]
+pub enum PushError {
+    /// The queue holds `job_queue_size` requests already.
+    Full(InferRequest),
+    /// The workers are gone (the model is shutting down).
+    Closed(InferRequest),
+}
+
+/// Makes a queue of `capacity` requests (at least 1): the sending half and the workers' receiving half.
+#[must_use]
+pub fn bounded(capacity: usize) -> (Sender<InferRequest>, Receiver<InferRequest>) {
+    crossbeam_channel::bounded(capacity.max(1))
+}
+
+/// Pushes without blocking.
+///
+/// # Errors
+/// [`PushError::Full`] or [`PushError::Closed`], with the request.
+pub fn push(tx: &Sender<InferRequest>, request: InferRequest) -> Result<(), PushError> {
+    tx.try_send(request).map_err(|e| match e {
+        TrySendError::Full(r) => PushError::Full(r),
+        TrySendError::Disconnected(r) => PushError::Closed(r),
+    })
+}
+
+impl Pending for InferRequest {
+    fn arrived(&self) -> Instant {
+        self.arrived
+    }
+
+    fn skip(&self, now: Instant) -> Option<Skip> {
+        if self.reply.is_closed() {
+            Some(Skip::CallerGone)
+        } else if now >= self.deadline {
+            Some(Skip::Expired)
+        } else {
+            None
+        }
+    }
+}
+
+/// The workers' side of the queue, on the real monotonic clock.
+#[derive(Debug, Clone)]
+pub struct ChannelSource(pub Receiver<InferRequest>);
+
+impl Source for ChannelSource {
+    type Item = InferRequest;
+
+    fn recv(&self) -> Option<InferRequest> {
+        self.0.recv().ok()
+    }
+
+    fn recv_until(&self, until: Instant) -> Recv<InferRequest> {
+        match self.0.recv_deadline(until) {
+            Ok(r) => Recv::Item(r),
+            Err(RecvTimeoutError::Timeout) => Recv::Timeout,
+            Err(RecvTimeoutError::Disconnected) => Recv::Closed,
+        }
+    }
+
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+}

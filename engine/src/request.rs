@@ -1,0 +1,45 @@
+//! One inference request as it travels through the engine, carrying its own reply channel.
+
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use crate::{backend::Device, error::EngineError};
+
+/// The result a request's caller receives.
+pub type InferResult = Result<InferOutput, EngineError>;
+
+/// One request: one sample's input, where to send the answer, and its clock.
+#[derive(Debug)]
+pub struct InferRequest {
+    /// One sample, flattened row-major in the model's per-sample input shape.
+    pub input: Vec<f32>,
+    /// Where the worker sends the answer; a closed channel means the caller has gone.
+    pub reply: oneshot::Sender<InferResult>,
+    /// When it entered the queue (monotonic).
+    pub arrived: Instant,
+    /// When the caller stops waiting for it; a request still queued past this is answered with a timeout.
+    pub deadline: Instant,
+}
+
+/// The answer to one request: its own row of the model output and where its time went.
+#[derive(Debug, Clone)]
+pub struct InferOutput {
+    /// One sample's output, flattened row-major in the model's per-sample output shape.
+    pub output: Vec<f32>,
+    /// The device that ran the batch.
+    pub device: Device,
+    /// Timings and batch size, for response headers and metrics.
+    pub timing: Timing,
+}
+
+/// Where a request's time went inside the engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    /// From arrival to the moment its batch was dispatched to the backend.
+    pub queue: Duration,
+    /// How long the backend took for the whole batch.
+    pub inference: Duration,
+    /// How many requests shared the batch.
+    pub batch_size: usize,
+}

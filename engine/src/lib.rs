@@ -15,6 +15,7 @@ pub mod registry;
 pub mod request;
 pub mod scheduler;
 pub mod stats;
+pub mod store;
 
 pub use backend::{Backend, BackendError, BackendFactory, Device, ModelSpec};
 pub use batcher::BatchPolicy;

@@ -44,6 +44,7 @@ pub struct Model {
     tx: RwLock<Option<Sender<InferRequest>>>,
     shared: Arc<Shared>,
     workers: Mutex<Vec<JoinHandle<()>>>,
+    labels: Option<Arc<[String]>>,
 }
 
 impl Model {
@@ -84,7 +85,21 @@ impl Model {
             tx: RwLock::new(Some(tx)),
             shared,
             workers: Mutex::new(handles),
+            labels: None,
         })
+    }
+
+    /// Attaches class labels (from `index_to_name.json`), one per output value.
+    #[must_use]
+    pub fn with_labels(mut self, labels: Vec<String>) -> Self {
+        self.labels = Some(labels.into());
+        self
+    }
+
+    /// The class labels, when the model has them.
+    #[must_use]
+    pub fn labels(&self) -> Option<&[String]> {
+        self.labels.as_deref()
     }
 
     /// Queues one sample without blocking; the answer comes on the returned receiver.

@@ -1,0 +1,211 @@
+//! The model store: where a model's files are found and how its labels are read.
+//!
+//! A model is either a folder in the store holding one `.onnx` file and, optionally, TorchServe's
+//! `index_to_name.json`, or a bare `.onnx` file (whose classes are then named by their index).
+
+use std::path::{Path, PathBuf};
+
+/// A model that cannot be found or read.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Nothing usable at that path.
+    #[error("model \"{name}\": {message}")]
+    NotFound {
+        /// Model name.
+        name: String,
+        /// What was looked for.
+        message: String,
+    },
+    /// `index_to_name.json` is unreadable or malformed.
+    #[error("{path}: {message}")]
+    Labels {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+/// The files of one model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelFiles {
+    /// Model name.
+    pub name: String,
+    /// The serialized model.
+    pub model_path: PathBuf,
+    /// Class labels by index, when the model ships `index_to_name.json`.
+    pub labels: Option<Vec<String>>,
+}
+
+/// Model file extensions the store recognises.
+const MODEL_EXTENSIONS: &[&str] = &["onnx"];
+
+fn is_model_file(path: &Path) -> bool {
+    path.is_file()
+        && path
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| MODEL_EXTENSIONS.contains(&e))
+}
+
+/// Finds model `name` at `entry` (a folder or file, relative to `store` unless absolute).
+///
+/// # Errors
+/// [`StoreError`] when the entry does not exist, a folder does not hold exactly one model file, or its labels
+/// are malformed.
+pub fn locate(store: &Path, name: &str, entry: &str) -> Result<ModelFiles, StoreError> {
+    let path = store.join(entry);
+    let not_found = |message: String| StoreError::NotFound {
+        name: name.to_string(),
+        message,
+    };
+    if is_model_file(&path) {
+        return Ok(ModelFiles {
+            name: name.to_string(),
+            model_path: path,
+            labels: None,
+        });
+    }
+    if !path.is_dir() {
+        return Err(not_found(format!(
+            "{} is neither a model folder nor an .onnx file",
+            path.display()
+        )));
+    }
+    let read =
+        std::fs::read_dir(&path).map_err(|e| not_found(format!("{}: {e}", path.display())))?;
+    let mut models: Vec<PathBuf> = read
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| is_model_file(p))
+        .collect();
+    models.sort();
+    let model_path = match models.as_slice() {
+        [one] => one.clone(),
+        [] => return Err(not_found(format!("{} holds no .onnx file", path.display()))),
+        many => {
+            return Err(not_found(format!(
+                "{} holds {} .onnx files; keep one",
+                path.display(),
+                many.len()
+            )))
+        }
+    };
+    let labels_path = path.join("index_to_name.json");
+    let labels = if labels_path.is_file() {
+        Some(read_labels(&labels_path)?)
+    } else {
+        None
+    };
+    Ok(ModelFiles {
+        name: name.to_string(),
+        model_path,
+        labels,
+    })
+}
+
+/// Every model in the store (for `load_models=all`): `(name, entry)` pairs sorted by name.
+///
+/// # Errors
+/// [`StoreError::NotFound`] when the store cannot be listed.
+pub fn list(store: &Path) -> Result<Vec<(String, String)>, StoreError> {
+    let read = std::fs::read_dir(store).map_err(|e| StoreError::NotFound {
+        name: "*".into(),
+        message: format!("model store {}: {e}", store.display()),
+    })?;
+    let mut found = Vec::new();
+    for entry in read.filter_map(Result::ok) {
+        let path = entry.path();
+        let Some(file) = path
+            .file_name()
+            .and_then(|f| f.to_str())
+            .map(str::to_string)
+        else {
+            continue;
+        };
+        let name = file
+            .split_once('.')
+            .map_or(file.as_str(), |(stem, _)| stem)
+            .to_string();
+        if is_model_file(&path) || (path.is_dir() && locate(store, &name, &file).is_ok()) {
+            found.push((name, file));
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// Reads TorchServe's `index_to_name.json`: `{"0": "hello", ...}`, where a value may also be a list whose last
+/// string is the label (`["n01440764", "tench"]`). Indices must run from 0 without gaps.
+///
+/// # Errors
+/// [`StoreError::Labels`] when the file is unreadable or not of that form.
+pub fn read_labels(path: &Path) -> Result<Vec<String>, StoreError> {
+    let fail = |message: String| StoreError::Labels {
+        path: path.to_path_buf(),
+        message,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
+    let map: std::collections::BTreeMap<String, serde_json::Value> = serde_json::from_str(&text)
+        .map_err(|e| fail(format!("not a JSON object of labels: {e}")))?;
+    let mut labels = vec![None; map.len()];
+    for (key, value) in map {
+        let index: usize = key
+            .parse()
+            .map_err(|_| fail(format!("key `{key}` is not an index")))?;
+        let label = match &value {
+            serde_json::Value::String(s) => Some(s.clone()),
+            serde_json::Value::Array(items) => {
+                items.last().and_then(|v| v.as_str()).map(str::to_string)
+            }
+            _ => None,
+        };
+        let slot = labels
+            .get_mut(index)
+            .ok_or_else(|| fail(format!("index {index} leaves a gap")))?;
+        *slot = Some(label.ok_or_else(|| fail(format!("label of `{key}` is not a string")))?);
+    }
+    Ok(labels.into_iter().map(|l| l.unwrap_or_default()).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bundled_store() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../models")
+    }
+
+    #[test]
+    fn finds_the_bundled_model_and_its_labels() {
+        let files = locate(&bundled_store(), "signnet", "signnet").expect("bundled model");
+        assert!(files.model_path.ends_with("signnet/signnet.onnx"));
+        let labels = files.labels.expect("labels");
+        assert_eq!(labels.len(), 10);
+        assert_eq!(labels[0], "hello");
+        assert_eq!(
+            list(&bundled_store()).expect("list"),
+            vec![("signnet".to_string(), "signnet".to_string())]
+        );
+    }
+
+    #[test]
+    fn missing_models_are_named() {
+        let err = locate(&bundled_store(), "nope", "nope").expect_err("missing");
+        assert!(err.to_string().contains("nope"), "{err}");
+    }
+
+    #[test]
+    fn labels_accept_torchserve_forms_and_refuse_gaps() {
+        let dir = std::env::temp_dir().join(format!("fs-labels-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("index_to_name.json");
+        std::fs::write(&path, r#"{"1": ["n1", "tench"], "0": "hello"}"#).expect("write");
+        assert_eq!(read_labels(&path).expect("labels"), vec!["hello", "tench"]);
+        std::fs::write(&path, r#"{"0": "a", "2": "c"}"#).expect("write");
+        assert!(read_labels(&path).is_err());
+        std::fs::write(&path, "[1, 2]").expect("write");
+        assert!(read_labels(&path).is_err());
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}

@@ -1,0 +1,417 @@
+//! `config.properties`, TorchServe's configuration file (Java properties syntax, multi-line values included),
+//! read into one [`Config`] value with TorchServe's defaults. A bad value stops start-up with an error that names
+//! the key and its line; keys ferroserve does not read are warned about by name.
+
+use std::{
+    collections::BTreeMap,
+    net::{SocketAddr, ToSocketAddrs},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::Deserialize;
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file cannot be read or is not valid properties syntax.
+    #[error("cannot read {path}: {message}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    /// A key has a value ferroserve cannot use.
+    #[error("invalid value for `{key}`{}: {message}", line.map(|l| format!(" (line {l})")).unwrap_or_default())]
+    Invalid {
+        /// The key.
+        key: String,
+        /// Its line in the file, when it came from one.
+        line: Option<usize>,
+        /// Why it is invalid.
+        message: String,
+    },
+}
+
+/// Which models to load at start-up (`load_models`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum LoadModels {
+    /// None.
+    #[default]
+    None,
+    /// Everything in the model store.
+    All,
+    /// These entries: a model name and the file or folder in the model store it is loaded from.
+    List(Vec<(String, String)>),
+}
+
+/// Per-model, per-version settings from the `models={...}` JSON (TorchServe's names).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelConfig {
+    /// Most requests in one batch.
+    pub batch_size: Option<usize>,
+    /// Longest wait for a batch to fill, in milliseconds (fractions allowed).
+    pub max_batch_delay: Option<f64>,
+    /// Worker threads started for the model.
+    pub min_workers: Option<usize>,
+    /// Upper bound of workers (accepted; scaling comes with the management API).
+    pub max_workers: Option<usize>,
+    /// Seconds a request may wait for its answer.
+    pub response_timeout: Option<u64>,
+    /// Capacity of the model's job queue.
+    pub job_queue_size: Option<usize>,
+    /// Whether this version is the model's default.
+    pub default_version: Option<bool>,
+    /// Every other key, warned about at start-up.
+    #[serde(flatten)]
+    pub other: BTreeMap<String, serde_json::Value>,
+}
+
+/// The whole configuration, with TorchServe's defaults.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Where the inference API listens (`inference_address`, default `http://127.0.0.1:8080`).
+    pub inference_address: SocketAddr,
+    /// Folder the models are loaded from (`model_store`).
+    pub model_store: PathBuf,
+    /// Models loaded at start-up (`load_models`).
+    pub load_models: LoadModels,
+    /// Default capacity of each model's queue (`job_queue_size`, default 100).
+    pub job_queue_size: usize,
+    /// Default workers per model (`default_workers_per_model`, default: the number of cores).
+    pub default_workers_per_model: usize,
+    /// Intra-op threads per worker (`intra_op_threads`, ferroserve's key; default: cores / workers, at least 1).
+    pub intra_op_threads: Option<usize>,
+    /// Default answer deadline (`default_response_timeout`, seconds, default 120).
+    pub default_response_timeout: Duration,
+    /// Largest request body accepted (`max_request_size`, bytes, default 6553500).
+    pub max_request_size: usize,
+    /// Default batch size of every model (`batch_size`, ferroserve's shorthand, default 1).
+    pub batch_size: usize,
+    /// Default batch delay of every model (`max_batch_delay`, ms, ferroserve's shorthand, default 100).
+    pub max_batch_delay: Duration,
+    /// I/O threads of the HTTP front end (`number_of_netty_threads`, default: the number of cores).
+    pub io_threads: usize,
+    /// Per model, per version settings (`models`).
+    pub models: BTreeMap<String, BTreeMap<String, ModelConfig>>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        Self {
+            inference_address: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            model_store: PathBuf::from("model_store"),
+            load_models: LoadModels::None,
+            job_queue_size: 100,
+            default_workers_per_model: cores,
+            intra_op_threads: None,
+            default_response_timeout: Duration::from_secs(120),
+            max_request_size: 6_553_500,
+            batch_size: 1,
+            max_batch_delay: Duration::from_millis(100),
+            io_threads: cores,
+            models: BTreeMap::new(),
+        }
+    }
+}
+
+/// TorchServe keys that have no meaning here: accepted with a one-line warning.
+const IGNORED: &[&str] = &[
+    "vmargs",
+    "management_address",
+    "metrics_address",
+    "enable_metrics_api",
+    "metrics_mode",
+    "number_of_gpu",
+    "async_logging",
+    "install_py_dep_per_model",
+    "disable_system_metrics",
+    "cors_allowed_origin",
+    "cors_allowed_methods",
+    "cors_allowed_headers",
+    "default_service_handler",
+    "service_envelope",
+    "enable_envvars_config",
+    "max_response_size",
+    "workflow_store",
+    "plugins_path",
+];
+
+impl Config {
+    /// Reads a `config.properties` file over the defaults.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the file, or the key and line of a bad value.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let read_error = |message: String| ConfigError::Read {
+            path: path.to_path_buf(),
+            message,
+        };
+        let file = std::fs::File::open(path).map_err(|e| read_error(e.to_string()))?;
+        let mut entries = Vec::new();
+        for line in java_properties::PropertiesIter::new(std::io::BufReader::new(file)) {
+            let line = line.map_err(|e| read_error(e.to_string()))?;
+            let number = line.line_number();
+            if let java_properties::LineContent::KVPair(key, value) = line.consume_content() {
+                entries.push((key, value, Some(number)));
+            }
+        }
+        let mut config = Self::default();
+        config.apply(entries)?;
+        Ok(config)
+    }
+
+    /// Applies `(key, value, line)` settings in order; later ones win.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] for the first bad value.
+    pub fn apply(
+        &mut self,
+        entries: Vec<(String, String, Option<usize>)>,
+    ) -> Result<(), ConfigError> {
+        for (key, value, line) in entries {
+            let invalid = |message: String| ConfigError::Invalid {
+                key: key.clone(),
+                line,
+                message,
+            };
+            self.set(&key, value.trim()).map_err(invalid)?;
+        }
+        Ok(())
+    }
+
+    fn set(&mut self, key: &str, value: &str) -> Result<(), String> {
+        match key {
+            "inference_address" => self.inference_address = parse_address(value)?,
+            "model_store" => self.model_store = PathBuf::from(value),
+            "load_models" => self.load_models = parse_load_models(value)?,
+            "job_queue_size" => self.job_queue_size = positive(value)?,
+            "default_workers_per_model" => self.default_workers_per_model = positive(value)?,
+            "intra_op_threads" => self.intra_op_threads = Some(positive(value)?),
+            "default_response_timeout" => {
+                self.default_response_timeout = Duration::from_secs(positive(value)? as u64)
+            }
+            "max_request_size" => self.max_request_size = positive(value)?,
+            "batch_size" => self.batch_size = positive(value)?,
+            "max_batch_delay" => {
+                self.max_batch_delay = delay_ms(value.parse().map_err(|e| format!("{e}"))?)?
+            }
+            "number_of_netty_threads" => self.io_threads = positive(value)?,
+            "models" => self.models = parse_models(value)?,
+            ignored if IGNORED.contains(&ignored) => {
+                tracing::warn!(key, "config key has no effect in ferroserve; ignored");
+            }
+            unknown => tracing::warn!(key = unknown, "unknown config key; ignored"),
+        }
+        Ok(())
+    }
+
+    /// The settings of `name` at `version`, if the `models` JSON has any.
+    #[must_use]
+    pub fn model_config(&self, name: &str, version: &str) -> Option<&ModelConfig> {
+        self.models.get(name)?.get(version)
+    }
+
+    /// The version `load_models` loads for `name`: the one marked `defaultVersion`, else the only or first one
+    /// in `models`, else TorchServe's "1.0".
+    #[must_use]
+    pub fn version_of(&self, name: &str) -> String {
+        let Some(versions) = self.models.get(name) else {
+            return "1.0".into();
+        };
+        versions
+            .iter()
+            .find(|(_, c)| c.default_version == Some(true))
+            .or_else(|| versions.iter().next())
+            .map_or_else(|| "1.0".into(), |(v, _)| v.clone())
+    }
+}
+
+fn positive(value: &str) -> Result<usize, String> {
+    match value.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("`{value}` is not a positive integer ({e})")),
+    }
+}
+
+/// A delay in milliseconds (fractions allowed, so that sub-millisecond delays can be set).
+///
+/// # Errors
+/// When it is negative, not finite or over an hour.
+pub fn delay_ms(ms: f64) -> Result<Duration, String> {
+    if ms.is_finite() && (0.0..=3_600_000.0).contains(&ms) {
+        Ok(Duration::from_secs_f64(ms / 1000.0))
+    } else {
+        Err(format!(
+            "{ms} is not a delay in milliseconds between 0 and 3600000"
+        ))
+    }
+}
+
+fn parse_address(value: &str) -> Result<SocketAddr, String> {
+    let rest = value.strip_prefix("http://").ok_or_else(|| {
+        format!("`{value}` must be http://HOST:PORT (https is not supported yet)")
+    })?;
+    let rest = rest.trim_end_matches('/');
+    rest.to_socket_addrs()
+        .map_err(|e| format!("`{value}`: {e}"))?
+        .next()
+        .ok_or_else(|| format!("`{value}` resolves to no address"))
+}
+
+fn parse_load_models(value: &str) -> Result<LoadModels, String> {
+    match value {
+        "" | "standalone" => return Ok(LoadModels::None),
+        "all" | "ALL" => return Ok(LoadModels::All),
+        _ => {}
+    }
+    let mut list = Vec::new();
+    for item in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (name, file) = match item.split_once('=') {
+            Some((name, file)) => (name.trim().to_string(), file.trim().to_string()),
+            None => (model_name_of(item), item.to_string()),
+        };
+        if name.is_empty() || file.is_empty() {
+            return Err(format!("`{item}` must be NAME, FILE or NAME=FILE"));
+        }
+        list.push((name, file));
+    }
+    Ok(LoadModels::List(list))
+}
+
+/// The model name TorchServe derives from a file: its name without the extension.
+#[must_use]
+pub fn model_name_of(file: &str) -> String {
+    let base = Path::new(file)
+        .file_name()
+        .and_then(|f| f.to_str())
+        .unwrap_or(file);
+    base.split_once('.')
+        .map_or(base, |(stem, _)| stem)
+        .to_string()
+}
+
+fn parse_models(value: &str) -> Result<BTreeMap<String, BTreeMap<String, ModelConfig>>, String> {
+    let models: BTreeMap<String, BTreeMap<String, ModelConfig>> = serde_json::from_str(value)
+        .map_err(|e| format!("not the {{\"model\": {{\"version\": {{...}}}}}} JSON: {e}"))?;
+    for (name, versions) in &models {
+        for (version, config) in versions {
+            check_model_config(config).map_err(|e| format!("{name} {version}: {e}"))?;
+            for key in config.other.keys() {
+                tracing::warn!(model = %name, version = %version, key = %key, "model setting not used by ferroserve");
+            }
+        }
+    }
+    Ok(models)
+}
+
+fn check_model_config(config: &ModelConfig) -> Result<(), String> {
+    let at_least_one = |what: &str, v: Option<usize>| match v {
+        Some(0) => Err(format!("{what} must be at least 1")),
+        _ => Ok(()),
+    };
+    at_least_one("batchSize", config.batch_size)?;
+    at_least_one("minWorkers", config.min_workers)?;
+    at_least_one("jobQueueSize", config.job_queue_size)?;
+    if let Some(ms) = config.max_batch_delay {
+        delay_ms(ms).map_err(|e| format!("maxBatchDelay: {e}"))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        let mut file = tempfile::NamedTempFile::new().expect("temp file");
+        file.write_all(text.as_bytes()).expect("write");
+        Config::from_file(file.path())
+    }
+
+    #[test]
+    fn defaults_are_torchserve_defaults() {
+        let c = parse("").expect("empty config");
+        assert_eq!(
+            c.inference_address,
+            SocketAddr::from(([127, 0, 0, 1], 8080))
+        );
+        assert_eq!(c.job_queue_size, 100);
+        assert_eq!(c.batch_size, 1);
+        assert_eq!(c.max_batch_delay, Duration::from_millis(100));
+        assert_eq!(c.default_response_timeout, Duration::from_secs(120));
+        assert_eq!(c.load_models, LoadModels::None);
+    }
+
+    #[test]
+    fn reads_keys_and_multi_line_models_json() {
+        let c = parse(
+            "# comment\ninference_address=http://0.0.0.0:9090\nmodel_store = /tmp/store\n\
+             load_models=signnet,other=other.onnx\njob_queue_size=7\ndefault_workers_per_model=3\n\
+             batch_size=4\nmax_batch_delay=2.5\nmodels={\\\n  \"signnet\": {\\\n    \"2.0\": {\\\n\
+             \"batchSize\": 16, \"maxBatchDelay\": 5, \"minWorkers\": 2, \"marName\": \"x.mar\"}\\\n  }\\\n}\n",
+        )
+        .expect("valid config");
+        assert_eq!(c.inference_address, SocketAddr::from(([0, 0, 0, 0], 9090)));
+        assert_eq!(c.model_store, PathBuf::from("/tmp/store"));
+        assert_eq!(
+            c.load_models,
+            LoadModels::List(vec![
+                ("signnet".into(), "signnet".into()),
+                ("other".into(), "other.onnx".into())
+            ])
+        );
+        assert_eq!(
+            (c.job_queue_size, c.default_workers_per_model, c.batch_size),
+            (7, 3, 4)
+        );
+        assert_eq!(c.max_batch_delay, Duration::from_micros(2_500));
+        let m = c.model_config("signnet", "2.0").expect("model entry");
+        assert_eq!(
+            (m.batch_size, m.max_batch_delay, m.min_workers),
+            (Some(16), Some(5.0), Some(2))
+        );
+        assert_eq!(c.version_of("signnet"), "2.0");
+        assert_eq!(c.version_of("other"), "1.0");
+    }
+
+    #[test]
+    fn bad_values_name_the_key_and_line() {
+        for (text, key, line) in [
+            ("a=1\njob_queue_size=lots\n", "job_queue_size", 2),
+            ("batch_size=0\n", "batch_size", 1),
+            ("\n\nmax_batch_delay=-1\n", "max_batch_delay", 3),
+            (
+                "inference_address=https://127.0.0.1:1\n",
+                "inference_address",
+                1,
+            ),
+            (
+                "models={\"m\": {\"1.0\": {\"batchSize\": 0}}}\n",
+                "models",
+                1,
+            ),
+            ("models={not json}\n", "models", 1),
+        ] {
+            let err = parse(text).expect_err(text);
+            let msg = err.to_string();
+            assert!(
+                msg.contains(&format!("`{key}`")) && msg.contains(&format!("line {line}")),
+                "{text:?} -> {msg}"
+            );
+        }
+    }
+
+    #[test]
+    fn model_names_come_from_file_names() {
+        assert_eq!(model_name_of("signnet.onnx"), "signnet");
+        assert_eq!(model_name_of("dir/model.tar.gz"), "model");
+        assert_eq!(model_name_of("signnet"), "signnet");
+    }
+}

@@ -1,0 +1,287 @@
+//! The landmark handler: validates `{"landmarks": [[[x, y, z], ...points], ...frames], "topk": k}` into one
+//! model input, and turns class probabilities into the top-k `{"label", "confidence"}` predictions.
+//!
+//! A sequence whose frame count differs from the model's is resampled linearly in time (a longer one is
+//! subsampled, a shorter one stretched); it is never zero-padded, because padding frames would be read as a hand
+//! at the origin. The number of points per frame and of coordinates per point must match the model exactly.
+
+use ferroserve_engine::ModelSpec;
+use serde::Serialize;
+use simd_json::prelude::*;
+
+use crate::error::ApiError;
+
+/// Longest sequence accepted before resampling.
+pub const MAX_FRAMES: usize = 10_000;
+
+/// The landmark layout a model takes: `[frames, points, coords]` per sample.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LandmarkShape {
+    /// Frames per sequence.
+    pub frames: usize,
+    /// Points per frame (21 for a hand).
+    pub points: usize,
+    /// Coordinates per point (3).
+    pub coords: usize,
+}
+
+impl LandmarkShape {
+    /// The layout of `spec`'s input, when it is `[frames, points, coords]`.
+    #[must_use]
+    pub fn of(spec: &ModelSpec) -> Option<Self> {
+        match spec.input_shape.as_slice() {
+            &[frames, points, coords] if frames > 0 && points > 0 && (2..=3).contains(&coords) => {
+                Some(Self {
+                    frames,
+                    points,
+                    coords,
+                })
+            }
+            _ => None,
+        }
+    }
+}
+
+/// A validated landmark request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LandmarkRequest {
+    /// The model input, `frames * points * coords` values, row-major.
+    pub input: Vec<f32>,
+    /// How many predictions to answer, when the body says.
+    pub topk: Option<usize>,
+}
+
+/// Parses and validates a body (simd-json parses in place, hence `&mut`).
+///
+/// # Errors
+/// [`ApiError`] 400 with a message that says what is wrong and where.
+pub fn parse(body: &mut [u8], shape: LandmarkShape) -> Result<LandmarkRequest, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::bad_request(
+            "empty body: expected JSON {\"landmarks\": [[[x, y, z], ...], ...]}",
+        ));
+    }
+    let value = simd_json::to_borrowed_value(body)
+        .map_err(|e| ApiError::bad_request(format!("body is not valid JSON: {e}")))?;
+    let object = value
+        .as_object()
+        .ok_or_else(|| ApiError::bad_request("body must be a JSON object"))?;
+    let topk = object.get("topk").map(parse_topk).transpose()?;
+    let frames = object
+        .get("landmarks")
+        .ok_or_else(|| ApiError::bad_request("missing field `landmarks`"))?
+        .as_array()
+        .ok_or_else(|| ApiError::bad_request("`landmarks` must be an array of frames"))?;
+    if frames.is_empty() {
+        return Err(ApiError::bad_request("`landmarks` has no frames"));
+    }
+    if frames.len() > MAX_FRAMES {
+        return Err(ApiError::bad_request(format!(
+            "`landmarks` has {} frames, at most {MAX_FRAMES}",
+            frames.len()
+        )));
+    }
+    let frame_len = shape.points * shape.coords;
+    let mut raw = Vec::with_capacity(frames.len() * frame_len);
+    for (f, frame) in frames.iter().enumerate() {
+        read_frame(frame, f, shape, &mut raw)?;
+    }
+    Ok(LandmarkRequest {
+        input: resample(&raw, frames.len(), shape.frames, frame_len),
+        topk,
+    })
+}
+
+fn parse_topk(value: &simd_json::BorrowedValue<'_>) -> Result<usize, ApiError> {
+    match value.as_u64() {
+        Some(k) if k > 0 => {
+            usize::try_from(k).map_err(|_| ApiError::bad_request("`topk` is too large"))
+        }
+        _ => Err(ApiError::bad_request("`topk` must be a positive integer")),
+    }
+}
+
+fn read_frame(
+    frame: &simd_json::BorrowedValue<'_>,
+    f: usize,
+    shape: LandmarkShape,
+    out: &mut Vec<f32>,
+) -> Result<(), ApiError> {
+    let points = frame
+        .as_array()
+        .ok_or_else(|| ApiError::bad_request(format!("landmarks[{f}] must be an array")))?;
+    if points.len() != shape.points {
+        return Err(ApiError::bad_request(format!(
+            "landmarks[{f}] has {} points, the model takes {}",
+            points.len(),
+            shape.points
+        )));
+    }
+    for (p, point) in points.iter().enumerate() {
+        let coords = point
+            .as_array()
+            .filter(|c| c.len() == shape.coords)
+            .ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "landmarks[{f}][{p}] must be an array of {} numbers",
+                    shape.coords
+                ))
+            })?;
+        for (c, v) in coords.iter().enumerate() {
+            #[allow(clippy::cast_possible_truncation)]
+            let x = v
+                .cast_f64()
+                .map(|x| x as f32)
+                .filter(|x| x.is_finite())
+                .ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "landmarks[{f}][{p}][{c}] must be a finite number, got {v}"
+                    ))
+                })?;
+            out.push(x);
+        }
+    }
+    Ok(())
+}
+
+/// Resamples `n` frames of `frame_len` values to `target` frames by linear interpolation in time.
+#[must_use]
+pub fn resample(raw: &[f32], n: usize, target: usize, frame_len: usize) -> Vec<f32> {
+    if n == target || n == 0 {
+        return raw.to_vec();
+    }
+    let mut out = Vec::with_capacity(target * frame_len);
+    #[allow(clippy::cast_precision_loss)]
+    let step = if target > 1 {
+        (n - 1) as f64 / (target - 1) as f64
+    } else {
+        0.0
+    };
+    for t in 0..target {
+        #[allow(clippy::cast_precision_loss)]
+        let pos = t as f64 * step;
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let i0 = (pos.floor() as usize).min(n - 1);
+        let i1 = (i0 + 1).min(n - 1);
+        #[allow(clippy::cast_possible_truncation, clippy::cast_precision_loss)]
+        let w = (pos - i0 as f64) as f32;
+        let (a, b) = (
+            &raw[i0 * frame_len..][..frame_len],
+            &raw[i1 * frame_len..][..frame_len],
+        );
+        out.extend(a.iter().zip(b).map(|(x, y)| x + (y - x) * w));
+    }
+    out
+}
+
+/// One prediction of the response.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Prediction<'a> {
+    /// Class label (the index when the model has no labels).
+    pub label: std::borrow::Cow<'a, str>,
+    /// The model's probability for it.
+    pub confidence: f32,
+}
+
+/// The `k` most probable classes, most probable first (ties by class index).
+#[must_use]
+pub fn top_k<'a>(
+    probabilities: &[f32],
+    labels: Option<&'a [String]>,
+    k: usize,
+) -> Vec<Prediction<'a>> {
+    let mut order: Vec<usize> = (0..probabilities.len()).collect();
+    order.sort_by(|&a, &b| {
+        probabilities[b]
+            .total_cmp(&probabilities[a])
+            .then(a.cmp(&b))
+    });
+    order
+        .into_iter()
+        .take(k)
+        .map(|i| Prediction {
+            label: labels
+                .and_then(|l| l.get(i))
+                .map_or_else(|| i.to_string().into(), |s| s.as_str().into()),
+            confidence: probabilities[i],
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SHAPE: LandmarkShape = LandmarkShape {
+        frames: 4,
+        points: 2,
+        coords: 3,
+    };
+
+    fn body(frames: usize) -> String {
+        let frame = "[[0.1,0.2,0.3],[1,2,3]]";
+        format!("{{\"landmarks\": [{}]}}", vec![frame; frames].join(","))
+    }
+
+    fn err(text: &str) -> String {
+        let mut bytes = text.as_bytes().to_vec();
+        let e = parse(&mut bytes, SHAPE).expect_err(text);
+        assert_eq!(e.status, hyper::StatusCode::BAD_REQUEST);
+        e.message
+    }
+
+    #[test]
+    fn accepts_the_model_shape() {
+        let mut bytes = body(4).into_bytes();
+        let req = parse(&mut bytes, SHAPE).expect("valid");
+        assert_eq!(req.input.len(), 4 * 2 * 3);
+        assert_eq!(&req.input[..6], &[0.1, 0.2, 0.3, 1.0, 2.0, 3.0]);
+        assert_eq!(req.topk, None);
+    }
+
+    #[test]
+    fn bad_bodies_say_what_is_wrong() {
+        assert!(err("").contains("empty body"));
+        assert!(err("not json").contains("not valid JSON"));
+        assert!(err("{\"landmarks\": [[[1,2,3]").contains("not valid JSON"));
+        assert!(err("[1,2]").contains("JSON object"));
+        assert!(err("{}").contains("missing field `landmarks`"));
+        assert!(err("{\"landmarks\": 3}").contains("array of frames"));
+        assert!(err("{\"landmarks\": []}").contains("no frames"));
+        assert!(err("{\"landmarks\": [[[1,2,3]]]}").contains("has 1 points"));
+        assert!(err("{\"landmarks\": [[[1,2],[1,2,3]]]}").contains("landmarks[0][0]"));
+        assert!(err("{\"landmarks\": [[[1,\"a\",3],[1,2,3]]]}")
+            .contains("landmarks[0][0][1] must be a finite"));
+        assert!(err("{\"landmarks\": [[[1,NaN,3],[1,2,3]]]}").contains("not valid JSON"));
+        assert!(err("{\"landmarks\": [[[1,1e300,3],[1,2,3]]]}").contains("finite"));
+        assert!(err("{\"landmarks\": [[[1,null,3],[1,2,3]]]}").contains("finite"));
+        assert!(err(&body(4).replace('}', ",\"topk\": 0}")).contains("topk"));
+        assert!(err(&body(4).replace('}', ",\"topk\": -1}")).contains("topk"));
+    }
+
+    #[test]
+    fn frame_counts_are_resampled_linearly() {
+        // 2 frames of one value each, 0 and 3, to 4 frames: 0, 1, 2, 3.
+        assert_eq!(resample(&[0.0, 3.0], 2, 4, 1), vec![0.0, 1.0, 2.0, 3.0]);
+        // 7 frames to 4: every second frame.
+        let raw: Vec<f32> = (0..7).map(|i| i as f32).collect();
+        assert_eq!(resample(&raw, 7, 4, 1), vec![0.0, 2.0, 4.0, 6.0]);
+        // One frame is repeated.
+        assert_eq!(
+            resample(&[5.0, 6.0], 1, 3, 2),
+            vec![5.0, 6.0, 5.0, 6.0, 5.0, 6.0]
+        );
+        let mut bytes = body(9).into_bytes();
+        assert_eq!(parse(&mut bytes, SHAPE).expect("9 frames").input.len(), 24);
+    }
+
+    #[test]
+    fn top_k_orders_by_probability_then_index() {
+        let labels: Vec<String> = ["a", "b", "c"].iter().map(ToString::to_string).collect();
+        let p = top_k(&[0.2, 0.5, 0.2], Some(&labels), 3);
+        let names: Vec<_> = p.iter().map(|p| p.label.as_ref()).collect();
+        assert_eq!(names, vec!["b", "a", "c"]);
+        assert_eq!(top_k(&[0.1, 0.9], None, 1)[0].label, "1");
+        assert_eq!(top_k(&[0.1, 0.9], None, 5).len(), 2);
+    }
+}

@@ -69,7 +69,7 @@ fn run_batch(backend: &mut dyn Backend, batch: Vec<InferRequest>, shared: &Share
         input.extend_from_slice(&request.input);
     }
     let result = catch_unwind(AssertUnwindSafe(|| backend.infer(n, &input)))
-        .unwrap_or_else(|panic| Err(BackendError::inference(panic_message(&panic))))
+        .unwrap_or_else(|panic| Err(BackendError::inference(panic_message(&*panic))))
         .and_then(|out| check_output(&shared.spec, n, &out).map(|()| out));
     let inference = dispatched.elapsed();
     ModelStats::bump(&shared.stats.batches);

@@ -71,6 +71,11 @@ impl Gate {
         gate
     }
 
+    /// Holds every future batch until [`Gate::open`].
+    pub fn close(&self) {
+        self.state().closed = true;
+    }
+
     /// Lets every held and future batch through.
     pub fn open(&self) {
         self.state().closed = false;

@@ -409,6 +409,24 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_config_files_parse() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config");
+        for file in ["config.properties", "config.example.properties"] {
+            let c = Config::from_file(&dir.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+            assert_eq!(
+                c.load_models,
+                LoadModels::List(vec![("signnet".into(), "signnet".into())]),
+                "{file}"
+            );
+            assert_eq!(
+                c.model_config("signnet", "1.0").and_then(|m| m.batch_size),
+                Some(16),
+                "{file}"
+            );
+        }
+    }
+
+    #[test]
     fn model_names_come_from_file_names() {
         assert_eq!(model_name_of("signnet.onnx"), "signnet");
         assert_eq!(model_name_of("dir/model.tar.gz"), "model");

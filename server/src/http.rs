@@ -5,7 +5,7 @@ use std::{convert::Infallible, future::Future, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use ferroserve_engine::{InferOutput, Model, Registry};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::{
     body::Incoming,
     header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE},
@@ -133,7 +133,8 @@ fn find_model(state: &AppState, name: &str, version: Option<&str>) -> Result<Arc
         })
 }
 
-/// Reads the whole body, refusing more than `limit` bytes (early, from Content-Length, when the client sends it).
+/// Reads the whole body into one buffer, refusing more than `limit` bytes (early, from Content-Length, when the
+/// client sends it).
 async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Vec<u8>, ApiError> {
     let declared = req
         .headers()
@@ -142,17 +143,20 @@ async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Vec<u8>, ApiE
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(ApiError::too_large(limit));
     }
-    let collected = Limited::new(req.into_body(), limit)
-        .collect()
-        .await
-        .map_err(|e| {
-            if e.is::<http_body_util::LengthLimitError>() {
-                ApiError::too_large(limit)
-            } else {
-                ApiError::bad_request(format!("cannot read the request body: {e}"))
+    let capacity = declared.map_or(0, |n| usize::try_from(n).unwrap_or(limit));
+    let mut buffer = Vec::with_capacity(capacity);
+    let mut body = req.into_body();
+    while let Some(frame) = body.frame().await {
+        let frame = frame
+            .map_err(|e| ApiError::bad_request(format!("cannot read the request body: {e}")))?;
+        if let Ok(data) = frame.into_data() {
+            if buffer.len() + data.len() > limit {
+                return Err(ApiError::too_large(limit));
             }
-        })?;
-    Ok(collected.to_bytes().to_vec())
+            buffer.extend_from_slice(&data);
+        }
+    }
+    Ok(buffer)
 }
 
 /// `topk` from the query string (`?topk=3`); the body's `topk` field wins over it.

@@ -51,6 +51,14 @@ pub struct LandmarkRequest {
     pub topk: Option<usize>,
 }
 
+/// A parsed JSON value, walked in place on simd-json's tape (no tree of allocations per request).
+type Json<'t, 'i> = simd_json::tape::Value<'t, 'i>;
+
+thread_local! {
+    /// simd-json's scratch buffers, reused by each I/O thread across requests.
+    static BUFFERS: std::cell::RefCell<simd_json::Buffers> = std::cell::RefCell::new(simd_json::Buffers::default());
+}
+
 /// Parses and validates a body (simd-json parses in place, hence `&mut`).
 ///
 /// # Errors
@@ -61,16 +69,18 @@ pub fn parse(body: &mut [u8], shape: LandmarkShape) -> Result<LandmarkRequest, A
             "empty body: expected JSON {\"landmarks\": [[[x, y, z], ...], ...]}",
         ));
     }
-    let value = simd_json::to_borrowed_value(body)
+    let tape = BUFFERS
+        .with_borrow_mut(|buffers| simd_json::to_tape_with_buffers(body, buffers))
         .map_err(|e| ApiError::bad_request(format!("body is not valid JSON: {e}")))?;
-    let object = value
-        .as_object()
+    let object = tape
+        .as_value()
+        .into_object()
         .ok_or_else(|| ApiError::bad_request("body must be a JSON object"))?;
     let topk = object.get("topk").map(parse_topk).transpose()?;
     let frames = object
         .get("landmarks")
         .ok_or_else(|| ApiError::bad_request("missing field `landmarks`"))?
-        .as_array()
+        .into_array()
         .ok_or_else(|| ApiError::bad_request("`landmarks` must be an array of frames"))?;
     if frames.is_empty() {
         return Err(ApiError::bad_request("`landmarks` has no frames"));
@@ -92,7 +102,7 @@ pub fn parse(body: &mut [u8], shape: LandmarkShape) -> Result<LandmarkRequest, A
     })
 }
 
-fn parse_topk(value: &simd_json::BorrowedValue<'_>) -> Result<usize, ApiError> {
+fn parse_topk(value: Json<'_, '_>) -> Result<usize, ApiError> {
     match value.as_u64() {
         Some(k) if k > 0 => {
             usize::try_from(k).map_err(|_| ApiError::bad_request("`topk` is too large"))
@@ -102,13 +112,13 @@ fn parse_topk(value: &simd_json::BorrowedValue<'_>) -> Result<usize, ApiError> {
 }
 
 fn read_frame(
-    frame: &simd_json::BorrowedValue<'_>,
+    frame: Json<'_, '_>,
     f: usize,
     shape: LandmarkShape,
     out: &mut Vec<f32>,
 ) -> Result<(), ApiError> {
     let points = frame
-        .as_array()
+        .into_array()
         .ok_or_else(|| ApiError::bad_request(format!("landmarks[{f}] must be an array")))?;
     if points.len() != shape.points {
         return Err(ApiError::bad_request(format!(
@@ -119,7 +129,7 @@ fn read_frame(
     }
     for (p, point) in points.iter().enumerate() {
         let coords = point
-            .as_array()
+            .into_array()
             .filter(|c| c.len() == shape.coords)
             .ok_or_else(|| {
                 ApiError::bad_request(format!(
@@ -135,13 +145,22 @@ fn read_frame(
                 .filter(|x| x.is_finite())
                 .ok_or_else(|| {
                     ApiError::bad_request(format!(
-                        "landmarks[{f}][{p}][{c}] must be a finite number, got {v}"
+                        "landmarks[{f}][{p}][{c}] must be a finite number, got {}",
+                        describe(v)
                     ))
                 })?;
             out.push(x);
         }
     }
     Ok(())
+}
+
+/// What a JSON value is, for error messages.
+fn describe(v: Json<'_, '_>) -> String {
+    match v.as_str() {
+        Some(s) => format!("the string {s:?}"),
+        None => format!("{:?}", v.value_type()).to_lowercase(),
+    }
 }
 
 /// Resamples `n` frames of `frame_len` values to `target` frames by linear interpolation in time.

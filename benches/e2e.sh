@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# End-to-end benchmark: the release server with the bundled model, driven over loopback by wrk (closed loop,
+# one connection per concurrent client) at concurrency 1, 16 and 64, for batchSize 1 and 16.
+# Usage: bash benches/e2e.sh            (from the repository root, after `make build`; `make bench-e2e` does both)
+# Env: DURATION (per run, default 10s), BATCH_SIZES ("1 16"), CONCURRENCY ("1 16 64"), DELAY_MS (2), WORKERS (2).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-10s}
+BATCH_SIZES=${BATCH_SIZES:-1 16}
+CONCURRENCY=${CONCURRENCY:-1 16 64}
+DELAY_MS=${DELAY_MS:-2}
+WORKERS=${WORKERS:-2}
+BIN=target/release/ferroserve
+
+if ! command -v wrk >/dev/null; then
+    echo "installing wrk (Debian package)" >&2
+    apt-get install -y -qq wrk >/dev/null || { echo "wrk is needed: apt-get install wrk" >&2; exit 1; }
+fi
+[ -x "$BIN" ] || { echo "build first: make build" >&2; exit 1; }
+
+work=$(mktemp -d)
+server_pid=
+cleanup() { [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null; rm -rf "$work"; }
+trap cleanup EXIT
+
+cat > "$work/post.lua" <<LUA
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+local f = assert(io.open("models/signnet/example.json", "rb"))
+wrk.body = f:read("*a")
+f:close()
+LUA
+
+start_server() { # $1 = batch size
+    cat > "$work/config.properties" <<CFG
+inference_address=http://127.0.0.1:0
+model_store=models
+load_models=signnet
+default_workers_per_model=$WORKERS
+job_queue_size=1000
+batch_size=$1
+max_batch_delay=$DELAY_MS
+CFG
+    "$BIN" --ts-config "$work/config.properties" 2> "$work/server.log" &
+    server_pid=$!
+    for _ in $(seq 100); do
+        addr=$(sed -n 's/.*inference API on http:\/\///p' "$work/server.log")
+        [ -n "$addr" ] && return 0
+        sleep 0.1
+    done
+    cat "$work/server.log" >&2
+    exit 1
+}
+
+printf '%-10s %-12s %12s %10s %10s %10s\n' batchSize concurrency "req/s" p50 p99 errors
+for batch in $BATCH_SIZES; do
+    start_server "$batch"
+    wrk -t1 -c16 -d2s -s "$work/post.lua" "http://$addr/predictions/signnet" >/dev/null # warm-up
+    for c in $CONCURRENCY; do
+        out=$(wrk -t1 -c"$c" -d"$DURATION" --latency -s "$work/post.lua" "http://$addr/predictions/signnet")
+        rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+        p50=$(awk '/^ +50%/ {print $2}' <<<"$out")
+        p99=$(awk '/^ +99%/ {print $2}' <<<"$out")
+        errors=$(awk '/Non-2xx/ {print $5}' <<<"$out")
+        printf '%-10s %-12s %12s %10s %10s %10s\n' "$batch" "$c" "$rps" "$p50" "$p99" "${errors:-0}"
+    done
+    kill "$server_pid"; wait "$server_pid" 2>/dev/null || true; server_pid=
+done

@@ -91,7 +91,8 @@ pub trait Source {
     type Item: Pending;
     /// Waits for the next item, however long; `None` when the source is closed and empty.
     fn recv(&self) -> Option<Self::Item>;
-    /// Waits for the next item until `until` at most.
+    /// Waits for the next item until `until` at most. An instant already past takes an item that is queued and
+    /// waits for none.
     fn recv_until(&self, until: Instant) -> Recv<Self::Item>;
     /// The current instant of this source's clock.
     fn now(&self) -> Instant;
@@ -99,16 +100,26 @@ pub trait Source {
 
 /// Collects one batch from `source` by `policy`. Skipped items are handed to `on_skip` (which answers them);
 /// they never count towards the batch nor start its delay. Returns `None` once the source is closed and empty.
+///
+/// Once the delay is spent, items already queued still join the batch (up to its size) without any wait: the
+/// delay bounds how long a batch waits for requests yet to come. Under load the oldest request has always waited
+/// longer than the delay, and leaving the queued ones behind would shrink every batch to one request.
 pub fn collect<S: Source>(
     policy: &BatchPolicy,
     source: &S,
     mut on_skip: impl FnMut(S::Item, Skip),
 ) -> Option<Vec<S::Item>> {
-    let mut batch: Vec<S::Item> = Vec::with_capacity(policy.max_batch_size.max(1));
+    let max = policy.max_batch_size.max(1);
+    let mut batch: Vec<S::Item> = Vec::with_capacity(max);
     loop {
         let oldest = batch.first().map(Pending::arrived);
         let item = match policy.next(batch.len(), oldest, source.now()) {
-            Next::Dispatch => return Some(batch),
+            Next::Dispatch if batch.len() >= max => return Some(batch),
+            // A wait until now takes what is queued already and nothing else.
+            Next::Dispatch => match source.recv_until(source.now()) {
+                Recv::Item(item) => item,
+                Recv::Timeout | Recv::Closed => return Some(batch),
+            },
             Next::WaitForFirst => source.recv()?,
             Next::WaitUntil(until) => match source.recv_until(until) {
                 Recv::Item(item) => item,
@@ -266,24 +277,34 @@ mod tests {
     }
 
     #[test]
-    fn a_request_that_waited_in_the_queue_goes_at_once_when_its_delay_is_spent() {
-        // Both requests arrived long before a worker came to collect: the oldest's delay is already spent.
-        let src = Script::new(&[(0, None), (100, None)], false);
+    fn a_backlog_whose_delay_is_spent_goes_at_once_with_what_is_queued() {
+        // Two requests arrived long before a worker came to collect: the oldest's delay is already spent, yet both
+        // go together; the third, not there yet, is not awaited.
+        let src = Script::new(&[(0, None), (100, None), (60_000, None)], false);
         *src.now.borrow_mut() = src.start + Duration::from_micros(50_000);
         let batch = collect(&policy(16, 5_000), &src, no_skip).expect("batch");
-        assert_eq!(
-            ids(&batch),
-            vec![0],
-            "the second item is not awaited once the delay is over"
-        );
+        assert_eq!(ids(&batch), vec![0, 1]);
         assert_eq!(src.elapsed_us(), 50_000);
+    }
+
+    #[test]
+    fn a_backlog_whose_delay_is_spent_still_fills_batches_to_the_size() {
+        let arrivals: Vec<_> = (0..20).map(|i| (i, None)).collect();
+        let src = Script::new(&arrivals, true);
+        *src.now.borrow_mut() = src.start + Duration::from_micros(50_000);
+        let mut sizes = Vec::new();
+        while let Some(batch) = collect(&policy(8, 1_000), &src, no_skip) {
+            sizes.push(batch.len());
+        }
+        assert_eq!(sizes, vec![8, 8, 4]);
     }
 
     #[test]
     fn zero_delay_dispatches_what_is_there() {
         let src = Script::new(&[(0, None), (0, None), (1, None)], false);
         let batch = collect(&policy(16, 0), &src, no_skip).expect("batch");
-        assert_eq!(ids(&batch), vec![0]);
+        assert_eq!(ids(&batch), vec![0, 1], "the one at 1 µs is not awaited");
+        assert_eq!(src.elapsed_us(), 0);
     }
 
     #[test]

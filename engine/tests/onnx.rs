@@ -1,0 +1,183 @@
+//! The ONNX Runtime backend on the bundled signnet model, against the outputs onnxruntime gave in Python
+//! (`models/signnet/reference.json`): the same probabilities within 1e-4 and the same label, whether the
+//! reference inputs run one by one, as one batch of 8, or concurrently through a model with two workers; and a
+//! model that cannot be loaded is a load error with a message, never a panic.
+#![cfg(feature = "onnx")]
+
+mod support;
+
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use ferroserve_engine::{
+    backend::{OnnxFactory, OnnxOptions},
+    BackendError, BackendFactory, Model,
+};
+use serde_json::Value;
+use support::{options, policy};
+
+const TOLERANCE: f32 = 1e-4;
+
+fn signnet_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/signnet")
+}
+
+fn onnx_options() -> OnnxOptions {
+    OnnxOptions {
+        dylib: std::env::var_os("ORT_DYLIB_PATH")
+            .expect("ORT_DYLIB_PATH is set by .cargo/config.toml")
+            .into(),
+        intra_threads: 1,
+    }
+}
+
+fn load(path: &Path) -> Result<OnnxFactory, BackendError> {
+    OnnxFactory::load(path, onnx_options())
+}
+
+fn signnet() -> OnnxFactory {
+    load(&signnet_dir().join("signnet.onnx")).expect("signnet loads (run `make deps` first)")
+}
+
+fn read_json(name: &str) -> Value {
+    let path = signnet_dir().join(name);
+    let text = std::fs::read_to_string(&path).expect("the bundled model's files are there");
+    serde_json::from_str(&text).expect("valid JSON")
+}
+
+/// One reference sample: its flattened input, the probabilities and the label onnxruntime gave.
+struct Sample {
+    input: Vec<f32>,
+    probabilities: Vec<f32>,
+    label: String,
+}
+
+fn reference() -> Vec<Sample> {
+    let json = read_json("reference.json");
+    let field = |key: &str| json[key].clone();
+    let why = "reference.json has the documented fields";
+    let landmarks: Vec<Vec<Vec<Vec<f32>>>> = serde_json::from_value(field("landmarks")).expect(why);
+    let probabilities: Vec<Vec<f32>> = serde_json::from_value(field("probabilities")).expect(why);
+    let labels: Vec<String> = serde_json::from_value(field("labels")).expect(why);
+    let samples: Vec<_> = landmarks
+        .into_iter()
+        .zip(probabilities)
+        .zip(labels)
+        .map(|((frames, probabilities), label)| Sample {
+            input: frames.into_iter().flatten().flatten().collect(),
+            probabilities,
+            label,
+        })
+        .collect();
+    assert_eq!(samples.len(), 8);
+    samples
+}
+
+/// The label name of the most probable class.
+fn label_of(probabilities: &[f32]) -> String {
+    let best = probabilities
+        .iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .map(|(i, _)| i)
+        .expect("ten classes");
+    read_json("index_to_name.json")[best.to_string()]
+        .as_str()
+        .expect("every class has a name")
+        .to_string()
+}
+
+fn assert_matches(sample: &Sample, got: &[f32]) {
+    assert_eq!(got.len(), sample.probabilities.len());
+    for (i, (g, w)) in got.iter().zip(&sample.probabilities).enumerate() {
+        assert!(
+            (g - w).abs() <= TOLERANCE,
+            "{}: class {i} is {g}, onnxruntime gave {w}",
+            sample.label
+        );
+    }
+    assert_eq!(label_of(got), sample.label);
+}
+
+#[test]
+fn signnet_has_the_expected_shapes() {
+    let spec = signnet().spec().clone();
+    assert_eq!(spec.input_name, "landmarks");
+    assert_eq!(spec.input_shape, vec![30, 21, 3]);
+    assert_eq!(spec.output_name, "probabilities");
+    assert_eq!(spec.output_shape, vec![10]);
+}
+
+#[test]
+fn one_by_one_matches_the_reference() {
+    let mut backend = signnet().create(0).expect("a session");
+    for sample in reference() {
+        let got = backend.infer(1, &sample.input).expect("inference");
+        assert_matches(&sample, &got);
+    }
+}
+
+#[test]
+fn one_batch_of_eight_matches_the_reference() {
+    let samples = reference();
+    let input: Vec<f32> = samples
+        .iter()
+        .flat_map(|s| s.input.iter().copied())
+        .collect();
+    let mut backend = signnet().create(0).expect("a session");
+    let got = backend.infer(samples.len(), &input).expect("inference");
+    for (sample, row) in samples.iter().zip(got.chunks_exact(10)) {
+        assert_matches(sample, row);
+    }
+}
+
+#[test]
+fn concurrent_requests_through_a_model_match_the_reference() {
+    const ROUNDS: usize = 4;
+    let samples = reference();
+    let model = Model::start(&signnet(), options(2, policy(8, Duration::from_millis(2))))
+        .expect("two sessions");
+    std::thread::scope(|s| {
+        for _ in 0..ROUNDS {
+            let (model, samples) = (&model, &samples);
+            s.spawn(move || {
+                let pending: Vec<_> = samples
+                    .iter()
+                    .map(|sample| model.submit(sample.input.clone()).expect("accepted"))
+                    .collect();
+                for (sample, rx) in samples.iter().zip(pending) {
+                    let out = rx.blocking_recv().expect("answered").expect("success");
+                    assert_matches(sample, &out.output);
+                }
+            });
+        }
+    });
+    let stats = model.stats();
+    assert_eq!(
+        (stats.batched, stats.failed_batches),
+        ((ROUNDS * samples.len()) as u64, 0)
+    );
+    model.shutdown();
+}
+
+fn assert_load_error(path: &Path) {
+    match load(path) {
+        Err(BackendError::Load(msg)) => {
+            assert!(msg.contains(&*path.to_string_lossy()), "{msg}");
+        }
+        Err(other) => panic!("expected a load error, got {other}"),
+        Ok(_) => panic!("{} loaded", path.display()),
+    }
+}
+
+#[test]
+fn a_missing_file_is_a_load_error() {
+    assert_load_error(&signnet_dir().join("no-such-model.onnx"));
+}
+
+#[test]
+fn a_file_that_is_not_onnx_is_a_load_error() {
+    assert_load_error(&signnet_dir().join("index_to_name.json"));
+}

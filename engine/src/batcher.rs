@@ -107,11 +107,22 @@ pub trait Source {
 pub fn collect<S: Source>(
     policy: &BatchPolicy,
     source: &S,
+    on_skip: impl FnMut(S::Item, Skip),
+) -> Option<Vec<S::Item>> {
+    collect_with(|| *policy, source, on_skip)
+}
+
+/// [`collect`] with a policy read afresh at every step, so that a change made while a worker waits applies to
+/// the batch it is forming.
+pub fn collect_with<S: Source>(
+    policy: impl Fn() -> BatchPolicy,
+    source: &S,
     mut on_skip: impl FnMut(S::Item, Skip),
 ) -> Option<Vec<S::Item>> {
-    let max = policy.max_batch_size.max(1);
-    let mut batch: Vec<S::Item> = Vec::with_capacity(max);
+    let mut batch: Vec<S::Item> = Vec::new();
     loop {
+        let policy = policy();
+        let max = policy.max_batch_size.max(1);
         let oldest = batch.first().map(Pending::arrived);
         let item = match policy.next(batch.len(), oldest, source.now()) {
             Next::Dispatch if batch.len() >= max => return Some(batch),

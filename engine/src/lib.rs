@@ -9,6 +9,7 @@
 pub mod backend;
 pub mod batcher;
 pub mod error;
+pub mod metrics;
 pub mod model;
 pub mod queue;
 pub mod registry;

@@ -1,7 +1,10 @@
 //! A running model: its queue, its worker threads and its counters.
 
 use std::{
-    sync::{Arc, Mutex, PoisonError, RwLock},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex, PoisonError, RwLock,
+    },
     thread::JoinHandle,
     time::{Duration, Instant},
 };
@@ -13,7 +16,8 @@ use crate::{
     backend::{BackendError, BackendFactory, Device, ModelSpec},
     batcher::BatchPolicy,
     error::EngineError,
-    queue::{self, ChannelSource, PushError},
+    metrics::{EngineMetrics, ModelMetrics},
+    queue::{self, PushError},
     request::{InferRequest, InferResult},
     scheduler::{worker_loop, Shared},
     stats::{ModelStats, StatsSnapshot},
@@ -39,6 +43,7 @@ pub struct ModelOptions {
 /// A loaded model serving requests.
 pub struct Model {
     options: ModelOptions,
+    factory: Arc<dyn BackendFactory>,
     runtime: &'static str,
     /// `None` once the model is closed.
     tx: RwLock<Option<Sender<InferRequest>>>,
@@ -49,44 +54,92 @@ pub struct Model {
 
 impl Model {
     /// Makes one backend per worker (so that a model that cannot load fails here, at start-up) and starts the
-    /// worker threads.
+    /// worker threads, with metrics in a private registry.
     ///
     /// # Errors
     /// [`BackendError::Load`] when a backend cannot be made, or a worker thread cannot be spawned.
-    pub fn start(
-        factory: &dyn BackendFactory,
+    pub fn start<F: BackendFactory + Clone + 'static>(
+        factory: &F,
         options: ModelOptions,
     ) -> Result<Self, BackendError> {
-        let workers = options.workers.max(1);
-        let backends = (0..workers)
-            .map(|w| factory.create(w))
-            .collect::<Result<Vec<_>, _>>()?;
+        Self::start_with(
+            Arc::new(factory.clone()),
+            options,
+            &EngineMetrics::detached(),
+        )
+    }
+
+    /// Like [`Model::start`], recording into `metrics`.
+    ///
+    /// # Errors
+    /// [`BackendError::Load`] when a backend cannot be made, or a worker thread cannot be spawned.
+    pub fn start_with(
+        factory: Arc<dyn BackendFactory>,
+        options: ModelOptions,
+        metrics: &EngineMetrics,
+    ) -> Result<Self, BackendError> {
         let (tx, rx) = queue::bounded(options.queue_size);
+        let device = factory.device();
         let shared = Arc::new(Shared {
-            source: ChannelSource(rx),
+            rx,
             policy: RwLock::new(options.policy),
             collector: Mutex::new(()),
-            stats: Arc::default(),
+            stats: ModelStats::default(),
+            metrics: metrics.for_model(&options.name, &options.version, device.kind()),
             spec: factory.spec().clone(),
-            device: factory.device(),
+            device,
+            target_workers: AtomicUsize::new(0),
+            live_workers: AtomicUsize::new(0),
         });
-        let mut handles = Vec::with_capacity(workers);
-        for (w, backend) in backends.into_iter().enumerate() {
-            let shared = Arc::clone(&shared);
-            let handle = std::thread::Builder::new()
-                .name(format!("fs-{}-{w}", options.name))
-                .spawn(move || worker_loop(backend, &shared))
-                .map_err(|e| BackendError::load(format!("cannot spawn worker thread: {e}")))?;
-            handles.push(handle);
-        }
-        Ok(Self {
-            options,
+        let model = Self {
             runtime: factory.runtime(),
+            factory,
             tx: RwLock::new(Some(tx)),
             shared,
-            workers: Mutex::new(handles),
+            workers: Mutex::new(Vec::new()),
             labels: None,
-        })
+            options,
+        };
+        model.scale(model.options.workers)?;
+        Ok(model)
+    }
+
+    /// Sets the number of workers (at least 1). New workers get their own backend before this returns; surplus
+    /// ones retire after their current batch (or within 50 ms when idle), so no queued request is dropped.
+    ///
+    /// # Errors
+    /// [`BackendError::Load`] when a new backend cannot be made or its thread spawned; the workers already
+    /// running are kept.
+    pub fn scale(&self, workers: usize) -> Result<(), BackendError> {
+        let workers = workers.max(1);
+        let mut handles = self.workers.lock().unwrap_or_else(PoisonError::into_inner);
+        handles.retain(|h| !h.is_finished());
+        self.shared.target_workers.store(workers, Ordering::Release);
+        let live = self.shared.live_workers.load(Ordering::Acquire);
+        for w in live..workers {
+            let backend = self.factory.create(w)?;
+            let shared = Arc::clone(&self.shared);
+            let handle = std::thread::Builder::new()
+                .name(format!("fs-{}-{w}", self.options.name))
+                .spawn(move || worker_loop(backend, &shared))
+                .map_err(|e| BackendError::load(format!("cannot spawn worker thread: {e}")))?;
+            self.shared.live_workers.fetch_add(1, Ordering::AcqRel);
+            handles.push(handle);
+        }
+        Ok(())
+    }
+
+    /// Workers wanted and workers running (they differ while surplus workers finish their batch).
+    #[must_use]
+    pub fn workers(&self) -> (usize, usize) {
+        let target = self.shared.target_workers.load(Ordering::Acquire);
+        (target, self.shared.live_workers.load(Ordering::Acquire))
+    }
+
+    /// The model's metrics (for the server to refresh the queue-depth gauge).
+    #[must_use]
+    pub fn metrics(&self) -> &ModelMetrics {
+        &self.shared.metrics
     }
 
     /// Attaches class labels (from `index_to_name.json`), one per output value.
@@ -133,6 +186,7 @@ impl Model {
             }
             Err(PushError::Full(_)) => {
                 ModelStats::bump(&self.shared.stats.rejected_queue_full);
+                self.shared.metrics.rejected_queue_full.inc();
                 Err(EngineError::QueueFull {
                     model: self.options.name.clone(),
                     capacity: self.options.queue_size,
@@ -220,7 +274,7 @@ impl Model {
     /// Requests waiting in the queue.
     #[must_use]
     pub fn queue_len(&self) -> usize {
-        self.shared.source.0.len()
+        self.shared.rx.len()
     }
 
     /// The model's counters.

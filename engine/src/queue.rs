@@ -2,10 +2,10 @@
 
 use std::time::Instant;
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use crate::{
-    batcher::{Pending, Recv, Skip, Source},
+    batcher::{Pending, Skip},
     request::InferRequest,
 };
 
@@ -48,29 +48,5 @@ impl Pending for InferRequest {
         } else {
             None
         }
-    }
-}
-
-/// The workers' side of the queue, on the real monotonic clock.
-#[derive(Debug, Clone)]
-pub struct ChannelSource(pub Receiver<InferRequest>);
-
-impl Source for ChannelSource {
-    type Item = InferRequest;
-
-    fn recv(&self) -> Option<InferRequest> {
-        self.0.recv().ok()
-    }
-
-    fn recv_until(&self, until: Instant) -> Recv<InferRequest> {
-        match self.0.recv_deadline(until) {
-            Ok(r) => Recv::Item(r),
-            Err(RecvTimeoutError::Timeout) => Recv::Timeout,
-            Err(RecvTimeoutError::Disconnected) => Recv::Closed,
-        }
-    }
-
-    fn now(&self) -> Instant {
-        Instant::now()
     }
 }

@@ -1,57 +1,142 @@
 //! The worker threads of one model on one device: each collects a batch when it is free (one collector at a
 //! time, so that batches fill up instead of being split between idle workers), runs it on its own backend and
-//! answers every request with its own row.
+//! answers every request with its own row. The number of workers can change live: surplus workers retire
+//! between batches, never with a request in hand.
 
 use std::{
+    cell::Cell,
     panic::{catch_unwind, AssertUnwindSafe},
-    sync::{Arc, Mutex, PoisonError, RwLock},
-    time::Instant,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Mutex, PoisonError, RwLock,
+    },
+    time::{Duration, Instant},
 };
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
 
 use crate::{
     backend::{check_output, Backend, BackendError, Device, ModelSpec},
-    batcher::{collect, BatchPolicy, Skip},
+    batcher::{collect_with, BatchPolicy, Recv, Skip, Source},
     error::EngineError,
-    queue::ChannelSource,
+    metrics::ModelMetrics,
     request::{InferOutput, InferRequest, Timing},
     stats::ModelStats,
 };
 
+/// How often an idle worker looks whether it should retire.
+const IDLE_POLL: Duration = Duration::from_millis(50);
+
 /// What the workers of one model share.
 pub(crate) struct Shared {
-    pub(crate) source: ChannelSource,
+    pub(crate) rx: Receiver<InferRequest>,
     pub(crate) policy: RwLock<BatchPolicy>,
     /// Held while a worker forms a batch.
     pub(crate) collector: Mutex<()>,
-    pub(crate) stats: Arc<ModelStats>,
+    pub(crate) stats: ModelStats,
+    pub(crate) metrics: ModelMetrics,
     pub(crate) spec: ModelSpec,
     pub(crate) device: Device,
+    /// How many workers the model should have.
+    pub(crate) target_workers: AtomicUsize,
+    /// How many are running.
+    pub(crate) live_workers: AtomicUsize,
 }
 
-/// Runs one worker until the queue is closed and drained.
-pub(crate) fn worker_loop(mut backend: Box<dyn Backend>, shared: &Shared) {
-    while let Some(batch) = next_batch(shared) {
-        run_batch(backend.as_mut(), batch, shared);
+impl Shared {
+    /// Claims one retirement when more workers run than wanted; the caller must then exit.
+    fn try_retire(&self) -> bool {
+        let mut live = self.live_workers.load(Ordering::Acquire);
+        while live > self.target_workers.load(Ordering::Acquire) {
+            match self.live_workers.compare_exchange(
+                live,
+                live - 1,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return true,
+                Err(now) => live = now,
+            }
+        }
+        false
     }
-    tracing::debug!("worker stops: queue closed");
 }
 
-fn next_batch(shared: &Shared) -> Option<Vec<InferRequest>> {
-    let _collecting = shared
-        .collector
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner);
-    let policy = *shared.policy.read().unwrap_or_else(PoisonError::into_inner);
-    collect(&policy, &shared.source, |request, why| {
-        answer_skipped(request, why, &shared.stats)
-    })
+/// The queue as one worker sees it: waiting for a first request ends when the worker must retire.
+struct WorkerSource<'a> {
+    shared: &'a Shared,
+    retired: Cell<bool>,
 }
 
-fn answer_skipped(request: InferRequest, why: Skip, stats: &ModelStats) {
+impl Source for WorkerSource<'_> {
+    type Item = InferRequest;
+
+    fn recv(&self) -> Option<InferRequest> {
+        loop {
+            match self.shared.rx.recv_timeout(IDLE_POLL) {
+                Ok(request) => return Some(request),
+                Err(RecvTimeoutError::Disconnected) => return None,
+                Err(RecvTimeoutError::Timeout) if self.shared.try_retire() => {
+                    self.retired.set(true);
+                    return None;
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+        }
+    }
+
+    fn recv_until(&self, until: Instant) -> Recv<InferRequest> {
+        match self.shared.rx.recv_deadline(until) {
+            Ok(r) => Recv::Item(r),
+            Err(RecvTimeoutError::Timeout) => Recv::Timeout,
+            Err(RecvTimeoutError::Disconnected) => Recv::Closed,
+        }
+    }
+
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+}
+
+/// Runs one worker until the queue is closed and drained, or until it retires.
+pub(crate) fn worker_loop(mut backend: Box<dyn Backend>, shared: &Shared) {
+    let source = WorkerSource {
+        shared,
+        retired: Cell::new(false),
+    };
+    while !shared.try_retire() {
+        let batch = {
+            let _collecting = shared
+                .collector
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let policy = || *shared.policy.read().unwrap_or_else(PoisonError::into_inner);
+            collect_with(policy, &source, |request, why| {
+                answer_skipped(request, why, shared)
+            })
+        };
+        match batch {
+            Some(batch) => run_batch(backend.as_mut(), batch, shared),
+            None if source.retired.get() => break,
+            None => {
+                // The queue is closed and drained.
+                shared.live_workers.fetch_sub(1, Ordering::AcqRel);
+                break;
+            }
+        }
+    }
+    tracing::debug!("worker stops");
+}
+
+fn answer_skipped(request: InferRequest, why: Skip, shared: &Shared) {
     match why {
-        Skip::CallerGone => ModelStats::bump(&stats.caller_gone),
+        Skip::CallerGone => {
+            ModelStats::bump(&shared.stats.caller_gone);
+            shared.metrics.dropped_client_gone.inc();
+        }
         Skip::Expired => {
-            ModelStats::bump(&stats.expired);
+            ModelStats::bump(&shared.stats.expired);
+            shared.metrics.dropped_expired.inc();
             let waited_ms =
                 u64::try_from(request.arrived.elapsed().as_millis()).unwrap_or(u64::MAX);
             // The caller may have gone in the meantime; nobody is left to tell then.
@@ -67,16 +152,13 @@ fn run_batch(backend: &mut dyn Backend, batch: Vec<InferRequest>, shared: &Share
     let mut input = Vec::with_capacity(n * shared.spec.input_len());
     for request in &batch {
         input.extend_from_slice(&request.input);
+        record_queue_time(shared, dispatched - request.arrived);
     }
     let result = catch_unwind(AssertUnwindSafe(|| backend.infer(n, &input)))
         .unwrap_or_else(|panic| Err(BackendError::inference(panic_message(&*panic))))
         .and_then(|out| check_output(&shared.spec, n, &out).map(|()| out));
     let inference = dispatched.elapsed();
-    ModelStats::bump(&shared.stats.batches);
-    shared
-        .stats
-        .batched
-        .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+    record_batch(shared, n, inference);
     match result {
         Ok(output) => {
             let rows = output.chunks_exact(shared.spec.output_len().max(1));
@@ -102,6 +184,24 @@ fn run_batch(backend: &mut dyn Backend, batch: Vec<InferRequest>, shared: &Share
             }
         }
     }
+}
+
+fn record_queue_time(shared: &Shared, waited: Duration) {
+    shared.metrics.queue_latency.observe(waited.as_secs_f64());
+    if let Some(ts) = &shared.metrics.ts_queue_latency_us {
+        ts.inc_by(u64::try_from(waited.as_micros()).unwrap_or(u64::MAX));
+    }
+}
+
+fn record_batch(shared: &Shared, n: usize, took: Duration) {
+    ModelStats::bump(&shared.stats.batches);
+    shared.stats.batched.fetch_add(n as u64, Ordering::Relaxed);
+    let m = &shared.metrics;
+    m.execution_count.inc();
+    m.inference_count.inc_by(n as u64);
+    #[allow(clippy::cast_precision_loss)]
+    m.batch_size.observe(n as f64);
+    m.inference_latency.observe(took.as_secs_f64());
 }
 
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {

@@ -29,6 +29,7 @@ pub struct OnnxOptions {
 }
 
 /// A loaded ONNX model: its file, spec and the options its sessions are built with.
+#[derive(Debug, Clone)]
 pub struct OnnxFactory {
     path: PathBuf,
     options: OnnxOptions,

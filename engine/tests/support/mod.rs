@@ -99,9 +99,8 @@ pub(crate) fn submit_all(
 /// submitted next stays in the queue until the test opens the gate. Returns the held requests as [`submit_all`]
 /// does.
 ///
-/// The model must have been started with batches of one, so that each worker takes exactly one request: an idle
-/// worker already waits with the policy it read, so a test sets the policy it wants only once the workers are
-/// held ([`Model::set_policy`]); the batches formed after the gate opens use it.
+/// The model must have been started with batches of one, so that each worker takes exactly one request; a test
+/// sets the policy it wants once the workers are held ([`Model::set_policy`]).
 pub(crate) fn hold_workers(
     model: &Model,
     fake: &FakeBackend,

@@ -1,0 +1,174 @@
+//! Prometheus metrics the engine records as batches form and run: queue latency per request, execution latency
+//! and size per batch, inference vs execution counts, drops and rejections by cause, queue depth. Labels:
+//! `model_name`, `model_version` and `device`. The text exposition is the server's job.
+
+use prometheus::{
+    exponential_buckets, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry,
+};
+
+const LABELS: &[&str] = &["model_name", "model_version", "device"];
+
+/// Default latency buckets in seconds: 50 µs to 10 s, with the usual SLO thresholds (5, 10, 25, 50, 100 and
+/// 250 ms) among them.
+pub const DEFAULT_LATENCY_BUCKETS: &[f64] = &[
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0,
+];
+
+/// The engine's metric families, registered once in a Prometheus registry.
+#[derive(Clone)]
+pub struct EngineMetrics {
+    queue_latency: HistogramVec,
+    inference_latency: HistogramVec,
+    batch_size: HistogramVec,
+    inference_count: IntCounterVec,
+    execution_count: IntCounterVec,
+    dropped: IntCounterVec,
+    rejected: IntCounterVec,
+    queue_depth: IntGaugeVec,
+    ts_queue_latency: Option<IntCounterVec>,
+}
+
+/// One model's metrics, with labels resolved once so that recording is a few atomic adds.
+#[derive(Clone)]
+pub struct ModelMetrics {
+    /// Arrival to dispatch, per request (seconds).
+    pub queue_latency: Histogram,
+    /// Backend execution, per batch (seconds).
+    pub inference_latency: Histogram,
+    /// Requests per batch.
+    pub batch_size: Histogram,
+    /// Requests run.
+    pub inference_count: IntCounter,
+    /// Batches run.
+    pub execution_count: IntCounter,
+    /// Requests skipped because the client had gone.
+    pub dropped_client_gone: IntCounter,
+    /// Requests dropped because their deadline passed in the queue.
+    pub dropped_expired: IntCounter,
+    /// Requests refused because the queue was full.
+    pub rejected_queue_full: IntCounter,
+    /// Requests waiting in the queue (set when metrics are read).
+    pub queue_depth: IntGauge,
+    /// TorchServe's `ts_queue_latency_microseconds`, when TorchServe's names are on.
+    pub ts_queue_latency_us: Option<IntCounter>,
+}
+
+impl EngineMetrics {
+    /// Registers the engine's families in `registry`, with `latency_buckets` (seconds) for the latency
+    /// histograms; `torchserve_names` adds TorchServe's `ts_queue_latency_microseconds` counter.
+    ///
+    /// # Errors
+    /// When a family of the same name is registered already, or the buckets are not increasing.
+    pub fn new(
+        registry: &Registry,
+        latency_buckets: &[f64],
+        torchserve_names: bool,
+    ) -> prometheus::Result<Self> {
+        let histogram =
+            |name: &str, help: &str, buckets: Vec<f64>| -> prometheus::Result<HistogramVec> {
+                let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), LABELS)?;
+                registry.register(Box::new(h.clone()))?;
+                Ok(h)
+            };
+        let counter =
+            |name: &str, help: &str, labels: &[&str]| -> prometheus::Result<IntCounterVec> {
+                let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+                registry.register(Box::new(c.clone()))?;
+                Ok(c)
+            };
+        let with_reason = [LABELS, &["reason"]].concat();
+        let queue_depth = IntGaugeVec::new(
+            Opts::new("ferroserve_queue_depth", "Requests waiting in the queue"),
+            LABELS,
+        )?;
+        registry.register(Box::new(queue_depth.clone()))?;
+        Ok(Self {
+            queue_latency: histogram(
+                "ferroserve_queue_latency_seconds",
+                "Time from a request's arrival to the dispatch of its batch",
+                latency_buckets.to_vec(),
+            )?,
+            inference_latency: histogram(
+                "ferroserve_inference_latency_seconds",
+                "Time the backend took to run one batch",
+                latency_buckets.to_vec(),
+            )?,
+            batch_size: histogram(
+                "ferroserve_batch_size",
+                "Requests per batch run",
+                exponential_buckets(1.0, 2.0, 10)?,
+            )?,
+            inference_count: counter(
+                "ferroserve_inference_count_total",
+                "Requests run by the backend",
+                LABELS,
+            )?,
+            execution_count: counter(
+                "ferroserve_execution_count_total",
+                "Batches run by the backend",
+                LABELS,
+            )?,
+            dropped: counter(
+                "ferroserve_requests_dropped_total",
+                "Queued requests dropped before they ran, by reason (client_gone, expired)",
+                &with_reason,
+            )?,
+            rejected: counter(
+                "ferroserve_requests_rejected_total",
+                "Requests refused at admission, by reason",
+                &with_reason,
+            )?,
+            queue_depth,
+            ts_queue_latency: if torchserve_names {
+                Some(counter(
+                    "ts_queue_latency_microseconds",
+                    "Cumulative queue latency in microseconds (TorchServe's name)",
+                    &["model_name", "model_version"],
+                )?)
+            } else {
+                None
+            },
+        })
+    }
+
+    /// Metrics registered in a private registry with the default buckets: for models started without a server.
+    #[must_use]
+    pub fn detached() -> Self {
+        match Self::new(&Registry::new(), DEFAULT_LATENCY_BUCKETS, false) {
+            Ok(metrics) => metrics,
+            Err(e) => unreachable!("a fresh registry accepts the engine's families: {e}"),
+        }
+    }
+
+    /// The label children of one model on one device.
+    #[must_use]
+    pub fn for_model(&self, name: &str, version: &str, device: &str) -> ModelMetrics {
+        let labels = [name, version, device];
+        let reason =
+            |vec: &IntCounterVec, why: &str| vec.with_label_values(&[name, version, device, why]);
+        ModelMetrics {
+            queue_latency: self.queue_latency.with_label_values(&labels),
+            inference_latency: self.inference_latency.with_label_values(&labels),
+            batch_size: self.batch_size.with_label_values(&labels),
+            inference_count: self.inference_count.with_label_values(&labels),
+            execution_count: self.execution_count.with_label_values(&labels),
+            dropped_client_gone: reason(&self.dropped, "client_gone"),
+            dropped_expired: reason(&self.dropped, "expired"),
+            rejected_queue_full: reason(&self.rejected, "queue_full"),
+            queue_depth: self.queue_depth.with_label_values(&labels),
+            ts_queue_latency_us: self
+                .ts_queue_latency
+                .as_ref()
+                .map(|c| c.with_label_values(&[name, version])),
+        }
+    }
+
+    /// A rejection of another cause (e.g. `too_many_requests`), counted by the server.
+    #[must_use]
+    pub fn rejected(&self, name: &str, version: &str, device: &str, reason: &str) -> IntCounter {
+        self.rejected
+            .with_label_values(&[name, version, device, reason])
+    }
+}

@@ -35,6 +35,8 @@ LUA
 start_server() { # $1 = batch size
     cat > "$work/config.properties" <<CFG
 inference_address=http://127.0.0.1:0
+management_address=http://127.0.0.1:0
+metrics_address=http://127.0.0.1:0
 model_store=models
 load_models=signnet
 default_workers_per_model=$WORKERS

@@ -21,21 +21,12 @@ fn signnet_batch(batch: usize) -> Vec<f32> {
     let json: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
     let samples: Vec<Vec<Vec<Vec<f32>>>> =
         serde_json::from_value(json["landmarks"].clone()).expect("landmarks [8, 30, 21, 3]");
-    samples
-        .into_iter()
-        .cycle()
-        .take(batch)
-        .flatten()
-        .flatten()
-        .flatten()
-        .collect()
+    samples.into_iter().cycle().take(batch).flatten().flatten().flatten().collect()
 }
 
 fn signnet() -> OnnxFactory {
-    let intra_threads = std::env::var("FERROSERVE_BENCH_INTRA_THREADS").map_or(1, |v| {
-        v.parse()
-            .expect("FERROSERVE_BENCH_INTRA_THREADS is a number of threads")
-    });
+    let intra_threads = std::env::var("FERROSERVE_BENCH_INTRA_THREADS")
+        .map_or(1, |v| v.parse().expect("FERROSERVE_BENCH_INTRA_THREADS is a number of threads"));
     let options = OnnxOptions {
         dylib: std::env::var_os("ORT_DYLIB_PATH")
             .expect("ORT_DYLIB_PATH is set (cargo sets it from .cargo/config.toml)")
@@ -68,10 +59,7 @@ fn echo_model(batch: usize) -> Model {
         version: "1.0".into(),
         workers: 1,
         queue_size: 1024,
-        policy: BatchPolicy {
-            max_batch_size: batch,
-            max_delay: Duration::from_secs(60),
-        },
+        policy: BatchPolicy { max_batch_size: batch, max_delay: Duration::from_secs(60) },
         response_timeout: Duration::from_secs(60),
     };
     Model::start(&fake, options).expect("the fake always starts")
@@ -85,9 +73,8 @@ fn engine_overhead(c: &mut Criterion) {
         group.throughput(Throughput::Elements(batch as u64));
         group.bench_function(BenchmarkId::new("submit_and_wait", batch), |b| {
             b.iter(|| {
-                let pending: Vec<_> = (0..batch)
-                    .map(|_| model.submit(input.clone()).expect("the queue has room"))
-                    .collect();
+                let pending: Vec<_> =
+                    (0..batch).map(|_| model.submit(input.clone()).expect("the queue has room")).collect();
                 for rx in pending {
                     black_box(rx.blocking_recv().expect("answered").expect("success"));
                 }
@@ -99,10 +86,7 @@ fn engine_overhead(c: &mut Criterion) {
 }
 
 fn config() -> Criterion {
-    Criterion::default()
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(5))
-        .sample_size(30)
+    Criterion::default().warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(5)).sample_size(30)
 }
 
 criterion_group! {

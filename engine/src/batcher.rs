@@ -19,10 +19,7 @@ pub struct BatchPolicy {
 impl Default for BatchPolicy {
     /// TorchServe's defaults: batches of 1, 100 ms delay.
     fn default() -> Self {
-        Self {
-            max_batch_size: 1,
-            max_delay: Duration::from_millis(100),
-        }
+        Self { max_batch_size: 1, max_delay: Duration::from_millis(100) }
     }
 }
 
@@ -182,28 +179,15 @@ mod tests {
             let arrivals = arrivals_us
                 .iter()
                 .enumerate()
-                .map(|(id, &(us, skip))| Item {
-                    id,
-                    at: start + Duration::from_micros(us),
-                    skip,
-                })
+                .map(|(id, &(us, skip))| Item { id, at: start + Duration::from_micros(us), skip })
                 .collect();
-            Self {
-                start,
-                now: RefCell::new(start),
-                arrivals: RefCell::new(arrivals),
-                closed,
-            }
+            Self { start, now: RefCell::new(start), arrivals: RefCell::new(arrivals), closed }
         }
         fn elapsed_us(&self) -> u128 {
             (*self.now.borrow() - self.start).as_micros()
         }
         fn take(&self) -> Item {
-            let item = self
-                .arrivals
-                .borrow_mut()
-                .pop_front()
-                .expect("checked non-empty");
+            let item = self.arrivals.borrow_mut().pop_front().expect("checked non-empty");
             let mut now = self.now.borrow_mut();
             *now = (*now).max(item.at);
             item
@@ -236,10 +220,7 @@ mod tests {
     }
 
     fn policy(size: usize, delay_us: u64) -> BatchPolicy {
-        BatchPolicy {
-            max_batch_size: size,
-            max_delay: Duration::from_micros(delay_us),
-        }
+        BatchPolicy { max_batch_size: size, max_delay: Duration::from_micros(delay_us) }
     }
 
     fn ids(batch: &[Item]) -> Vec<usize> {
@@ -255,11 +236,7 @@ mod tests {
         let src = Script::new(&[(0, None), (10, None), (20, None), (5_000, None)], false);
         let batch = collect(&policy(3, 1_000_000), &src, no_skip).expect("batch");
         assert_eq!(ids(&batch), vec![0, 1, 2]);
-        assert_eq!(
-            src.elapsed_us(),
-            20,
-            "dispatched when the third arrived, not at the delay"
-        );
+        assert_eq!(src.elapsed_us(), 20, "dispatched when the third arrived, not at the delay");
     }
 
     #[test]
@@ -271,11 +248,7 @@ mod tests {
             assert!(batch.len() <= 8 && !batch.is_empty());
             seen.extend(ids(&batch));
         }
-        assert_eq!(
-            seen,
-            (0..50).collect::<Vec<_>>(),
-            "FIFO, nothing lost or repeated"
-        );
+        assert_eq!(seen, (0..50).collect::<Vec<_>>(), "FIFO, nothing lost or repeated");
     }
 
     #[test]
@@ -321,20 +294,11 @@ mod tests {
     #[test]
     fn skipped_requests_take_no_place_and_start_no_delay() {
         let src = Script::new(
-            &[
-                (0, Some(Skip::CallerGone)),
-                (3_000, None),
-                (4_000, Some(Skip::Expired)),
-                (5_000, None),
-                (6_000, None),
-            ],
+            &[(0, Some(Skip::CallerGone)), (3_000, None), (4_000, Some(Skip::Expired)), (5_000, None), (6_000, None)],
             false,
         );
         let mut skipped = Vec::new();
-        let batch = collect(&policy(2, 10_000), &src, |item, why| {
-            skipped.push((item.id, why))
-        })
-        .expect("batch");
+        let batch = collect(&policy(2, 10_000), &src, |item, why| skipped.push((item.id, why))).expect("batch");
         assert_eq!(ids(&batch), vec![1, 3]);
         assert_eq!(skipped, vec![(0, Skip::CallerGone), (2, Skip::Expired)]);
         assert_eq!(src.elapsed_us(), 5_000);
@@ -343,15 +307,7 @@ mod tests {
     #[test]
     fn skipped_oldest_does_not_shorten_the_delay() {
         // The first live request arrives at 8 ms; delay 5 ms must count from 8 ms, not from the gone one at 0.
-        let src = Script::new(
-            &[
-                (0, Some(Skip::CallerGone)),
-                (8_000, None),
-                (12_000, None),
-                (20_000, None),
-            ],
-            false,
-        );
+        let src = Script::new(&[(0, Some(Skip::CallerGone)), (8_000, None), (12_000, None), (20_000, None)], false);
         let batch = collect(&policy(16, 5_000), &src, |_, _| {}).expect("batch");
         assert_eq!(ids(&batch), vec![1, 2]);
         assert_eq!(src.elapsed_us(), 13_000);
@@ -370,14 +326,8 @@ mod tests {
         let t0 = Instant::now();
         let p = policy(4, 2_000);
         assert_eq!(p.next(0, None, t0), Next::WaitForFirst);
-        assert_eq!(
-            p.next(1, Some(t0), t0),
-            Next::WaitUntil(t0 + Duration::from_micros(2_000))
-        );
-        assert_eq!(
-            p.next(3, Some(t0), t0 + Duration::from_micros(2_000)),
-            Next::Dispatch
-        );
+        assert_eq!(p.next(1, Some(t0), t0), Next::WaitUntil(t0 + Duration::from_micros(2_000)));
+        assert_eq!(p.next(3, Some(t0), t0 + Duration::from_micros(2_000)), Next::Dispatch);
         assert_eq!(p.next(4, Some(t0), t0), Next::Dispatch);
         // A batch size of 0 in a config behaves as 1, never as "wait forever".
         assert_eq!(policy(0, 2_000).next(1, Some(t0), t0), Next::Dispatch);

@@ -3,8 +3,8 @@
 //! `model_name`, `model_version` and `device`. The text exposition is the server's job.
 
 use prometheus::{
-    exponential_buckets, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
-    IntGauge, IntGaugeVec, Opts, Registry,
+    exponential_buckets, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry,
 };
 
 const LABELS: &[&str] = &["model_name", "model_version", "device"];
@@ -12,8 +12,7 @@ const LABELS: &[&str] = &["model_name", "model_version", "device"];
 /// Default latency buckets in seconds: 50 µs to 10 s, with the usual SLO thresholds (5, 10, 25, 50, 100 and
 /// 250 ms) among them.
 pub const DEFAULT_LATENCY_BUCKETS: &[f64] = &[
-    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-    1.0, 2.5, 5.0, 10.0,
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
 /// The engine's metric families, registered once in a Prometheus registry.
@@ -61,28 +60,20 @@ impl EngineMetrics {
     ///
     /// # Errors
     /// When a family of the same name is registered already, or the buckets are not increasing.
-    pub fn new(
-        registry: &Registry,
-        latency_buckets: &[f64],
-        torchserve_names: bool,
-    ) -> prometheus::Result<Self> {
-        let histogram =
-            |name: &str, help: &str, buckets: Vec<f64>| -> prometheus::Result<HistogramVec> {
-                let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), LABELS)?;
-                registry.register(Box::new(h.clone()))?;
-                Ok(h)
-            };
-        let counter =
-            |name: &str, help: &str, labels: &[&str]| -> prometheus::Result<IntCounterVec> {
-                let c = IntCounterVec::new(Opts::new(name, help), labels)?;
-                registry.register(Box::new(c.clone()))?;
-                Ok(c)
-            };
+    pub fn new(registry: &Registry, latency_buckets: &[f64], torchserve_names: bool) -> prometheus::Result<Self> {
+        let histogram = |name: &str, help: &str, buckets: Vec<f64>| -> prometheus::Result<HistogramVec> {
+            let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), LABELS)?;
+            registry.register(Box::new(h.clone()))?;
+            Ok(h)
+        };
+        let counter = |name: &str, help: &str, labels: &[&str]| -> prometheus::Result<IntCounterVec> {
+            let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+            registry.register(Box::new(c.clone()))?;
+            Ok(c)
+        };
         let with_reason = [LABELS, &["reason"]].concat();
-        let queue_depth = IntGaugeVec::new(
-            Opts::new("ferroserve_queue_depth", "Requests waiting in the queue"),
-            LABELS,
-        )?;
+        let queue_depth =
+            IntGaugeVec::new(Opts::new("ferroserve_queue_depth", "Requests waiting in the queue"), LABELS)?;
         registry.register(Box::new(queue_depth.clone()))?;
         Ok(Self {
             queue_latency: histogram(
@@ -100,16 +91,8 @@ impl EngineMetrics {
                 "Requests per batch run",
                 exponential_buckets(1.0, 2.0, 10)?,
             )?,
-            inference_count: counter(
-                "ferroserve_inference_count_total",
-                "Requests run by the backend",
-                LABELS,
-            )?,
-            execution_count: counter(
-                "ferroserve_execution_count_total",
-                "Batches run by the backend",
-                LABELS,
-            )?,
+            inference_count: counter("ferroserve_inference_count_total", "Requests run by the backend", LABELS)?,
+            execution_count: counter("ferroserve_execution_count_total", "Batches run by the backend", LABELS)?,
             dropped: counter(
                 "ferroserve_requests_dropped_total",
                 "Queued requests dropped before they ran, by reason (client_gone, expired)",
@@ -146,8 +129,7 @@ impl EngineMetrics {
     #[must_use]
     pub fn for_model(&self, name: &str, version: &str, device: &str) -> ModelMetrics {
         let labels = [name, version, device];
-        let reason =
-            |vec: &IntCounterVec, why: &str| vec.with_label_values(&[name, version, device, why]);
+        let reason = |vec: &IntCounterVec, why: &str| vec.with_label_values(&[name, version, device, why]);
         ModelMetrics {
             queue_latency: self.queue_latency.with_label_values(&labels),
             inference_latency: self.inference_latency.with_label_values(&labels),
@@ -158,17 +140,13 @@ impl EngineMetrics {
             dropped_expired: reason(&self.dropped, "expired"),
             rejected_queue_full: reason(&self.rejected, "queue_full"),
             queue_depth: self.queue_depth.with_label_values(&labels),
-            ts_queue_latency_us: self
-                .ts_queue_latency
-                .as_ref()
-                .map(|c| c.with_label_values(&[name, version])),
+            ts_queue_latency_us: self.ts_queue_latency.as_ref().map(|c| c.with_label_values(&[name, version])),
         }
     }
 
     /// A rejection of another cause (e.g. `too_many_requests`), counted by the server.
     #[must_use]
     pub fn rejected(&self, name: &str, version: &str, device: &str, reason: &str) -> IntCounter {
-        self.rejected
-            .with_label_values(&[name, version, device, reason])
+        self.rejected.with_label_values(&[name, version, device, reason])
     }
 }

@@ -50,6 +50,10 @@ pub struct Model {
     shared: Arc<Shared>,
     workers: Mutex<Vec<JoinHandle<()>>>,
     labels: Option<Arc<[String]>>,
+    /// Where it was loaded from and whether at start-up (TorchServe's `modelUrl`, `loadedAtStartup`).
+    source: (String, bool),
+    /// TorchServe's `maxWorkers`: recorded and reported; workers never exceed what `scale` sets.
+    max_workers: AtomicUsize,
 }
 
 impl Model {
@@ -62,11 +66,7 @@ impl Model {
         factory: &F,
         options: ModelOptions,
     ) -> Result<Self, BackendError> {
-        Self::start_with(
-            Arc::new(factory.clone()),
-            options,
-            &EngineMetrics::detached(),
-        )
+        Self::start_with(Arc::new(factory.clone()), options, &EngineMetrics::detached())
     }
 
     /// Like [`Model::start`], recording into `metrics`.
@@ -98,6 +98,8 @@ impl Model {
             shared,
             workers: Mutex::new(Vec::new()),
             labels: None,
+            source: (options.name.clone(), false),
+            max_workers: AtomicUsize::new(options.workers.max(1)),
             options,
         };
         model.scale(model.options.workers)?;
@@ -149,6 +151,30 @@ impl Model {
         self
     }
 
+    /// Records where the model came from (a path in the model store) and whether it was loaded at start-up.
+    #[must_use]
+    pub fn with_source(mut self, url: impl Into<String>, loaded_at_startup: bool) -> Self {
+        self.source = (url.into(), loaded_at_startup);
+        self
+    }
+
+    /// Where the model came from, and whether it was loaded at start-up.
+    #[must_use]
+    pub fn source(&self) -> (&str, bool) {
+        (&self.source.0, self.source.1)
+    }
+
+    /// TorchServe's `maxWorkers` as last set (at least the workers wanted).
+    #[must_use]
+    pub fn max_workers(&self) -> usize {
+        self.max_workers.load(Ordering::Acquire).max(self.workers().0)
+    }
+
+    /// Records TorchServe's `maxWorkers`.
+    pub fn set_max_workers(&self, max: usize) {
+        self.max_workers.store(max, Ordering::Release);
+    }
+
     /// The class labels, when the model has them.
     #[must_use]
     pub fn labels(&self) -> Option<&[String]> {
@@ -171,12 +197,7 @@ impl Model {
         }
         let (reply, rx) = oneshot::channel();
         let arrived = Instant::now();
-        let request = InferRequest {
-            input,
-            reply,
-            arrived,
-            deadline: arrived + self.options.response_timeout,
-        };
+        let request = InferRequest { input, reply, arrived, deadline: arrived + self.options.response_timeout };
         let tx = self.tx.read().unwrap_or_else(PoisonError::into_inner);
         let closed = || EngineError::ShuttingDown(self.options.name.clone());
         match queue::push(tx.as_ref().ok_or_else(closed)?, request) {
@@ -187,10 +208,7 @@ impl Model {
             Err(PushError::Full(_)) => {
                 ModelStats::bump(&self.shared.stats.rejected_queue_full);
                 self.shared.metrics.rejected_queue_full.inc();
-                Err(EngineError::QueueFull {
-                    model: self.options.name.clone(),
-                    capacity: self.options.queue_size,
-                })
+                Err(EngineError::QueueFull { model: self.options.name.clone(), capacity: self.options.queue_size })
             }
             Err(PushError::Closed(_)) => Err(closed()),
         }
@@ -198,17 +216,13 @@ impl Model {
 
     /// Stops taking requests; the workers finish what is queued, then exit.
     pub fn close(&self) {
-        self.tx
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
+        self.tx.write().unwrap_or_else(PoisonError::into_inner).take();
     }
 
     /// Closes the model and waits for its workers to finish (blocking: not for an async task).
     pub fn shutdown(&self) {
         self.close();
-        let handles =
-            std::mem::take(&mut *self.workers.lock().unwrap_or_else(PoisonError::into_inner));
+        let handles = std::mem::take(&mut *self.workers.lock().unwrap_or_else(PoisonError::into_inner));
         for handle in handles {
             if handle.join().is_err() {
                 tracing::error!(model = %self.options.name, "a worker thread panicked");
@@ -255,20 +269,12 @@ impl Model {
     /// The batch policy in force.
     #[must_use]
     pub fn policy(&self) -> BatchPolicy {
-        *self
-            .shared
-            .policy
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
+        *self.shared.policy.read().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Changes batch size and delay live; the next batch formed uses them.
     pub fn set_policy(&self, policy: BatchPolicy) {
-        *self
-            .shared
-            .policy
-            .write()
-            .unwrap_or_else(PoisonError::into_inner) = policy;
+        *self.shared.policy.write().unwrap_or_else(PoisonError::into_inner) = policy;
     }
 
     /// Requests waiting in the queue.

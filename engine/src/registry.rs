@@ -41,9 +41,7 @@ impl Registry {
             versions.default = model.version().to_string();
         }
         let model = Arc::new(model);
-        versions
-            .by_version
-            .insert(model.version().to_string(), Arc::clone(&model));
+        versions.by_version.insert(model.version().to_string(), Arc::clone(&model));
         Ok(model)
     }
 
@@ -52,20 +50,61 @@ impl Registry {
     pub fn get(&self, name: &str, version: Option<&str>) -> Option<Arc<Model>> {
         let models = self.models.read().unwrap_or_else(PoisonError::into_inner);
         let versions = models.get(name)?;
-        versions
-            .by_version
-            .get(version.unwrap_or(&versions.default))
-            .cloned()
+        versions.by_version.get(version.unwrap_or(&versions.default)).cloned()
+    }
+
+    /// Every version of `name`, sorted, with the default one's version.
+    #[must_use]
+    pub fn versions(&self, name: &str) -> Option<(Vec<Arc<Model>>, String)> {
+        let models = self.models.read().unwrap_or_else(PoisonError::into_inner);
+        let versions = models.get(name)?;
+        Some((versions.by_version.values().cloned().collect(), versions.default.clone()))
+    }
+
+    /// The default version of every model name, sorted by name.
+    #[must_use]
+    pub fn defaults(&self) -> Vec<Arc<Model>> {
+        let models = self.models.read().unwrap_or_else(PoisonError::into_inner);
+        let mut all: Vec<_> = models.values().filter_map(|v| v.by_version.get(&v.default).cloned()).collect();
+        all.sort_by(|a, b| a.name().cmp(b.name()));
+        all
+    }
+
+    /// Takes model `name` at `version` (or its default) out of the registry, so that no new request reaches it;
+    /// the caller closes and drains it. When the default version goes, the highest remaining one becomes default.
+    #[must_use]
+    pub fn remove(&self, name: &str, version: Option<&str>) -> Option<Arc<Model>> {
+        let mut models = self.models.write().unwrap_or_else(PoisonError::into_inner);
+        let versions = models.get_mut(name)?;
+        let version = version.map_or_else(|| versions.default.clone(), str::to_string);
+        let model = versions.by_version.remove(&version)?;
+        match versions.by_version.keys().next_back() {
+            None => {
+                models.remove(name);
+            }
+            Some(highest) if versions.default == version => versions.default = highest.clone(),
+            Some(_) => {}
+        }
+        Some(model)
+    }
+
+    /// Makes `version` the default of `name`; false when there is no such version.
+    pub fn set_default(&self, name: &str, version: &str) -> bool {
+        let mut models = self.models.write().unwrap_or_else(PoisonError::into_inner);
+        match models.get_mut(name) {
+            Some(versions) if versions.by_version.contains_key(version) => {
+                versions.default = version.to_string();
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Every model, every version, sorted by name then version.
     #[must_use]
     pub fn all(&self) -> Vec<Arc<Model>> {
         let models = self.models.read().unwrap_or_else(PoisonError::into_inner);
-        let mut all: Vec<_> = models
-            .values()
-            .flat_map(|v| v.by_version.values().cloned())
-            .collect();
+        let mut all: Vec<_> = models.values().flat_map(|v| v.by_version.values().cloned()).collect();
         all.sort_by(|a, b| (a.name(), a.version()).cmp(&(b.name(), b.version())));
         all
     }

@@ -48,12 +48,7 @@ impl Shared {
     fn try_retire(&self) -> bool {
         let mut live = self.live_workers.load(Ordering::Acquire);
         while live > self.target_workers.load(Ordering::Acquire) {
-            match self.live_workers.compare_exchange(
-                live,
-                live - 1,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
+            match self.live_workers.compare_exchange(live, live - 1, Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => return true,
                 Err(now) => live = now,
             }
@@ -100,20 +95,12 @@ impl Source for WorkerSource<'_> {
 
 /// Runs one worker until the queue is closed and drained, or until it retires.
 pub(crate) fn worker_loop(mut backend: Box<dyn Backend>, shared: &Shared) {
-    let source = WorkerSource {
-        shared,
-        retired: Cell::new(false),
-    };
+    let source = WorkerSource { shared, retired: Cell::new(false) };
     while !shared.try_retire() {
         let batch = {
-            let _collecting = shared
-                .collector
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
+            let _collecting = shared.collector.lock().unwrap_or_else(PoisonError::into_inner);
             let policy = || *shared.policy.read().unwrap_or_else(PoisonError::into_inner);
-            collect_with(policy, &source, |request, why| {
-                answer_skipped(request, why, shared)
-            })
+            collect_with(policy, &source, |request, why| answer_skipped(request, why, shared))
         };
         match batch {
             Some(batch) => run_batch(backend.as_mut(), batch, shared),
@@ -137,8 +124,7 @@ fn answer_skipped(request: InferRequest, why: Skip, shared: &Shared) {
         Skip::Expired => {
             ModelStats::bump(&shared.stats.expired);
             shared.metrics.dropped_expired.inc();
-            let waited_ms =
-                u64::try_from(request.arrived.elapsed().as_millis()).unwrap_or(u64::MAX);
+            let waited_ms = u64::try_from(request.arrived.elapsed().as_millis()).unwrap_or(u64::MAX);
             // The caller may have gone in the meantime; nobody is left to tell then.
             let _ = request.reply.send(Err(EngineError::Timeout { waited_ms }));
         }
@@ -163,16 +149,8 @@ fn run_batch(backend: &mut dyn Backend, batch: Vec<InferRequest>, shared: &Share
         Ok(output) => {
             let rows = output.chunks_exact(shared.spec.output_len().max(1));
             for (request, row) in batch.into_iter().zip(rows) {
-                let timing = Timing {
-                    queue: dispatched - request.arrived,
-                    inference,
-                    batch_size: n,
-                };
-                let answer = InferOutput {
-                    output: row.to_vec(),
-                    device: shared.device,
-                    timing,
-                };
+                let timing = Timing { queue: dispatched - request.arrived, inference, batch_size: n };
+                let answer = InferOutput { output: row.to_vec(), device: shared.device, timing };
                 let _ = request.reply.send(Ok(answer));
             }
         }

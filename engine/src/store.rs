@@ -41,11 +41,7 @@ pub struct ModelFiles {
 const MODEL_EXTENSIONS: &[&str] = &["onnx"];
 
 fn is_model_file(path: &Path) -> bool {
-    path.is_file()
-        && path
-            .extension()
-            .and_then(|e| e.to_str())
-            .is_some_and(|e| MODEL_EXTENSIONS.contains(&e))
+    path.is_file() && path.extension().and_then(|e| e.to_str()).is_some_and(|e| MODEL_EXTENSIONS.contains(&e))
 }
 
 /// Finds model `name` at `entry` (a folder or file, relative to `store` unless absolute).
@@ -55,53 +51,24 @@ fn is_model_file(path: &Path) -> bool {
 /// are malformed.
 pub fn locate(store: &Path, name: &str, entry: &str) -> Result<ModelFiles, StoreError> {
     let path = store.join(entry);
-    let not_found = |message: String| StoreError::NotFound {
-        name: name.to_string(),
-        message,
-    };
+    let not_found = |message: String| StoreError::NotFound { name: name.to_string(), message };
     if is_model_file(&path) {
-        return Ok(ModelFiles {
-            name: name.to_string(),
-            model_path: path,
-            labels: None,
-        });
+        return Ok(ModelFiles { name: name.to_string(), model_path: path, labels: None });
     }
     if !path.is_dir() {
-        return Err(not_found(format!(
-            "{} is neither a model folder nor an .onnx file",
-            path.display()
-        )));
+        return Err(not_found(format!("{} is neither a model folder nor an .onnx file", path.display())));
     }
-    let read =
-        std::fs::read_dir(&path).map_err(|e| not_found(format!("{}: {e}", path.display())))?;
-    let mut models: Vec<PathBuf> = read
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| is_model_file(p))
-        .collect();
+    let read = std::fs::read_dir(&path).map_err(|e| not_found(format!("{}: {e}", path.display())))?;
+    let mut models: Vec<PathBuf> = read.filter_map(Result::ok).map(|e| e.path()).filter(|p| is_model_file(p)).collect();
     models.sort();
     let model_path = match models.as_slice() {
         [one] => one.clone(),
         [] => return Err(not_found(format!("{} holds no .onnx file", path.display()))),
-        many => {
-            return Err(not_found(format!(
-                "{} holds {} .onnx files; keep one",
-                path.display(),
-                many.len()
-            )))
-        }
+        many => return Err(not_found(format!("{} holds {} .onnx files; keep one", path.display(), many.len()))),
     };
     let labels_path = path.join("index_to_name.json");
-    let labels = if labels_path.is_file() {
-        Some(read_labels(&labels_path)?)
-    } else {
-        None
-    };
-    Ok(ModelFiles {
-        name: name.to_string(),
-        model_path,
-        labels,
-    })
+    let labels = if labels_path.is_file() { Some(read_labels(&labels_path)?) } else { None };
+    Ok(ModelFiles { name: name.to_string(), model_path, labels })
 }
 
 /// Every model in the store (for `load_models=all`): `(name, entry)` pairs sorted by name.
@@ -116,17 +83,10 @@ pub fn list(store: &Path) -> Result<Vec<(String, String)>, StoreError> {
     let mut found = Vec::new();
     for entry in read.filter_map(Result::ok) {
         let path = entry.path();
-        let Some(file) = path
-            .file_name()
-            .and_then(|f| f.to_str())
-            .map(str::to_string)
-        else {
+        let Some(file) = path.file_name().and_then(|f| f.to_str()).map(str::to_string) else {
             continue;
         };
-        let name = file
-            .split_once('.')
-            .map_or(file.as_str(), |(stem, _)| stem)
-            .to_string();
+        let name = file.split_once('.').map_or(file.as_str(), |(stem, _)| stem).to_string();
         if is_model_file(&path) || (path.is_dir() && locate(store, &name, &file).is_ok()) {
             found.push((name, file));
         }
@@ -141,28 +101,19 @@ pub fn list(store: &Path) -> Result<Vec<(String, String)>, StoreError> {
 /// # Errors
 /// [`StoreError::Labels`] when the file is unreadable or not of that form.
 pub fn read_labels(path: &Path) -> Result<Vec<String>, StoreError> {
-    let fail = |message: String| StoreError::Labels {
-        path: path.to_path_buf(),
-        message,
-    };
+    let fail = |message: String| StoreError::Labels { path: path.to_path_buf(), message };
     let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
-    let map: std::collections::BTreeMap<String, serde_json::Value> = serde_json::from_str(&text)
-        .map_err(|e| fail(format!("not a JSON object of labels: {e}")))?;
+    let map: std::collections::BTreeMap<String, serde_json::Value> =
+        serde_json::from_str(&text).map_err(|e| fail(format!("not a JSON object of labels: {e}")))?;
     let mut labels = vec![None; map.len()];
     for (key, value) in map {
-        let index: usize = key
-            .parse()
-            .map_err(|_| fail(format!("key `{key}` is not an index")))?;
+        let index: usize = key.parse().map_err(|_| fail(format!("key `{key}` is not an index")))?;
         let label = match &value {
             serde_json::Value::String(s) => Some(s.clone()),
-            serde_json::Value::Array(items) => {
-                items.last().and_then(|v| v.as_str()).map(str::to_string)
-            }
+            serde_json::Value::Array(items) => items.last().and_then(|v| v.as_str()).map(str::to_string),
             _ => None,
         };
-        let slot = labels
-            .get_mut(index)
-            .ok_or_else(|| fail(format!("index {index} leaves a gap")))?;
+        let slot = labels.get_mut(index).ok_or_else(|| fail(format!("index {index} leaves a gap")))?;
         *slot = Some(label.ok_or_else(|| fail(format!("label of `{key}` is not a string")))?);
     }
     Ok(labels.into_iter().map(|l| l.unwrap_or_default()).collect())
@@ -183,10 +134,7 @@ mod tests {
         let labels = files.labels.expect("labels");
         assert_eq!(labels.len(), 10);
         assert_eq!(labels[0], "hello");
-        assert_eq!(
-            list(&bundled_store()).expect("list"),
-            vec![("signnet".to_string(), "signnet".to_string())]
-        );
+        assert_eq!(list(&bundled_store()).expect("list"), vec![("signnet".to_string(), "signnet".to_string())]);
     }
 
     #[test]

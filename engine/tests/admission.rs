@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use ferroserve_engine::{EngineError, ModelOptions};
 use support::{
-    assert_own_row, assert_own_rows, error, gated_echo, hold_workers, input, options, output,
-    policy, start, submit, submit_all, INPUT_LEN,
+    assert_own_row, assert_own_rows, error, gated_echo, hold_workers, input, options, output, policy, start, submit,
+    submit_all, INPUT_LEN,
 };
 
 /// Batches of one without delay: what the held-worker tests start with (see `hold_workers`).
@@ -22,13 +22,7 @@ fn one_by_one() -> ModelOptions {
 fn a_full_queue_refuses_at_once_and_recovers_once_the_worker_is_free() {
     const QUEUE: u16 = 5;
     let fake = gated_echo();
-    let model = start(
-        &fake,
-        ModelOptions {
-            queue_size: usize::from(QUEUE),
-            ..one_by_one()
-        },
-    );
+    let model = start(&fake, ModelOptions { queue_size: usize::from(QUEUE), ..one_by_one() });
     let held = hold_workers(&model, &fake, 0);
     let queued = submit_all(&model, 1..1 + QUEUE);
     assert_eq!(model.queue_len(), usize::from(QUEUE));
@@ -40,10 +34,7 @@ fn a_full_queue_refuses_at_once_and_recovers_once_the_worker_is_free() {
         other => panic!("expected QueueFull, got {other:?}"),
     }
     let stats = model.stats();
-    assert_eq!(
-        (stats.accepted, stats.rejected_queue_full),
-        (1 + u64::from(QUEUE), 1)
-    );
+    assert_eq!((stats.accepted, stats.rejected_queue_full), (1 + u64::from(QUEUE), 1));
 
     fake.gate.open();
     assert_own_rows(held);
@@ -64,11 +55,7 @@ fn requests_whose_caller_has_gone_are_skipped_and_counted() {
     fake.gate.open();
     assert_own_rows(held);
     assert_own_row(5, &output(last));
-    assert_eq!(
-        fake.batch_sizes(),
-        vec![1, 1],
-        "only the held request and the last one reached the backend"
-    );
+    assert_eq!(fake.batch_sizes(), vec![1, 1], "only the held request and the last one reached the backend");
     let stats = model.stats();
     assert_eq!((stats.caller_gone, stats.batched), (4, 2));
 }
@@ -79,13 +66,8 @@ fn requests_past_their_deadline_are_answered_with_a_timeout() {
     // positive one would make the test depend on how fast a thread wakes.
     let fake = gated_echo();
     fake.gate.open();
-    let model = start(
-        &fake,
-        ModelOptions {
-            response_timeout: Duration::ZERO,
-            ..options(1, policy(8, Duration::ZERO))
-        },
-    );
+    let model =
+        start(&fake, ModelOptions { response_timeout: Duration::ZERO, ..options(1, policy(8, Duration::ZERO)) });
     for (id, rx) in submit_all(&model, 0..5) {
         match error(rx) {
             EngineError::Timeout { .. } => {}

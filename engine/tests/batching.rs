@@ -8,8 +8,7 @@ use std::{sync::Arc, time::Duration};
 
 use ferroserve_engine::{backend::FakeBackend, InferOutput, Model};
 use support::{
-    assert_own_row, assert_own_rows, echo, gated_echo, hold_workers, options, output, policy,
-    start, submit, submit_all,
+    assert_own_row, assert_own_rows, echo, gated_echo, hold_workers, options, output, policy, start, submit, submit_all,
 };
 
 const MAX_BATCH: usize = 8;
@@ -21,10 +20,7 @@ const TOTAL: u16 = THREADS * PER_THREAD;
 /// An echo model with several workers and a short delay, so that batches of every size from 1 to the maximum form.
 fn concurrent_model() -> (FakeBackend, Model) {
     let fake = echo();
-    let model = start(
-        &fake,
-        options(WORKERS, policy(MAX_BATCH, Duration::from_millis(1))),
-    );
+    let model = start(&fake, options(WORKERS, policy(MAX_BATCH, Duration::from_millis(1))));
     (fake, model)
 }
 
@@ -40,10 +36,7 @@ fn assert_answer(id: u16, out: &InferOutput) {
 /// Once all `total` requests are answered: every one ran exactly once, in batches of at most `MAX_BATCH`.
 fn assert_batches(fake: &FakeBackend, model: &Model, total: u16) {
     let sizes = fake.batch_sizes();
-    assert!(
-        sizes.iter().all(|n| (1..=MAX_BATCH).contains(n)),
-        "batch sizes {sizes:?}"
-    );
+    assert!(sizes.iter().all(|n| (1..=MAX_BATCH).contains(n)), "batch sizes {sizes:?}");
     assert_eq!(sizes.iter().sum::<usize>(), usize::from(total));
     let stats = model.stats();
     assert_eq!(stats.accepted, u64::from(total));

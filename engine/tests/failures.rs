@@ -52,9 +52,7 @@ fn a_failed_batch_fails_each_of_its_requests_and_the_next_batch_succeeds() {
 fn a_panicking_backend_does_not_kill_its_worker() {
     // One worker: the batches after the panic can only be run by the worker that panicked.
     let (fake, model) = scripted(1, FakeStep::Panic("index out of bounds".into()));
-    assert_round_fails(&model, 0, |msg| {
-        msg.contains("panicked") && msg.contains("index out of bounds")
-    });
+    assert_round_fails(&model, 0, |msg| msg.contains("panicked") && msg.contains("index out of bounds"));
     assert_round_succeeds(&model, 1);
     assert_round_succeeds(&model, 2);
     assert_eq!(fake.batch_sizes(), vec![4, 4, 4]);

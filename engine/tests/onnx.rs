@@ -26,9 +26,7 @@ fn signnet_dir() -> PathBuf {
 
 fn onnx_options() -> OnnxOptions {
     OnnxOptions {
-        dylib: std::env::var_os("ORT_DYLIB_PATH")
-            .expect("ORT_DYLIB_PATH is set by .cargo/config.toml")
-            .into(),
+        dylib: std::env::var_os("ORT_DYLIB_PATH").expect("ORT_DYLIB_PATH is set by .cargo/config.toml").into(),
         intra_threads: 1,
     }
 }
@@ -77,26 +75,14 @@ fn reference() -> Vec<Sample> {
 
 /// The label name of the most probable class.
 fn label_of(probabilities: &[f32]) -> String {
-    let best = probabilities
-        .iter()
-        .enumerate()
-        .max_by(|a, b| a.1.total_cmp(b.1))
-        .map(|(i, _)| i)
-        .expect("ten classes");
-    read_json("index_to_name.json")[best.to_string()]
-        .as_str()
-        .expect("every class has a name")
-        .to_string()
+    let best = probabilities.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i).expect("ten classes");
+    read_json("index_to_name.json")[best.to_string()].as_str().expect("every class has a name").to_string()
 }
 
 fn assert_matches(sample: &Sample, got: &[f32]) {
     assert_eq!(got.len(), sample.probabilities.len());
     for (i, (g, w)) in got.iter().zip(&sample.probabilities).enumerate() {
-        assert!(
-            (g - w).abs() <= TOLERANCE,
-            "{}: class {i} is {g}, onnxruntime gave {w}",
-            sample.label
-        );
+        assert!((g - w).abs() <= TOLERANCE, "{}: class {i} is {g}, onnxruntime gave {w}", sample.label);
     }
     assert_eq!(label_of(got), sample.label);
 }
@@ -122,10 +108,7 @@ fn one_by_one_matches_the_reference() {
 #[test]
 fn one_batch_of_eight_matches_the_reference() {
     let samples = reference();
-    let input: Vec<f32> = samples
-        .iter()
-        .flat_map(|s| s.input.iter().copied())
-        .collect();
+    let input: Vec<f32> = samples.iter().flat_map(|s| s.input.iter().copied()).collect();
     let mut backend = signnet().create(0).expect("a session");
     let got = backend.infer(samples.len(), &input).expect("inference");
     for (sample, row) in samples.iter().zip(got.chunks_exact(10)) {
@@ -137,16 +120,13 @@ fn one_batch_of_eight_matches_the_reference() {
 fn concurrent_requests_through_a_model_match_the_reference() {
     const ROUNDS: usize = 4;
     let samples = reference();
-    let model = Model::start(&signnet(), options(2, policy(8, Duration::from_millis(2))))
-        .expect("two sessions");
+    let model = Model::start(&signnet(), options(2, policy(8, Duration::from_millis(2)))).expect("two sessions");
     std::thread::scope(|s| {
         for _ in 0..ROUNDS {
             let (model, samples) = (&model, &samples);
             s.spawn(move || {
-                let pending: Vec<_> = samples
-                    .iter()
-                    .map(|sample| model.submit(sample.input.clone()).expect("accepted"))
-                    .collect();
+                let pending: Vec<_> =
+                    samples.iter().map(|sample| model.submit(sample.input.clone()).expect("accepted")).collect();
                 for (sample, rx) in samples.iter().zip(pending) {
                     let out = rx.blocking_recv().expect("answered").expect("success");
                     assert_matches(sample, &out.output);
@@ -155,10 +135,7 @@ fn concurrent_requests_through_a_model_match_the_reference() {
         }
     });
     let stats = model.stats();
-    assert_eq!(
-        (stats.batched, stats.failed_batches),
-        ((ROUNDS * samples.len()) as u64, 0)
-    );
+    assert_eq!((stats.batched, stats.failed_batches), ((ROUNDS * samples.len()) as u64, 0));
     model.shutdown();
 }
 

@@ -15,10 +15,7 @@ fn wait_live(model: &ferroserve_engine::Model, want: usize) {
         }
         std::thread::sleep(Duration::from_millis(5));
     }
-    panic!(
-        "the model runs {:?} workers, expected {want}",
-        model.workers()
-    );
+    panic!("the model runs {:?} workers, expected {want}", model.workers());
 }
 
 #[test]
@@ -36,11 +33,7 @@ fn scaling_up_and_down_under_load_answers_every_request() {
         assert_eq!(output(rx).output, echoed(id), "request {id}");
     }
     wait_live(&model, 1);
-    assert_eq!(
-        fake.batch_sizes().iter().sum::<usize>(),
-        900,
-        "every request ran exactly once"
-    );
+    assert_eq!(fake.batch_sizes().iter().sum::<usize>(), 900, "every request ran exactly once");
 }
 
 #[test]

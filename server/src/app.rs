@@ -4,6 +4,7 @@ use std::{path::PathBuf, sync::Arc};
 
 use ferroserve_engine::{
     backend::{OnnxFactory, OnnxOptions},
+    metrics::EngineMetrics,
     store, BackendFactory, BatchPolicy, Model, ModelOptions, Registry,
 };
 
@@ -49,27 +50,15 @@ pub fn ort_dylib() -> PathBuf {
 /// The run options of model `name` at `version`: its `models` entry over the top-level defaults.
 #[must_use]
 pub fn model_options(config: &Config, name: &str, version: &str) -> ModelOptions {
-    let m = config
-        .model_config(name, version)
-        .cloned()
-        .unwrap_or_default();
-    let max_delay = m
-        .max_batch_delay
-        .and_then(|ms| crate::config::delay_ms(ms).ok())
-        .unwrap_or(config.max_batch_delay);
+    let m = config.model_config(name, version).cloned().unwrap_or_default();
+    let max_delay = m.max_batch_delay.and_then(|ms| crate::config::delay_ms(ms).ok()).unwrap_or(config.max_batch_delay);
     ModelOptions {
         name: name.to_string(),
         version: version.to_string(),
         workers: m.min_workers.unwrap_or(config.default_workers_per_model),
         queue_size: m.job_queue_size.unwrap_or(config.job_queue_size),
-        policy: BatchPolicy {
-            max_batch_size: m.batch_size.unwrap_or(config.batch_size),
-            max_delay,
-        },
-        response_timeout: m.response_timeout.map_or(
-            config.default_response_timeout,
-            std::time::Duration::from_secs,
-        ),
+        policy: BatchPolicy { max_batch_size: m.batch_size.unwrap_or(config.batch_size), max_delay },
+        response_timeout: m.response_timeout.map_or(config.default_response_timeout, std::time::Duration::from_secs),
     }
 }
 
@@ -77,47 +66,57 @@ pub fn model_options(config: &Config, name: &str, version: &str) -> ModelOptions
 #[must_use]
 pub fn intra_threads(config: &Config, workers: usize) -> usize {
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
-    config
-        .intra_op_threads
-        .unwrap_or((cores / workers.max(1)).max(1))
+    config.intra_op_threads.unwrap_or((cores / workers.max(1)).max(1))
 }
 
-/// Loads one model from the store and starts its workers.
+/// Loads one model from the store with `options` and starts its workers, recording into `metrics`.
 ///
 /// # Errors
 /// [`LoadError`] naming the model.
-pub fn load_model(config: &Config, name: &str, entry: &str) -> Result<Model, LoadError> {
-    let files = store::locate(&config.model_store, name, entry)?;
-    let options = model_options(config, name, &config.version_of(name));
-    let onnx = OnnxOptions {
-        dylib: ort_dylib(),
-        intra_threads: intra_threads(config, options.workers),
-    };
-    let backend = |source| LoadError::Backend {
-        name: name.to_string(),
-        source,
-    };
+pub fn load_model_with(
+    config: &Config,
+    entry: &str,
+    options: ModelOptions,
+    metrics: &EngineMetrics,
+) -> Result<Model, LoadError> {
+    let name = options.name.clone();
+    let files = store::locate(&config.model_store, &name, entry)?;
+    let onnx = OnnxOptions { dylib: ort_dylib(), intra_threads: intra_threads(config, options.workers) };
+    let backend = |source| LoadError::Backend { name: name.clone(), source };
     let factory = OnnxFactory::load(&files.model_path, onnx).map_err(backend)?;
     let outputs = factory.spec().output_len();
-    let model = Model::start(&factory, options).map_err(backend)?;
+    let model = Model::start_with(Arc::new(factory), options, metrics).map_err(backend)?;
     match files.labels {
         Some(labels) if labels.len() != outputs => Err(LoadError::Mismatch {
-            name: name.to_string(),
-            message: format!(
-                "index_to_name.json has {} labels, the model outputs {outputs} values",
-                labels.len()
-            ),
+            name,
+            message: format!("index_to_name.json has {} labels, the model outputs {outputs} values", labels.len()),
         }),
         Some(labels) => Ok(model.with_labels(labels)),
         None => Ok(model),
     }
 }
 
-/// Loads every model `load_models` names into a new registry.
+/// Loads model `name` from `entry` in the store with its configured settings (the `models` JSON over the
+/// top-level defaults), recording into `metrics`.
+///
+/// # Errors
+/// [`LoadError`] naming the model.
+pub fn load_model(config: &Config, name: &str, entry: &str, metrics: &EngineMetrics) -> Result<Model, LoadError> {
+    let version = config.version_of(name);
+    let settings = config.model_config(name, &version);
+    let entry = settings.and_then(|m| m.mar_name.as_deref()).unwrap_or(entry);
+    let model = load_model_with(config, entry, model_options(config, name, &version), metrics)?;
+    if let Some(max) = settings.and_then(|m| m.max_workers) {
+        model.set_max_workers(max);
+    }
+    Ok(model.with_source(entry, true))
+}
+
+/// Loads every model `load_models` names into a new registry, recording into `metrics`.
 ///
 /// # Errors
 /// The first model that cannot be loaded; those loaded before it are shut down.
-pub fn load_all(config: &Config) -> Result<Arc<Registry>, LoadError> {
+pub fn load_all(config: &Config, metrics: &EngineMetrics) -> Result<Arc<Registry>, LoadError> {
     let registry = Arc::new(Registry::new());
     let entries = match &config.load_models {
         LoadModels::None => Vec::new(),
@@ -125,7 +124,7 @@ pub fn load_all(config: &Config) -> Result<Arc<Registry>, LoadError> {
         LoadModels::List(list) => list.clone(),
     };
     for (name, entry) in entries {
-        let loaded = load_model(config, &name, &entry).and_then(|model| {
+        let loaded = load_model(config, &name, &entry, metrics).and_then(|model| {
             tracing::info!(
                 model = %name, version = model.version(), device = %model.device(), workers = model.options().workers,
                 batch_size = model.policy().max_batch_size, max_batch_delay = ?model.policy().max_delay, "model loaded"

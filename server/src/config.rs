@@ -64,6 +64,12 @@ pub struct ModelConfig {
     pub job_queue_size: Option<usize>,
     /// Whether this version is the model's default.
     pub default_version: Option<bool>,
+    /// The file or folder in the model store to load (TorchServe's archive name).
+    pub mar_name: Option<String>,
+    /// `cpu` or `gpu`; this build runs models on the CPU only, so `gpu` is refused at start-up.
+    pub device_type: Option<String>,
+    /// GPU ids for `deviceType: gpu`.
+    pub device_ids: Option<Vec<usize>>,
     /// Every other key, warned about at start-up.
     #[serde(flatten)]
     pub other: BTreeMap<String, serde_json::Value>,
@@ -74,6 +80,20 @@ pub struct ModelConfig {
 pub struct Config {
     /// Where the inference API listens (`inference_address`, default `http://127.0.0.1:8080`).
     pub inference_address: SocketAddr,
+    /// Where the management API listens (`management_address`, default `http://127.0.0.1:8081`).
+    pub management_address: SocketAddr,
+    /// Where the metrics API listens (`metrics_address`, default `http://127.0.0.1:8082`).
+    pub metrics_address: SocketAddr,
+    /// Whether `TS_<KEY>` environment variables override the file and the command line
+    /// (`enable_envvars_config`, default false).
+    pub enable_envvars_config: bool,
+    /// Largest response body sent (`max_response_size`, bytes, default 6553500); a larger one is a 500.
+    pub max_response_size: usize,
+    /// Upper bounds of the latency histograms, in seconds (`metrics_latency_buckets_ms`, ferroserve's key, in ms).
+    pub latency_buckets: Vec<f64>,
+    /// Whether the metrics API also exposes TorchServe's names (`ts_*`, `Requests2XX`...) (`ts_metric_names`,
+    /// ferroserve's key, default true).
+    pub ts_metric_names: bool,
     /// Folder the models are loaded from (`model_store`).
     pub model_store: PathBuf,
     /// Models loaded at start-up (`load_models`).
@@ -103,6 +123,12 @@ impl Default for Config {
         let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
         Self {
             inference_address: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            management_address: SocketAddr::from(([127, 0, 0, 1], 8081)),
+            metrics_address: SocketAddr::from(([127, 0, 0, 1], 8082)),
+            enable_envvars_config: false,
+            max_response_size: 6_553_500,
+            latency_buckets: ferroserve_engine::metrics::DEFAULT_LATENCY_BUCKETS.to_vec(),
+            ts_metric_names: true,
             model_store: PathBuf::from("model_store"),
             load_models: LoadModels::None,
             job_queue_size: 100,
@@ -121,8 +147,6 @@ impl Default for Config {
 /// TorchServe keys that have no meaning here: accepted with a one-line warning.
 const IGNORED: &[&str] = &[
     "vmargs",
-    "management_address",
-    "metrics_address",
     "enable_metrics_api",
     "metrics_mode",
     "number_of_gpu",
@@ -134,8 +158,9 @@ const IGNORED: &[&str] = &[
     "cors_allowed_headers",
     "default_service_handler",
     "service_envelope",
-    "enable_envvars_config",
-    "max_response_size",
+    "enable_model_api",
+    "disable_token_authorization",
+    "allowed_urls",
     "workflow_store",
     "plugins_path",
 ];
@@ -146,10 +171,7 @@ impl Config {
     /// # Errors
     /// [`ConfigError`] naming the file, or the key and line of a bad value.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let read_error = |message: String| ConfigError::Read {
-            path: path.to_path_buf(),
-            message,
-        };
+        let read_error = |message: String| ConfigError::Read { path: path.to_path_buf(), message };
         let file = std::fs::File::open(path).map_err(|e| read_error(e.to_string()))?;
         let mut entries = Vec::new();
         for line in java_properties::PropertiesIter::new(std::io::BufReader::new(file)) {
@@ -168,16 +190,9 @@ impl Config {
     ///
     /// # Errors
     /// [`ConfigError::Invalid`] for the first bad value.
-    pub fn apply(
-        &mut self,
-        entries: Vec<(String, String, Option<usize>)>,
-    ) -> Result<(), ConfigError> {
+    pub fn apply(&mut self, entries: Vec<(String, String, Option<usize>)>) -> Result<(), ConfigError> {
         for (key, value, line) in entries {
-            let invalid = |message: String| ConfigError::Invalid {
-                key: key.clone(),
-                line,
-                message,
-            };
+            let invalid = |message: String| ConfigError::Invalid { key: key.clone(), line, message };
             self.set(&key, value.trim()).map_err(invalid)?;
         }
         Ok(())
@@ -186,25 +201,57 @@ impl Config {
     fn set(&mut self, key: &str, value: &str) -> Result<(), String> {
         match key {
             "inference_address" => self.inference_address = parse_address(value)?,
+            "management_address" => self.management_address = parse_address(value)?,
+            "metrics_address" => self.metrics_address = parse_address(value)?,
+            "enable_envvars_config" => self.enable_envvars_config = parse_bool(value)?,
+            "max_response_size" => self.max_response_size = positive(value)?,
+            "metrics_latency_buckets_ms" => self.latency_buckets = parse_buckets(value)?,
+            "ts_metric_names" => self.ts_metric_names = parse_bool(value)?,
             "model_store" => self.model_store = PathBuf::from(value),
             "load_models" => self.load_models = parse_load_models(value)?,
             "job_queue_size" => self.job_queue_size = positive(value)?,
             "default_workers_per_model" => self.default_workers_per_model = positive(value)?,
             "intra_op_threads" => self.intra_op_threads = Some(positive(value)?),
-            "default_response_timeout" => {
-                self.default_response_timeout = Duration::from_secs(positive(value)? as u64)
-            }
+            "default_response_timeout" => self.default_response_timeout = Duration::from_secs(positive(value)? as u64),
             "max_request_size" => self.max_request_size = positive(value)?,
             "batch_size" => self.batch_size = positive(value)?,
-            "max_batch_delay" => {
-                self.max_batch_delay = delay_ms(value.parse().map_err(|e| format!("{e}"))?)?
-            }
+            "max_batch_delay" => self.max_batch_delay = delay_ms(value.parse().map_err(|e| format!("{e}"))?)?,
             "number_of_netty_threads" => self.io_threads = positive(value)?,
             "models" => self.models = parse_models(value)?,
             ignored if IGNORED.contains(&ignored) => {
                 tracing::warn!(key, "config key has no effect in ferroserve; ignored");
             }
             unknown => tracing::warn!(key = unknown, "unknown config key; ignored"),
+        }
+        Ok(())
+    }
+
+    /// Applies `TS_<KEY>` environment variables (TorchServe's convention: the key upper-cased), when
+    /// `enable_envvars_config` is true in the file or in the environment. They win over the file and the command
+    /// line.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming the key and the variable.
+    pub fn apply_env(&mut self, vars: impl IntoIterator<Item = (String, String)>) -> Result<(), ConfigError> {
+        let vars: Vec<(String, String)> = vars.into_iter().filter(|(k, _)| k.starts_with("TS_")).collect();
+        let enabled = vars.iter().find(|(k, _)| k == "TS_ENABLE_ENVVARS_CONFIG").map(|(_, v)| v.as_str());
+        if let Some(value) = enabled {
+            self.enable_envvars_config = parse_bool(value).map_err(|message| ConfigError::Invalid {
+                key: "enable_envvars_config (TS_ENABLE_ENVVARS_CONFIG)".into(),
+                line: None,
+                message,
+            })?;
+        }
+        if !self.enable_envvars_config {
+            return Ok(());
+        }
+        for (var, value) in vars {
+            let key = var["TS_".len()..].to_ascii_lowercase();
+            self.set(&key, value.trim()).map_err(|message| ConfigError::Invalid {
+                key: format!("{key} ({var})"),
+                line: None,
+                message,
+            })?;
         }
         Ok(())
     }
@@ -230,6 +277,29 @@ impl Config {
     }
 }
 
+fn parse_bool(value: &str) -> Result<bool, String> {
+    match value.to_ascii_lowercase().as_str() {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(format!("`{value}` is not true or false")),
+    }
+}
+
+fn parse_buckets(value: &str) -> Result<Vec<f64>, String> {
+    let mut buckets = Vec::new();
+    for item in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let ms: f64 = item.parse().map_err(|e| format!("`{item}` is not a number of milliseconds ({e})"))?;
+        if !(ms.is_finite() && ms > 0.0) || buckets.last().is_some_and(|&last| ms / 1000.0 <= last) {
+            return Err("buckets must be positive and increasing".into());
+        }
+        buckets.push(ms / 1000.0);
+    }
+    if buckets.is_empty() {
+        return Err("give at least one bucket".into());
+    }
+    Ok(buckets)
+}
+
 fn positive(value: &str) -> Result<usize, String> {
     match value.parse::<usize>() {
         Ok(0) => Err("must be at least 1".into()),
@@ -246,16 +316,14 @@ pub fn delay_ms(ms: f64) -> Result<Duration, String> {
     if ms.is_finite() && (0.0..=3_600_000.0).contains(&ms) {
         Ok(Duration::from_secs_f64(ms / 1000.0))
     } else {
-        Err(format!(
-            "{ms} is not a delay in milliseconds between 0 and 3600000"
-        ))
+        Err(format!("{ms} is not a delay in milliseconds between 0 and 3600000"))
     }
 }
 
 fn parse_address(value: &str) -> Result<SocketAddr, String> {
-    let rest = value.strip_prefix("http://").ok_or_else(|| {
-        format!("`{value}` must be http://HOST:PORT (https is not supported yet)")
-    })?;
+    let rest = value
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("`{value}` must be http://HOST:PORT (https is not supported yet)"))?;
     let rest = rest.trim_end_matches('/');
     rest.to_socket_addrs()
         .map_err(|e| format!("`{value}`: {e}"))?
@@ -286,13 +354,8 @@ fn parse_load_models(value: &str) -> Result<LoadModels, String> {
 /// The model name TorchServe derives from a file: its name without the extension.
 #[must_use]
 pub fn model_name_of(file: &str) -> String {
-    let base = Path::new(file)
-        .file_name()
-        .and_then(|f| f.to_str())
-        .unwrap_or(file);
-    base.split_once('.')
-        .map_or(base, |(stem, _)| stem)
-        .to_string()
+    let base = Path::new(file).file_name().and_then(|f| f.to_str()).unwrap_or(file);
+    base.split_once('.').map_or(base, |(stem, _)| stem).to_string()
 }
 
 fn parse_models(value: &str) -> Result<BTreeMap<String, BTreeMap<String, ModelConfig>>, String> {
@@ -320,7 +383,16 @@ fn check_model_config(config: &ModelConfig) -> Result<(), String> {
     if let Some(ms) = config.max_batch_delay {
         delay_ms(ms).map_err(|e| format!("maxBatchDelay: {e}"))?;
     }
-    Ok(())
+    if let (Some(min), Some(max)) = (config.min_workers, config.max_workers) {
+        if max < min {
+            return Err(format!("maxWorkers {max} is below minWorkers {min}"));
+        }
+    }
+    match config.device_type.as_deref() {
+        None | Some("cpu") => Ok(()),
+        Some("gpu") => Err("deviceType gpu: this build runs models on the CPU only".into()),
+        Some(other) => Err(format!("deviceType `{other}` is not cpu or gpu")),
+    }
 }
 
 #[cfg(test)]
@@ -338,10 +410,7 @@ mod tests {
     #[test]
     fn defaults_are_torchserve_defaults() {
         let c = parse("").expect("empty config");
-        assert_eq!(
-            c.inference_address,
-            SocketAddr::from(([127, 0, 0, 1], 8080))
-        );
+        assert_eq!(c.inference_address, SocketAddr::from(([127, 0, 0, 1], 8080)));
         assert_eq!(c.job_queue_size, 100);
         assert_eq!(c.batch_size, 1);
         assert_eq!(c.max_batch_delay, Duration::from_millis(100));
@@ -362,21 +431,12 @@ mod tests {
         assert_eq!(c.model_store, PathBuf::from("/tmp/store"));
         assert_eq!(
             c.load_models,
-            LoadModels::List(vec![
-                ("signnet".into(), "signnet".into()),
-                ("other".into(), "other.onnx".into())
-            ])
+            LoadModels::List(vec![("signnet".into(), "signnet".into()), ("other".into(), "other.onnx".into())])
         );
-        assert_eq!(
-            (c.job_queue_size, c.default_workers_per_model, c.batch_size),
-            (7, 3, 4)
-        );
+        assert_eq!((c.job_queue_size, c.default_workers_per_model, c.batch_size), (7, 3, 4));
         assert_eq!(c.max_batch_delay, Duration::from_micros(2_500));
         let m = c.model_config("signnet", "2.0").expect("model entry");
-        assert_eq!(
-            (m.batch_size, m.max_batch_delay, m.min_workers),
-            (Some(16), Some(5.0), Some(2))
-        );
+        assert_eq!((m.batch_size, m.max_batch_delay, m.min_workers), (Some(16), Some(5.0), Some(2)));
         assert_eq!(c.version_of("signnet"), "2.0");
         assert_eq!(c.version_of("other"), "1.0");
     }
@@ -387,24 +447,13 @@ mod tests {
             ("a=1\njob_queue_size=lots\n", "job_queue_size", 2),
             ("batch_size=0\n", "batch_size", 1),
             ("\n\nmax_batch_delay=-1\n", "max_batch_delay", 3),
-            (
-                "inference_address=https://127.0.0.1:1\n",
-                "inference_address",
-                1,
-            ),
-            (
-                "models={\"m\": {\"1.0\": {\"batchSize\": 0}}}\n",
-                "models",
-                1,
-            ),
+            ("inference_address=https://127.0.0.1:1\n", "inference_address", 1),
+            ("models={\"m\": {\"1.0\": {\"batchSize\": 0}}}\n", "models", 1),
             ("models={not json}\n", "models", 1),
         ] {
             let err = parse(text).expect_err(text);
             let msg = err.to_string();
-            assert!(
-                msg.contains(&format!("`{key}`")) && msg.contains(&format!("line {line}")),
-                "{text:?} -> {msg}"
-            );
+            assert!(msg.contains(&format!("`{key}`")) && msg.contains(&format!("line {line}")), "{text:?} -> {msg}");
         }
     }
 
@@ -413,16 +462,58 @@ mod tests {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config");
         for file in ["config.properties", "config.example.properties"] {
             let c = Config::from_file(&dir.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
-            assert_eq!(
-                c.load_models,
-                LoadModels::List(vec![("signnet".into(), "signnet".into())]),
-                "{file}"
-            );
-            assert_eq!(
-                c.model_config("signnet", "1.0").and_then(|m| m.batch_size),
-                Some(16),
-                "{file}"
-            );
+            assert_eq!(c.load_models, LoadModels::List(vec![("signnet".into(), "signnet".into())]), "{file}");
+            assert_eq!(c.model_config("signnet", "1.0").and_then(|m| m.batch_size), Some(16), "{file}");
+        }
+    }
+
+    #[test]
+    fn reads_the_control_plane_keys() {
+        let c = parse(
+            "management_address=http://127.0.0.1:9081\nmetrics_address=http://0.0.0.0:9082\n\
+             max_response_size=1000\nenable_envvars_config=true\nts_metric_names=false\n\
+             metrics_latency_buckets_ms=0.5, 5, 25\nvmargs=-Xmx4g\nsome_new_key=1\n",
+        )
+        .expect("valid config");
+        assert_eq!(c.management_address, SocketAddr::from(([127, 0, 0, 1], 9081)));
+        assert_eq!(c.metrics_address, SocketAddr::from(([0, 0, 0, 0], 9082)));
+        assert_eq!(c.max_response_size, 1000);
+        assert!(c.enable_envvars_config);
+        assert!(!c.ts_metric_names);
+        assert_eq!(c.latency_buckets, vec![0.0005, 0.005, 0.025]);
+        let defaults = Config::default();
+        assert_eq!(defaults.management_address, SocketAddr::from(([127, 0, 0, 1], 8081)));
+        assert_eq!(defaults.metrics_address, SocketAddr::from(([127, 0, 0, 1], 8082)));
+        assert!(defaults.latency_buckets.contains(&0.025) && defaults.latency_buckets.contains(&0.000_05));
+    }
+
+    #[test]
+    fn environment_wins_only_when_enabled() {
+        let vars = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs.iter().map(|(k, v)| ((*k).to_string(), (*v).to_string())).collect()
+        };
+        let mut c = parse("job_queue_size=5\n").expect("config");
+        c.apply_env(vars(&[("TS_JOB_QUEUE_SIZE", "9"), ("PATH", "/bin")])).expect("env");
+        assert_eq!(c.job_queue_size, 5, "ignored unless enable_envvars_config");
+        c.apply_env(vars(&[("TS_JOB_QUEUE_SIZE", "9"), ("TS_ENABLE_ENVVARS_CONFIG", "true")])).expect("env");
+        assert_eq!(c.job_queue_size, 9);
+        let mut c = parse("enable_envvars_config=true\n").expect("config");
+        c.apply_env(vars(&[("TS_INFERENCE_ADDRESS", "http://127.0.0.1:7070")])).expect("env");
+        assert_eq!(c.inference_address, SocketAddr::from(([127, 0, 0, 1], 7070)));
+        let err = c.apply_env(vars(&[("TS_BATCH_SIZE", "zero")])).expect_err("bad value");
+        assert!(err.to_string().contains("TS_BATCH_SIZE"), "{err}");
+    }
+
+    #[test]
+    fn bad_control_plane_values_are_refused() {
+        for (text, key) in [
+            ("metrics_latency_buckets_ms=5,1\n", "metrics_latency_buckets_ms"),
+            ("enable_envvars_config=yes\n", "enable_envvars_config"),
+            ("models={\"m\": {\"1.0\": {\"deviceType\": \"gpu\"}}}\n", "models"),
+            ("models={\"m\": {\"1.0\": {\"minWorkers\": 4, \"maxWorkers\": 2}}}\n", "models"),
+        ] {
+            let msg = parse(text).expect_err(text).to_string();
+            assert!(msg.contains(&format!("`{key}`")), "{text:?} -> {msg}");
         }
     }
 

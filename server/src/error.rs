@@ -28,70 +28,46 @@ struct Body<'a> {
 impl ApiError {
     /// 400: the request is malformed.
     pub fn bad_request(message: impl Into<String>) -> Self {
-        Self {
-            status: StatusCode::BAD_REQUEST,
-            kind: "BadRequestException",
-            message: message.into(),
-        }
+        Self { status: StatusCode::BAD_REQUEST, kind: "BadRequestException", message: message.into() }
     }
 
     /// 404: no such model (or version).
     pub fn model_not_found(message: impl Into<String>) -> Self {
-        Self {
-            status: StatusCode::NOT_FOUND,
-            kind: "ModelNotFoundException",
-            message: message.into(),
-        }
+        Self { status: StatusCode::NOT_FOUND, kind: "ModelNotFoundException", message: message.into() }
     }
 
     /// 404: no such endpoint.
     pub fn not_found(path: &str) -> Self {
-        let message =
-            format!("Requested resource is not found, please refer to API document: {path}");
-        Self {
-            status: StatusCode::NOT_FOUND,
-            kind: "ResourceNotFoundException",
-            message,
-        }
+        let message = format!("Requested resource is not found, please refer to API document: {path}");
+        Self { status: StatusCode::NOT_FOUND, kind: "ResourceNotFoundException", message }
     }
 
     /// 405: the endpoint exists, the method does not.
     pub fn method_not_allowed() -> Self {
         let message = "Requested method is not allowed, please refer to API document.".into();
-        Self {
-            status: StatusCode::METHOD_NOT_ALLOWED,
-            kind: "MethodNotAllowedException",
-            message,
-        }
+        Self { status: StatusCode::METHOD_NOT_ALLOWED, kind: "MethodNotAllowedException", message }
+    }
+
+    /// 409: the model (version) exists already.
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self { status: StatusCode::CONFLICT, kind: "ConflictStatusException", message: message.into() }
     }
 
     /// 413: the body is larger than `max_request_size`.
     pub fn too_large(limit: usize) -> Self {
         let message = format!("request body is larger than max_request_size ({limit} bytes)");
-        Self {
-            status: StatusCode::PAYLOAD_TOO_LARGE,
-            kind: "RequestEntityTooLargeException",
-            message,
-        }
+        Self { status: StatusCode::PAYLOAD_TOO_LARGE, kind: "RequestEntityTooLargeException", message }
     }
 
     /// 500: something failed on the server's side.
     pub fn internal(message: impl Into<String>) -> Self {
-        Self {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            kind: "InternalServerException",
-            message: message.into(),
-        }
+        Self { status: StatusCode::INTERNAL_SERVER_ERROR, kind: "InternalServerException", message: message.into() }
     }
 
     /// The JSON body.
     #[must_use]
     pub fn body(&self) -> Vec<u8> {
-        let body = Body {
-            code: self.status.as_u16(),
-            kind: self.kind,
-            message: &self.message,
-        };
+        let body = Body { code: self.status.as_u16(), kind: self.kind, message: &self.message };
         serde_json::to_vec(&body).unwrap_or_else(|_| b"{}".to_vec())
     }
 }
@@ -100,20 +76,13 @@ impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> Self {
         let message = e.to_string();
         let (status, kind) = match e {
-            EngineError::QueueFull { .. } | EngineError::ShuttingDown(_) => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "ServiceUnavailableException",
-            ),
+            EngineError::QueueFull { .. } | EngineError::ShuttingDown(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailableException")
+            }
             EngineError::InvalidInput(_) => (StatusCode::BAD_REQUEST, "BadRequestException"),
             EngineError::Timeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "RequestTimeoutException"),
-            EngineError::Backend(_) => {
-                (StatusCode::INTERNAL_SERVER_ERROR, "InternalServerException")
-            }
+            EngineError::Backend(_) => (StatusCode::INTERNAL_SERVER_ERROR, "InternalServerException"),
         };
-        Self {
-            status,
-            kind,
-            message,
-        }
+        Self { status, kind, message }
     }
 }

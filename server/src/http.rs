@@ -1,59 +1,81 @@
-//! The inference API over hyper 1: `GET /ping` and `POST /predictions/{model}[/{version}]`, served by
-//! [`run`] on a listener until a shutdown signal, then drained gracefully.
+//! The HTTP plumbing shared by the three APIs (inference, management, metrics): one accept loop over hyper 1
+//! with TCP_NODELAY, a header-read timeout and graceful shutdown, and the helpers every handler uses.
 
-use std::{convert::Infallible, future::Future, sync::Arc, time::Duration};
+use std::{collections::HashMap, convert::Infallible, future::Future, sync::Arc, time::Duration};
 
 use bytes::Bytes;
-use ferroserve_engine::{InferOutput, Model, Registry};
 use http_body_util::{BodyExt, Full};
+use hyper::body::Body as _;
 use hyper::{
     body::Incoming,
     header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE},
     service::service_fn,
-    Method, Request, Response, StatusCode,
+    Request, Response, StatusCode,
 };
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
     server::{conn::auto, graceful::GracefulShutdown},
 };
-use serde::Serialize;
 use tokio::net::TcpListener;
 
-use crate::{
-    error::ApiError,
-    landmarks::{self, LandmarkShape},
-};
+use crate::{error::ApiError, state::AppState};
 
 /// How long a client may take to send its request headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long connections get to finish after a shutdown signal.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// What the handlers share.
-pub struct AppState {
-    /// The loaded models.
-    pub registry: Arc<Registry>,
-    /// Largest request body accepted (`max_request_size`).
-    pub max_request_size: usize,
+/// A response with its whole body.
+pub type Reply = Response<Full<Bytes>>;
+
+/// Which API a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Api {
+    /// `/ping`, `/predictions`, KServe v2 (`inference_address`).
+    Inference,
+    /// `/models` (`management_address`).
+    Management,
+    /// `/metrics` (`metrics_address`).
+    Metrics,
 }
 
-type Reply = Response<Full<Bytes>>;
+impl Api {
+    /// The label of this API in metrics.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Api::Inference => "inference",
+            Api::Management => "management",
+            Api::Metrics => "metrics",
+        }
+    }
+}
 
-/// Serves the inference API on `listener` until `shutdown` completes, then lets open connections finish (for
-/// [`DRAIN_TIMEOUT`] at most).
+/// Serves the inference API on `listener` until `shutdown` completes (see [`serve`]).
 ///
 /// # Errors
-/// Never at present: accept errors (such as running out of file descriptors) are logged and retried.
+/// Never at present: accept errors are logged and retried.
 pub async fn run(
     listener: TcpListener,
     state: Arc<AppState>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
+    serve(listener, state, Api::Inference, shutdown).await
+}
+
+/// Serves `api` on `listener` until `shutdown` completes, then lets open connections finish (for
+/// [`DRAIN_TIMEOUT`] at most).
+///
+/// # Errors
+/// Never at present: accept errors (such as running out of file descriptors) are logged and retried.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    api: Api,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -75,7 +97,7 @@ pub async fn run(
         let state = Arc::clone(&state);
         let service = service_fn(move |req| {
             let state = Arc::clone(&state);
-            async move { Ok::<_, Infallible>(route(req, &state).await) }
+            async move { Ok::<_, Infallible>(dispatch(req, &state, api).await) }
         });
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
         let conn = graceful.watch(conn.into_owned());
@@ -86,60 +108,84 @@ pub async fn run(
         });
     }
     drop(listener);
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await.is_err() {
         tracing::warn!("some connections were still open after {DRAIN_TIMEOUT:?}");
     }
     Ok(())
 }
 
-async fn route(req: Request<Incoming>, state: &AppState) -> Reply {
-    let path = req.uri().path().to_string();
-    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let result = match (req.method(), segments.as_slice()) {
-        (&Method::GET, ["ping"]) => Ok(json(StatusCode::OK, br#"{"status":"Healthy"}"#.to_vec())),
-        (&Method::POST, ["predictions", model]) => predict(req, state, model, None).await,
-        (&Method::POST, ["predictions", model, version]) => {
-            predict(req, state, model, Some(version)).await
-        }
-        (_, ["ping"] | ["predictions", _] | ["predictions", _, _]) => {
-            Err(ApiError::method_not_allowed())
-        }
-        _ => Err(ApiError::not_found(&path)),
+/// Routes to the API's handlers, then applies what holds for every response: the `max_response_size` limit and
+/// the count of responses by status class.
+async fn dispatch(req: Request<Incoming>, state: &AppState, api: Api) -> Reply {
+    let reply = match api {
+        Api::Inference => crate::inference::route(req, state).await,
+        Api::Management => crate::management::route(req, state).await,
+        Api::Metrics => crate::metrics::route(&req, state),
     };
-    result.unwrap_or_else(|e| json(e.status, e.body()))
+    let reply = match reply.body().size_hint().exact() {
+        Some(n) if n > state.config.max_response_size as u64 => {
+            let e = ApiError::internal(format!(
+                "the response ({n} bytes) is larger than max_response_size ({} bytes)",
+                state.config.max_response_size
+            ));
+            json(e.status, e.body())
+        }
+        _ => reply,
+    };
+    state.metrics.count_response(api, reply.status());
+    reply
 }
 
-fn json(status: StatusCode, body: Vec<u8>) -> Reply {
+/// Answers an error as TorchServe does.
+#[must_use]
+pub fn error_reply(e: &ApiError) -> Reply {
+    json(e.status, e.body())
+}
+
+/// A JSON response.
+#[must_use]
+pub fn json(status: StatusCode, body: Vec<u8>) -> Reply {
+    with_type(status, body, "application/json")
+}
+
+/// A response with a content type.
+#[must_use]
+pub fn with_type(status: StatusCode, body: Vec<u8>, content_type: &'static str) -> Reply {
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
 }
 
-fn find_model(state: &AppState, name: &str, version: Option<&str>) -> Result<Arc<Model>, ApiError> {
-    state
-        .registry
-        .get(name, version)
-        .ok_or_else(|| match version {
-            Some(v) if state.registry.get(name, None).is_some() => ApiError::model_not_found(
-                format!("Model version: {v} does not exist for model: {name}"),
-            ),
-            _ => ApiError::model_not_found(format!("Model not found: {name}")),
-        })
+/// A JSON response of a serialisable value.
+#[must_use]
+pub fn json_value(status: StatusCode, value: &impl serde::Serialize) -> Reply {
+    json(status, serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec()))
+}
+
+/// The query string's parameters, decoded (the last value of a repeated key wins, except for `name[]` keys,
+/// whose values are kept in order, joined by commas).
+#[must_use]
+pub fn query(req: &Request<Incoming>) -> HashMap<String, String> {
+    let mut params: HashMap<String, String> = HashMap::new();
+    for (key, value) in form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()) {
+        if key.ends_with("[]") {
+            let entry = params.entry(key.into_owned()).or_default();
+            if !entry.is_empty() {
+                entry.push(',');
+            }
+            entry.push_str(&value);
+        } else {
+            params.insert(key.into_owned(), value.into_owned());
+        }
+    }
+    params
 }
 
 /// Reads the whole body into one buffer, refusing more than `limit` bytes (early, from Content-Length, when the
 /// client sends it).
-async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Vec<u8>, ApiError> {
-    let declared = req
-        .headers()
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+pub async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Vec<u8>, ApiError> {
+    let declared = req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(ApiError::too_large(limit));
     }
@@ -147,8 +193,7 @@ async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Vec<u8>, ApiE
     let mut buffer = Vec::with_capacity(capacity);
     let mut body = req.into_body();
     while let Some(frame) = body.frame().await {
-        let frame = frame
-            .map_err(|e| ApiError::bad_request(format!("cannot read the request body: {e}")))?;
+        let frame = frame.map_err(|e| ApiError::bad_request(format!("cannot read the request body: {e}")))?;
         if let Ok(data) = frame.into_data() {
             if buffer.len() + data.len() > limit {
                 return Err(ApiError::too_large(limit));
@@ -157,84 +202,4 @@ async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Vec<u8>, ApiE
         }
     }
     Ok(buffer)
-}
-
-/// `topk` from the query string (`?topk=3`); the body's `topk` field wins over it.
-fn query_topk(req: &Request<Incoming>) -> Result<Option<usize>, ApiError> {
-    let Some(query) = req.uri().query() else {
-        return Ok(None);
-    };
-    let Some(value) = query.split('&').find_map(|kv| kv.strip_prefix("topk=")) else {
-        return Ok(None);
-    };
-    match value.parse::<usize>() {
-        Ok(k) if k > 0 => Ok(Some(k)),
-        _ => Err(ApiError::bad_request(format!(
-            "query parameter topk={value} must be a positive integer"
-        ))),
-    }
-}
-
-async fn predict(
-    req: Request<Incoming>,
-    state: &AppState,
-    name: &str,
-    version: Option<&str>,
-) -> Result<Reply, ApiError> {
-    let model = find_model(state, name, version)?;
-    let shape = LandmarkShape::of(model.spec()).ok_or_else(|| {
-        ApiError::bad_request(format!(
-            "model {name} takes input `{}` of shape {:?}, not hand landmarks [frames, points, 3]",
-            model.spec().input_name,
-            model.spec().input_shape
-        ))
-    })?;
-    let query_k = query_topk(&req)?;
-    let mut body = read_body(req, state.max_request_size).await?;
-    let request = landmarks::parse(&mut body, shape)?;
-    let reply = model.submit(request.input)?;
-    let output = reply.await.map_err(|_| {
-        ApiError::internal(format!(
-            "model {name} dropped the request (it is shutting down)"
-        ))
-    })??;
-    let topk = request.topk.or(query_k).unwrap_or(1);
-    Ok(prediction_response(&model, &output, topk))
-}
-
-#[derive(Serialize)]
-struct PredictionBody<'a> {
-    predictions: Vec<landmarks::Prediction<'a>>,
-    device: &'static str,
-}
-
-fn prediction_response(model: &Model, output: &InferOutput, topk: usize) -> Reply {
-    let body = PredictionBody {
-        predictions: landmarks::top_k(&output.output, model.labels(), topk),
-        device: output.device.kind(),
-    };
-    let mut response = json(
-        StatusCode::OK,
-        serde_json::to_vec(&body).unwrap_or_default(),
-    );
-    let timing = output.timing;
-    let headers = response.headers_mut();
-    let ms = |d: Duration| HeaderValue::from_str(&format!("{:.3}", d.as_secs_f64() * 1000.0));
-    for (name, value) in [
-        ("x-queue-time", ms(timing.queue)),
-        ("x-inference-time", ms(timing.inference)),
-        (
-            "x-batch-size",
-            HeaderValue::from_str(&timing.batch_size.to_string()),
-        ),
-        (
-            "x-device",
-            HeaderValue::from_str(&output.device.to_string()),
-        ),
-    ] {
-        if let Ok(value) = value {
-            headers.insert(name, value);
-        }
-    }
-    response
 }

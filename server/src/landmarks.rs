@@ -31,11 +31,7 @@ impl LandmarkShape {
     pub fn of(spec: &ModelSpec) -> Option<Self> {
         match spec.input_shape.as_slice() {
             &[frames, points, coords] if frames > 0 && points > 0 && (2..=3).contains(&coords) => {
-                Some(Self {
-                    frames,
-                    points,
-                    coords,
-                })
+                Some(Self { frames, points, coords })
             }
             _ => None,
         }
@@ -65,17 +61,12 @@ thread_local! {
 /// [`ApiError`] 400 with a message that says what is wrong and where.
 pub fn parse(body: &mut [u8], shape: LandmarkShape) -> Result<LandmarkRequest, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::bad_request(
-            "empty body: expected JSON {\"landmarks\": [[[x, y, z], ...], ...]}",
-        ));
+        return Err(ApiError::bad_request("empty body: expected JSON {\"landmarks\": [[[x, y, z], ...], ...]}"));
     }
     let tape = BUFFERS
         .with_borrow_mut(|buffers| simd_json::to_tape_with_buffers(body, buffers))
         .map_err(|e| ApiError::bad_request(format!("body is not valid JSON: {e}")))?;
-    let object = tape
-        .as_value()
-        .into_object()
-        .ok_or_else(|| ApiError::bad_request("body must be a JSON object"))?;
+    let object = tape.as_value().into_object().ok_or_else(|| ApiError::bad_request("body must be a JSON object"))?;
     let topk = object.get("topk").map(parse_topk).transpose()?;
     let frames = object
         .get("landmarks")
@@ -86,40 +77,25 @@ pub fn parse(body: &mut [u8], shape: LandmarkShape) -> Result<LandmarkRequest, A
         return Err(ApiError::bad_request("`landmarks` has no frames"));
     }
     if frames.len() > MAX_FRAMES {
-        return Err(ApiError::bad_request(format!(
-            "`landmarks` has {} frames, at most {MAX_FRAMES}",
-            frames.len()
-        )));
+        return Err(ApiError::bad_request(format!("`landmarks` has {} frames, at most {MAX_FRAMES}", frames.len())));
     }
     let frame_len = shape.points * shape.coords;
     let mut raw = Vec::with_capacity(frames.len() * frame_len);
     for (f, frame) in frames.iter().enumerate() {
         read_frame(frame, f, shape, &mut raw)?;
     }
-    Ok(LandmarkRequest {
-        input: resample(&raw, frames.len(), shape.frames, frame_len),
-        topk,
-    })
+    Ok(LandmarkRequest { input: resample(&raw, frames.len(), shape.frames, frame_len), topk })
 }
 
 fn parse_topk(value: Json<'_, '_>) -> Result<usize, ApiError> {
     match value.as_u64() {
-        Some(k) if k > 0 => {
-            usize::try_from(k).map_err(|_| ApiError::bad_request("`topk` is too large"))
-        }
+        Some(k) if k > 0 => usize::try_from(k).map_err(|_| ApiError::bad_request("`topk` is too large")),
         _ => Err(ApiError::bad_request("`topk` must be a positive integer")),
     }
 }
 
-fn read_frame(
-    frame: Json<'_, '_>,
-    f: usize,
-    shape: LandmarkShape,
-    out: &mut Vec<f32>,
-) -> Result<(), ApiError> {
-    let points = frame
-        .into_array()
-        .ok_or_else(|| ApiError::bad_request(format!("landmarks[{f}] must be an array")))?;
+fn read_frame(frame: Json<'_, '_>, f: usize, shape: LandmarkShape, out: &mut Vec<f32>) -> Result<(), ApiError> {
+    let points = frame.into_array().ok_or_else(|| ApiError::bad_request(format!("landmarks[{f}] must be an array")))?;
     if points.len() != shape.points {
         return Err(ApiError::bad_request(format!(
             "landmarks[{f}] has {} points, the model takes {}",
@@ -128,27 +104,14 @@ fn read_frame(
         )));
     }
     for (p, point) in points.iter().enumerate() {
-        let coords = point
-            .into_array()
-            .filter(|c| c.len() == shape.coords)
-            .ok_or_else(|| {
-                ApiError::bad_request(format!(
-                    "landmarks[{f}][{p}] must be an array of {} numbers",
-                    shape.coords
-                ))
-            })?;
+        let coords = point.into_array().filter(|c| c.len() == shape.coords).ok_or_else(|| {
+            ApiError::bad_request(format!("landmarks[{f}][{p}] must be an array of {} numbers", shape.coords))
+        })?;
         for (c, v) in coords.iter().enumerate() {
             #[allow(clippy::cast_possible_truncation)]
-            let x = v
-                .cast_f64()
-                .map(|x| x as f32)
-                .filter(|x| x.is_finite())
-                .ok_or_else(|| {
-                    ApiError::bad_request(format!(
-                        "landmarks[{f}][{p}][{c}] must be a finite number, got {}",
-                        describe(v)
-                    ))
-                })?;
+            let x = v.cast_f64().map(|x| x as f32).filter(|x| x.is_finite()).ok_or_else(|| {
+                ApiError::bad_request(format!("landmarks[{f}][{p}][{c}] must be a finite number, got {}", describe(v)))
+            })?;
             out.push(x);
         }
     }
@@ -171,11 +134,7 @@ pub fn resample(raw: &[f32], n: usize, target: usize, frame_len: usize) -> Vec<f
     }
     let mut out = Vec::with_capacity(target * frame_len);
     #[allow(clippy::cast_precision_loss)]
-    let step = if target > 1 {
-        (n - 1) as f64 / (target - 1) as f64
-    } else {
-        0.0
-    };
+    let step = if target > 1 { (n - 1) as f64 / (target - 1) as f64 } else { 0.0 };
     for t in 0..target {
         #[allow(clippy::cast_precision_loss)]
         let pos = t as f64 * step;
@@ -184,10 +143,7 @@ pub fn resample(raw: &[f32], n: usize, target: usize, frame_len: usize) -> Vec<f
         let i1 = (i0 + 1).min(n - 1);
         #[allow(clippy::cast_possible_truncation, clippy::cast_precision_loss)]
         let w = (pos - i0 as f64) as f32;
-        let (a, b) = (
-            &raw[i0 * frame_len..][..frame_len],
-            &raw[i1 * frame_len..][..frame_len],
-        );
+        let (a, b) = (&raw[i0 * frame_len..][..frame_len], &raw[i1 * frame_len..][..frame_len]);
         out.extend(a.iter().zip(b).map(|(x, y)| x + (y - x) * w));
     }
     out
@@ -204,24 +160,14 @@ pub struct Prediction<'a> {
 
 /// The `k` most probable classes, most probable first (ties by class index).
 #[must_use]
-pub fn top_k<'a>(
-    probabilities: &[f32],
-    labels: Option<&'a [String]>,
-    k: usize,
-) -> Vec<Prediction<'a>> {
+pub fn top_k<'a>(probabilities: &[f32], labels: Option<&'a [String]>, k: usize) -> Vec<Prediction<'a>> {
     let mut order: Vec<usize> = (0..probabilities.len()).collect();
-    order.sort_by(|&a, &b| {
-        probabilities[b]
-            .total_cmp(&probabilities[a])
-            .then(a.cmp(&b))
-    });
+    order.sort_by(|&a, &b| probabilities[b].total_cmp(&probabilities[a]).then(a.cmp(&b)));
     order
         .into_iter()
         .take(k)
         .map(|i| Prediction {
-            label: labels
-                .and_then(|l| l.get(i))
-                .map_or_else(|| i.to_string().into(), |s| s.as_str().into()),
+            label: labels.and_then(|l| l.get(i)).map_or_else(|| i.to_string().into(), |s| s.as_str().into()),
             confidence: probabilities[i],
         })
         .collect()
@@ -231,11 +177,7 @@ pub fn top_k<'a>(
 mod tests {
     use super::*;
 
-    const SHAPE: LandmarkShape = LandmarkShape {
-        frames: 4,
-        points: 2,
-        coords: 3,
-    };
+    const SHAPE: LandmarkShape = LandmarkShape { frames: 4, points: 2, coords: 3 };
 
     fn body(frames: usize) -> String {
         let frame = "[[0.1,0.2,0.3],[1,2,3]]";
@@ -269,8 +211,7 @@ mod tests {
         assert!(err("{\"landmarks\": []}").contains("no frames"));
         assert!(err("{\"landmarks\": [[[1,2,3]]]}").contains("has 1 points"));
         assert!(err("{\"landmarks\": [[[1,2],[1,2,3]]]}").contains("landmarks[0][0]"));
-        assert!(err("{\"landmarks\": [[[1,\"a\",3],[1,2,3]]]}")
-            .contains("landmarks[0][0][1] must be a finite"));
+        assert!(err("{\"landmarks\": [[[1,\"a\",3],[1,2,3]]]}").contains("landmarks[0][0][1] must be a finite"));
         assert!(err("{\"landmarks\": [[[1,NaN,3],[1,2,3]]]}").contains("not valid JSON"));
         assert!(err("{\"landmarks\": [[[1,1e300,3],[1,2,3]]]}").contains("finite"));
         assert!(err("{\"landmarks\": [[[1,null,3],[1,2,3]]]}").contains("finite"));
@@ -286,10 +227,7 @@ mod tests {
         let raw: Vec<f32> = (0..7).map(|i| i as f32).collect();
         assert_eq!(resample(&raw, 7, 4, 1), vec![0.0, 2.0, 4.0, 6.0]);
         // One frame is repeated.
-        assert_eq!(
-            resample(&[5.0, 6.0], 1, 3, 2),
-            vec![5.0, 6.0, 5.0, 6.0, 5.0, 6.0]
-        );
+        assert_eq!(resample(&[5.0, 6.0], 1, 3, 2), vec![5.0, 6.0, 5.0, 6.0, 5.0, 6.0]);
         let mut bytes = body(9).into_bytes();
         assert_eq!(parse(&mut bytes, SHAPE).expect("9 frames").input.len(), 24);
     }

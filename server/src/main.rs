@@ -4,13 +4,15 @@ use std::{path::PathBuf, sync::Arc};
 
 use anyhow::Context;
 use clap::Parser;
-use ferroserve::{app, config::LoadModels, AppState, Config};
+use ferroserve::{app, config::LoadModels, metrics::ServerMetrics, Api, AppState, Config};
 
 /// A dynamic-batching model inference server that speaks TorchServe's API.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Cli {
-    /// TorchServe's config.properties to read (its keys and defaults; see config/README.md).
+    /// TorchServe's config.properties to read (its keys and defaults; every key is described in
+    /// config/config.example.properties). With `enable_envvars_config=true`, `TS_<KEY>` environment variables
+    /// override the file and these flags.
     #[arg(long = "ts-config", value_name = "FILE")]
     ts_config: Option<PathBuf>,
     /// Folder the models are loaded from (overrides `model_store`).
@@ -24,39 +26,53 @@ struct Cli {
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     let config = load_config(&cli)?;
-    let registry = app::load_all(&config).context("cannot load the models")?;
+    let metrics = Arc::new(ServerMetrics::new(&config).context("cannot set up the metrics")?);
+    let registry = app::load_all(&config, &metrics.engine).context("cannot load the models")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.io_threads)
         .enable_all()
         .build()
         .context("cannot start the I/O runtime")?;
-    let state = Arc::new(AppState {
-        registry: Arc::clone(&registry),
-        max_request_size: config.max_request_size,
-    });
-    runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind(config.inference_address)
-            .await
-            .with_context(|| {
-                format!(
-                    "cannot listen on {} (inference_address)",
-                    config.inference_address
-                )
-            })?;
-        tracing::info!("inference API on http://{}", listener.local_addr()?);
-        ferroserve::run(listener, state, shutdown_signal()).await?;
-        anyhow::Ok(())
-    })?;
+    let state = Arc::new(AppState::new(Arc::clone(&registry), config, metrics));
+    runtime.block_on(serve_all(state))?;
     tracing::info!("draining the model queues");
     registry.shutdown();
+    Ok(())
+}
+
+/// Binds the three listeners, then serves them until a shutdown signal.
+async fn serve_all(state: Arc<AppState>) -> anyhow::Result<()> {
+    let config = &state.config;
+    let mut listeners = Vec::new();
+    for (api, addr, key) in [
+        (Api::Inference, config.inference_address, "inference_address"),
+        (Api::Management, config.management_address, "management_address"),
+        (Api::Metrics, config.metrics_address, "metrics_address"),
+    ] {
+        let listener =
+            tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} ({key})"))?;
+        tracing::info!("{} API on http://{}", api.name(), listener.local_addr()?);
+        listeners.push((api, listener));
+    }
+    let (stop, _) = tokio::sync::broadcast::channel::<()>(1);
+    let mut servers = tokio::task::JoinSet::new();
+    for (api, listener) in listeners {
+        let mut stopped = stop.subscribe();
+        servers.spawn(ferroserve::serve(listener, Arc::clone(&state), api, async move {
+            let _ = stopped.recv().await;
+        }));
+    }
+    shutdown_signal().await;
+    let _ = stop.send(());
+    while let Some(done) = servers.join_next().await {
+        done??;
+    }
     Ok(())
 }
 
@@ -72,6 +88,7 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
         let joined = cli.models.join(",");
         config.apply(vec![("load_models".into(), joined, None)])?;
     }
+    config.apply_env(std::env::vars())?;
     if config.load_models == LoadModels::None {
         tracing::warn!("no model to load: set load_models or pass --models");
     }

@@ -43,11 +43,7 @@ async fn ping_and_routing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hundreds_of_concurrent_requests_each_get_their_own_answer() {
     let registry = Arc::new(Registry::new());
-    let fake = add_fake(
-        &registry,
-        FakeMode::Echo,
-        options("echo", 2, 1000, 8, Duration::from_millis(2)),
-    );
+    let fake = add_fake(&registry, FakeMode::Echo, options("echo", 2, 1000, 8, Duration::from_millis(2)));
     let server = Arc::new(TestServer::start(Arc::clone(&registry), MB).await);
     let mut tasks = Vec::new();
     for j in 0..400 {
@@ -59,10 +55,7 @@ async fn hundreds_of_concurrent_requests_each_get_their_own_answer() {
             let prediction = &reply.json["predictions"][0];
             assert_eq!(prediction["label"], format!("c{class}"), "request {j}");
             let confidence = prediction["confidence"].as_f64().expect("confidence");
-            assert!(
-                (confidence - f64::from(top)).abs() < 1e-7,
-                "request {j} got another's row: {confidence}"
-            );
+            assert!((confidence - f64::from(top)).abs() < 1e-7, "request {j} got another's row: {confidence}");
             assert_eq!(reply.json["device"], "cpu");
             reply.batch_size()
         }));
@@ -72,22 +65,14 @@ async fn hundreds_of_concurrent_requests_each_get_their_own_answer() {
         assert!((1..=8).contains(&batch));
     }
     let sizes = fake.batch_sizes();
-    assert_eq!(
-        sizes.iter().sum::<usize>(),
-        400,
-        "every request ran exactly once"
-    );
+    assert_eq!(sizes.iter().sum::<usize>(), 400, "every request ran exactly once");
     assert!(sizes.iter().all(|&n| (1..=8).contains(&n)), "{sizes:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_queue_answers_503_at_once_and_the_server_recovers() {
     let registry = Arc::new(Registry::new());
-    let fake = add_fake(
-        &registry,
-        FakeMode::Echo,
-        options("busy", 1, 2, 1, Duration::ZERO),
-    );
+    let fake = add_fake(&registry, FakeMode::Echo, options("busy", 1, 2, 1, Duration::ZERO));
     // The workers run clones of the fake, which share its gate: closing it holds the one worker.
     let registered = fake.gate.clone();
     let model = registry.get("busy", None).expect("model");
@@ -101,9 +86,7 @@ async fn a_full_queue_answers_503_at_once_and_the_server_recovers() {
         async move { server.predict("busy", body).await.status }
     });
     let gate_for_wait = registered.clone();
-    tokio::task::spawn_blocking(move || gate_for_wait.wait_arrived(1))
-        .await
-        .expect("worker busy");
+    tokio::task::spawn_blocking(move || gate_for_wait.wait_arrived(1)).await.expect("worker busy");
     let queued: Vec<_> = (0..2)
         .map(|_| {
             let (server, body) = (Arc::clone(&server), body.clone());
@@ -116,10 +99,7 @@ async fn a_full_queue_answers_503_at_once_and_the_server_recovers() {
     let refused = server.predict("busy", body.clone()).await;
     assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(refused.json["type"], "ServiceUnavailableException");
-    assert!(refused.json["message"]
-        .as_str()
-        .expect("message")
-        .contains("queue"));
+    assert!(refused.json["message"].as_str().expect("message").contains("queue"));
 
     registered.open();
     assert_eq!(first.await.expect("first"), StatusCode::OK);
@@ -133,11 +113,7 @@ async fn a_full_queue_answers_503_at_once_and_the_server_recovers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_bodies_get_400_with_a_message_and_never_harm_the_server() {
     let registry = Arc::new(Registry::new());
-    add_fake(
-        &registry,
-        FakeMode::Echo,
-        options("m", 1, 10, 4, Duration::from_millis(1)),
-    );
+    add_fake(&registry, FakeMode::Echo, options("m", 1, 10, 4, Duration::from_millis(1)));
     let server = TestServer::start(Arc::clone(&registry), 4096).await;
     let (_, _, values) = distinct_values(3);
     let good = landmark_body(&values);
@@ -158,12 +134,7 @@ async fn bad_bodies_get_400_with_a_message_and_never_harm_the_server() {
     ];
     for (body, expected) in cases {
         let reply = server.predict("m", body.clone()).await;
-        assert_eq!(
-            reply.status,
-            StatusCode::BAD_REQUEST,
-            "{body:?} -> {}",
-            reply.json
-        );
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{body:?} -> {}", reply.json);
         assert_eq!(reply.json["code"], 400);
         assert_eq!(reply.json["type"], "BadRequestException");
         let message = reply.json["message"].as_str().expect("message");
@@ -180,56 +151,26 @@ async fn bad_bodies_get_400_with_a_message_and_never_harm_the_server() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn topk_comes_from_the_body_or_the_query() {
     let registry = Arc::new(Registry::new());
-    add_fake(
-        &registry,
-        FakeMode::Echo,
-        options("m", 1, 10, 1, Duration::ZERO),
-    );
+    add_fake(&registry, FakeMode::Echo, options("m", 1, 10, 1, Duration::ZERO));
     let server = TestServer::start(Arc::clone(&registry), MB).await;
     let (_, _, values) = distinct_values(4);
     let body = landmark_body(&values);
-    let by_query = server
-        .send(Method::POST, "/predictions/m?topk=3", body.clone())
-        .await;
-    let labels: Vec<_> = by_query.json["predictions"]
-        .as_array()
-        .expect("list")
-        .iter()
-        .map(|p| p["label"].clone())
-        .collect();
+    let by_query = server.send(Method::POST, "/predictions/m?topk=3", body.clone()).await;
+    let labels: Vec<_> =
+        by_query.json["predictions"].as_array().expect("list").iter().map(|p| p["label"].clone()).collect();
     assert_eq!(labels, vec!["c4", "c9", "c8"], "most probable first");
-    let by_body = server
-        .predict("m", body.replacen('}', ", \"topk\": 2}", 1))
-        .await;
-    assert_eq!(
-        by_body.json["predictions"].as_array().expect("list").len(),
-        2
-    );
-    let versioned = server
-        .send(Method::POST, "/predictions/m/1.0?topk=20", body.clone())
-        .await;
-    assert_eq!(
-        versioned.json["predictions"]
-            .as_array()
-            .expect("list")
-            .len(),
-        10,
-        "k above the classes: all"
-    );
-    let bad = server
-        .send(Method::POST, "/predictions/m?topk=0", body)
-        .await;
+    let by_body = server.predict("m", body.replacen('}', ", \"topk\": 2}", 1)).await;
+    assert_eq!(by_body.json["predictions"].as_array().expect("list").len(), 2);
+    let versioned = server.send(Method::POST, "/predictions/m/1.0?topk=20", body.clone()).await;
+    assert_eq!(versioned.json["predictions"].as_array().expect("list").len(), 10, "k above the classes: all");
+    let bad = server.send(Method::POST, "/predictions/m?topk=0", body).await;
     assert_eq!(bad.status, StatusCode::BAD_REQUEST);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_batch_answers_500_and_the_next_one_succeeds() {
     let registry = Arc::new(Registry::new());
-    let fake = add_fake(
-        &registry,
-        FakeMode::Echo,
-        options("flaky", 1, 10, 1, Duration::ZERO),
-    );
+    let fake = add_fake(&registry, FakeMode::Echo, options("flaky", 1, 10, 1, Duration::ZERO));
     fake.script.push(FakeStep::Fail("scripted failure".into()));
     fake.script.push(FakeStep::Panic("scripted panic".into()));
     let server = TestServer::start(Arc::clone(&registry), MB).await;
@@ -239,14 +180,7 @@ async fn a_failing_batch_answers_500_and_the_next_one_succeeds() {
         let failed = server.predict("flaky", body.clone()).await;
         assert_eq!(failed.status, StatusCode::INTERNAL_SERVER_ERROR);
         assert_eq!(failed.json["type"], "InternalServerException");
-        assert!(
-            failed.json["message"]
-                .as_str()
-                .expect("message")
-                .contains(expected),
-            "{}",
-            failed.json
-        );
+        assert!(failed.json["message"].as_str().expect("message").contains(expected), "{}", failed.json);
     }
     assert_eq!(server.predict("flaky", body).await.status, StatusCode::OK);
 }

@@ -4,28 +4,20 @@
 
 mod support;
 
-use std::{path::Path, sync::Arc};
+use std::sync::Arc;
 
-use ferroserve::{app, Config};
+use ferroserve::app;
 use ferroserve_engine::Registry;
 use hyper::StatusCode;
-use support::TestServer;
-
-fn models_dir() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../models")
-}
+use support::{models_dir, TestServer};
 
 fn reference() -> serde_json::Value {
-    let text = std::fs::read_to_string(models_dir().join("signnet/reference.json"))
-        .expect("reference.json");
+    let text = std::fs::read_to_string(models_dir().join("signnet/reference.json")).expect("reference.json");
     serde_json::from_str(&text).expect("reference JSON")
 }
 
 async fn signnet_server(batch_size: &str) -> TestServer {
-    let mut config = Config {
-        model_store: models_dir(),
-        ..Config::default()
-    };
+    let mut config = support::test_config(1 << 20);
     config
         .apply(vec![
             ("default_workers_per_model".into(), "2".into(), None),
@@ -34,20 +26,18 @@ async fn signnet_server(batch_size: &str) -> TestServer {
             ("max_batch_delay".into(), "5".into(), None),
         ])
         .expect("valid settings");
-    let model = app::load_model(&config, "signnet", "signnet").expect("signnet loads");
+    let metrics = support::metrics_for(&config);
+    let model = app::load_model(&config, "signnet", "signnet", &metrics.engine).expect("signnet loads");
     let registry = Arc::new(Registry::new());
     assert!(registry.register(model).is_ok());
-    TestServer::start(registry, 1 << 20).await
+    TestServer::start_state(Arc::new(ferroserve::AppState::new(registry, config, metrics))).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_requests_match_the_reference_outputs() {
     let reference = reference();
     let inputs = reference["landmarks"].as_array().expect("inputs").clone();
-    let expected = reference["probabilities"]
-        .as_array()
-        .expect("outputs")
-        .clone();
+    let expected = reference["probabilities"].as_array().expect("outputs").clone();
     let labels = reference["labels"].as_array().expect("labels").clone();
     let server = Arc::new(signnet_server("8").await);
     let mut tasks = Vec::new();
@@ -59,26 +49,15 @@ async fn concurrent_requests_match_the_reference_outputs() {
         tasks.push(tokio::spawn(async move {
             let reply = server.predict("signnet", body).await;
             assert_eq!(reply.status, StatusCode::OK, "{}", reply.json);
-            let predictions = reply.json["predictions"]
-                .as_array()
-                .expect("predictions")
-                .clone();
+            let predictions = reply.json["predictions"].as_array().expect("predictions").clone();
             assert_eq!(predictions.len(), 10);
             assert_eq!(predictions[0]["label"], label, "request {j} (input {i})");
-            let index = [
-                "hello", "thanks", "yes", "no", "please", "sorry", "help", "love", "eat", "drink",
-            ];
+            let index = ["hello", "thanks", "yes", "no", "please", "sorry", "help", "love", "eat", "drink"];
             for p in &predictions {
-                let class = index
-                    .iter()
-                    .position(|l| p["label"] == *l)
-                    .expect("known label");
+                let class = index.iter().position(|l| p["label"] == *l).expect("known label");
                 let got = p["confidence"].as_f64().expect("confidence");
                 let want = want[class].as_f64().expect("reference");
-                assert!(
-                    (got - want).abs() < 1e-4,
-                    "request {j} class {class}: {got} vs {want}"
-                );
+                assert!((got - want).abs() < 1e-4, "request {j} class {class}: {got} vs {want}");
             }
             reply.batch_size()
         }));
@@ -91,26 +70,16 @@ async fn concurrent_requests_match_the_reference_outputs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_example_request_is_hello_and_other_frame_counts_are_resampled() {
     let server = signnet_server("1").await;
-    let example =
-        std::fs::read_to_string(models_dir().join("signnet/example.json")).expect("example.json");
+    let example = std::fs::read_to_string(models_dir().join("signnet/example.json")).expect("example.json");
     let reply = server.predict("signnet", example.clone()).await;
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(reply.json["predictions"][0]["label"], "hello");
     assert_eq!(reply.json["device"], "cpu");
     // The same gesture at 60 frames (each frame twice) is still recognised.
     let value: serde_json::Value = serde_json::from_str(&example).expect("JSON");
-    let doubled: Vec<_> = value["landmarks"]
-        .as_array()
-        .expect("frames")
-        .iter()
-        .flat_map(|f| [f.clone(), f.clone()])
-        .collect();
-    let reply = server
-        .predict(
-            "signnet",
-            serde_json::json!({ "landmarks": doubled }).to_string(),
-        )
-        .await;
+    let doubled: Vec<_> =
+        value["landmarks"].as_array().expect("frames").iter().flat_map(|f| [f.clone(), f.clone()]).collect();
+    let reply = server.predict("signnet", serde_json::json!({ "landmarks": doubled }).to_string()).await;
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(reply.json["predictions"][0]["label"], "hello");
 }

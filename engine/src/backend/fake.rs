@@ -37,17 +37,11 @@ pub struct FakeScript(Arc<Mutex<VecDeque<FakeStep>>>);
 impl FakeScript {
     /// Appends a step.
     pub fn push(&self, step: FakeStep) {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push_back(step);
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).push_back(step);
     }
 
     fn pop(&self) -> Option<FakeStep> {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .pop_front()
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).pop_front()
     }
 }
 
@@ -86,11 +80,7 @@ impl Gate {
     pub fn wait_arrived(&self, n: usize) {
         let mut state = self.state();
         while state.arrived < n {
-            state = self
-                .0
-                 .1
-                .wait(state)
-                .unwrap_or_else(PoisonError::into_inner);
+            state = self.0 .1.wait(state).unwrap_or_else(PoisonError::into_inner);
         }
     }
 
@@ -99,11 +89,7 @@ impl Gate {
         state.arrived += 1;
         self.0 .1.notify_all();
         while state.closed {
-            state = self
-                .0
-                 .1
-                .wait(state)
-                .unwrap_or_else(PoisonError::into_inner);
+            state = self.0 .1.wait(state).unwrap_or_else(PoisonError::into_inner);
         }
     }
 
@@ -129,22 +115,13 @@ impl FakeBackend {
     /// A fake with this spec and mode, an empty script and an open gate.
     #[must_use]
     pub fn new(spec: ModelSpec, mode: FakeMode) -> Self {
-        Self {
-            spec,
-            mode,
-            script: FakeScript::default(),
-            gate: Gate::default(),
-            batches: Arc::default(),
-        }
+        Self { spec, mode, script: FakeScript::default(), gate: Gate::default(), batches: Arc::default() }
     }
 
     /// The sizes of the batches run so far.
     #[must_use]
     pub fn batch_sizes(&self) -> Vec<usize> {
-        self.batches
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.batches.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     fn compute(&self, batch: usize, input: &[f32]) -> Vec<f32> {
@@ -167,10 +144,7 @@ impl FakeBackend {
 impl Backend for FakeBackend {
     fn infer(&mut self, batch: usize, input: &[f32]) -> Result<Vec<f32>, BackendError> {
         self.gate.pass();
-        self.batches
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(batch);
+        self.batches.lock().unwrap_or_else(PoisonError::into_inner).push(batch);
         match self.script.pop() {
             Some(FakeStep::Sleep(d)) => std::thread::sleep(d),
             Some(FakeStep::Fail(msg)) => return Err(BackendError::inference(msg)),

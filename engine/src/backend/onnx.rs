@@ -40,12 +40,9 @@ pub struct OnnxFactory {
 fn environment(dylib: &Path) -> Result<Environment, BackendError> {
     static ENV: OnceLock<Result<Environment, String>> = OnceLock::new();
     ENV.get_or_init(|| {
-        let builder = ort::init_from(dylib)
-            .map_err(|e| format!("cannot load ONNX Runtime from {}: {e}", dylib.display()))?;
-        builder
-            .with_name("ferroserve")
-            .build()
-            .map_err(|e| e.to_string())
+        let builder =
+            ort::init_from(dylib).map_err(|e| format!("cannot load ONNX Runtime from {}: {e}", dylib.display()))?;
+        builder.with_name("ferroserve").build().map_err(|e| e.to_string())
     })
     .clone()
     .map_err(BackendError::load)
@@ -59,13 +56,8 @@ impl OnnxFactory {
     /// exactly one float input and output whose dimensions, but the first (batch), are fixed.
     pub fn load(path: &Path, options: OnnxOptions) -> Result<Self, BackendError> {
         let session = open(path, &options)?;
-        let spec = spec_of(&session)
-            .map_err(|e| BackendError::load(format!("{}: {e}", path.display())))?;
-        Ok(Self {
-            path: path.to_path_buf(),
-            options,
-            spec,
-        })
+        let spec = spec_of(&session).map_err(|e| BackendError::load(format!("{}: {e}", path.display())))?;
+        Ok(Self { path: path.to_path_buf(), options, spec })
     }
 }
 
@@ -77,36 +69,23 @@ fn open(path: &Path, options: &OnnxOptions) -> Result<Session, BackendError> {
             .with_intra_threads(options.intra_threads.max(1))?
             .with_inter_threads(1)?)
     };
-    configure(Session::builder(&env).map_err(fail)?)
-        .map_err(fail)?
-        .commit_from_file(path)
-        .map_err(fail)
+    configure(Session::builder(&env).map_err(fail)?).map_err(fail)?.commit_from_file(path).map_err(fail)
 }
 
 /// Reads the per-sample shapes: one f32 input and one f32 output, batch first, every other dimension fixed.
 fn spec_of(session: &Session) -> Result<ModelSpec, String> {
     let (input, output) = match (session.inputs(), session.outputs()) {
         ([input], [output, ..]) => (input, output),
-        (inputs, _) => {
-            return Err(format!(
-                "expected one input, the model has {}",
-                inputs.len()
-            ))
-        }
+        (inputs, _) => return Err(format!("expected one input, the model has {}", inputs.len())),
     };
     let shape = |dtype: &ValueType, what: &str| -> Result<Vec<usize>, String> {
         let ValueType::Tensor { shape, .. } = dtype else {
             return Err(format!("its {what} is not a tensor"));
         };
         let dims: &[i64] = shape;
-        let rest = dims
-            .get(1..)
-            .ok_or_else(|| format!("its {what} has no batch dimension"))?;
+        let rest = dims.get(1..).ok_or_else(|| format!("its {what} has no batch dimension"))?;
         rest.iter()
-            .map(|&d| {
-                usize::try_from(d)
-                    .map_err(|_| format!("its {what} shape {dims:?} has a dynamic dimension"))
-            })
+            .map(|&d| usize::try_from(d).map_err(|_| format!("its {what} shape {dims:?} has a dynamic dimension")))
             .collect()
     };
     Ok(ModelSpec {
@@ -132,10 +111,7 @@ impl BackendFactory for OnnxFactory {
 
     fn create(&self, _worker: usize) -> Result<Box<dyn Backend>, BackendError> {
         let session = open(&self.path, &self.options)?;
-        Ok(Box::new(OnnxBackend {
-            session,
-            spec: self.spec.clone(),
-        }))
+        Ok(Box::new(OnnxBackend { session, spec: self.spec.clone() }))
     }
 }
 
@@ -151,13 +127,8 @@ impl Backend for OnnxBackend {
         shape.extend_from_slice(&self.spec.input_shape);
         // A view over the stacked batch: no copy between the worker's buffer and the runtime.
         let tensor = TensorRef::from_array_view((shape, input)).map_err(BackendError::inference)?;
-        let outputs = self
-            .session
-            .run(ort::inputs![tensor])
-            .map_err(BackendError::inference)?;
-        let (_, data) = outputs[0]
-            .try_extract_tensor::<f32>()
-            .map_err(BackendError::inference)?;
+        let outputs = self.session.run(ort::inputs![tensor]).map_err(BackendError::inference)?;
+        let (_, data) = outputs[0].try_extract_tensor::<f32>().map_err(BackendError::inference)?;
         check_output(&self.spec, batch, data)?;
         Ok(data.to_vec())
     }

@@ -56,10 +56,7 @@ pub(crate) fn gated_echo() -> FakeBackend {
 
 /// A batch policy.
 pub(crate) fn policy(max_batch_size: usize, max_delay: Duration) -> BatchPolicy {
-    BatchPolicy {
-        max_batch_size,
-        max_delay,
-    }
+    BatchPolicy { max_batch_size, max_delay }
 }
 
 /// Settings for a model named `fake` with `workers` workers, a queue too large to fill by accident and a
@@ -82,16 +79,11 @@ pub(crate) fn start(fake: &FakeBackend, options: ModelOptions) -> Model {
 
 /// Submits [`input`]`(id)`, which must be accepted.
 pub(crate) fn submit(model: &Model, id: u16) -> oneshot::Receiver<InferResult> {
-    model
-        .submit(input(id))
-        .expect("the queue has room for this request")
+    model.submit(input(id)).expect("the queue has room for this request")
 }
 
 /// Submits the inputs of `ids`, which must all be accepted, and keeps each id with its receiver.
-pub(crate) fn submit_all(
-    model: &Model,
-    ids: std::ops::Range<u16>,
-) -> Vec<(u16, oneshot::Receiver<InferResult>)> {
+pub(crate) fn submit_all(model: &Model, ids: std::ops::Range<u16>) -> Vec<(u16, oneshot::Receiver<InferResult>)> {
     ids.map(|id| (id, submit(model, id))).collect()
 }
 
@@ -106,11 +98,7 @@ pub(crate) fn hold_workers(
     fake: &FakeBackend,
     first: u16,
 ) -> Vec<(u16, oneshot::Receiver<InferResult>)> {
-    assert_eq!(
-        model.policy().max_batch_size,
-        1,
-        "start a held model with batches of one"
-    );
+    assert_eq!(model.policy().max_batch_size, 1, "start a held model with batches of one");
     let workers = u16::try_from(model.options().workers).expect("a few workers");
     (0..workers)
         .map(|w| {
@@ -123,8 +111,7 @@ pub(crate) fn hold_workers(
 
 /// Blocks until the engine answers (never from inside an async runtime).
 pub(crate) fn answer(rx: oneshot::Receiver<InferResult>) -> InferResult {
-    rx.blocking_recv()
-        .expect("the engine answers every accepted request")
+    rx.blocking_recv().expect("the engine answers every accepted request")
 }
 
 /// Blocks for the answer, which must be a success.

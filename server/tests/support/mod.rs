@@ -6,7 +6,7 @@
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use bytes::Bytes;
-use ferroserve::AppState;
+use ferroserve::{metrics::ServerMetrics, Api, AppState, Config};
 use ferroserve_engine::{
     backend::{FakeBackend, FakeMode},
     BatchPolicy, Model, ModelOptions, ModelSpec, Registry,
@@ -14,15 +14,18 @@ use ferroserve_engine::{
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::{client::legacy::Client, rt::TokioExecutor};
-use tokio::sync::oneshot;
 
-/// A server running in the test's runtime; it stops when dropped.
+/// A server running in the test's runtime, its three APIs on 127.0.0.1 port 0; it stops when dropped.
 pub struct TestServer {
-    /// Where it listens.
+    /// Where the inference API listens.
     pub addr: SocketAddr,
-    /// Its models.
-    pub registry: Arc<Registry>,
-    stop: Option<oneshot::Sender<()>>,
+    /// Where the management API listens.
+    pub management: SocketAddr,
+    /// Where the metrics API listens.
+    pub metrics: SocketAddr,
+    /// Its state (models, config, metrics).
+    pub state: Arc<AppState>,
+    stop: Option<tokio::sync::broadcast::Sender<()>>,
     client: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
 }
 
@@ -34,52 +37,74 @@ pub struct Reply {
     pub headers: hyper::HeaderMap,
     /// Body parsed as JSON (Null when it is not JSON).
     pub json: serde_json::Value,
+    /// Body as text.
+    pub text: String,
 }
 
 impl Reply {
     /// The `x-batch-size` header: how many requests shared this one's batch.
     pub fn batch_size(&self) -> usize {
-        let value = self
-            .headers
-            .get("x-batch-size")
-            .expect("x-batch-size header");
+        let value = self.headers.get("x-batch-size").expect("x-batch-size header");
         value.to_str().expect("ASCII").parse().expect("a number")
     }
 }
 
+/// A configuration for tests: every address on port 0, `max_request_size` as given.
+pub fn test_config(max_request_size: usize) -> Config {
+    let any = SocketAddr::from(([127, 0, 0, 1], 0));
+    Config {
+        inference_address: any,
+        management_address: any,
+        metrics_address: any,
+        max_request_size,
+        model_store: models_dir(),
+        ..Config::default()
+    }
+}
+
+/// The repository's model store.
+pub fn models_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models")
+}
+
+/// Fresh metrics for `config`.
+pub fn metrics_for(config: &Config) -> Arc<ServerMetrics> {
+    Arc::new(ServerMetrics::new(config).expect("metrics"))
+}
+
 impl TestServer {
-    /// Starts a server on 127.0.0.1:0 over `registry`.
+    /// Starts a server over `registry` with [`test_config`].
     pub async fn start(registry: Arc<Registry>, max_request_size: usize) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind 127.0.0.1:0");
-        let addr = listener.local_addr().expect("local addr");
-        let state = Arc::new(AppState {
-            registry: Arc::clone(&registry),
-            max_request_size,
-        });
-        let (stop, stopped) = oneshot::channel::<()>();
-        tokio::spawn(async move {
-            ferroserve::run(listener, state, async {
-                let _ = stopped.await;
-            })
-            .await
-            .expect("server runs");
-        });
-        let client = Client::builder(TokioExecutor::new()).build_http();
-        Self {
-            addr,
-            registry,
-            stop: Some(stop),
-            client,
-        }
+        let config = test_config(max_request_size);
+        let metrics = metrics_for(&config);
+        Self::start_state(Arc::new(AppState::new(registry, config, metrics))).await
     }
 
-    /// Sends a request and reads the whole answer.
-    pub async fn send(&self, method: Method, path: &str, body: impl Into<Bytes>) -> Reply {
+    /// Starts the three APIs over `state` on 127.0.0.1 port 0.
+    pub async fn start_state(state: Arc<AppState>) -> Self {
+        let (stop, _) = tokio::sync::broadcast::channel::<()>(1);
+        let mut addrs = Vec::new();
+        for api in [Api::Inference, Api::Management, Api::Metrics] {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
+            addrs.push(listener.local_addr().expect("local addr"));
+            let mut stopped = stop.subscribe();
+            let state = Arc::clone(&state);
+            tokio::spawn(async move {
+                let shutdown = async move {
+                    let _ = stopped.recv().await;
+                };
+                ferroserve::serve(listener, state, api, shutdown).await.expect("server runs");
+            });
+        }
+        let client = Client::builder(TokioExecutor::new()).build_http();
+        Self { addr: addrs[0], management: addrs[1], metrics: addrs[2], state, stop: Some(stop), client }
+    }
+
+    /// Sends a request to `addr` and reads the whole answer.
+    pub async fn send_to(&self, addr: SocketAddr, method: Method, path: &str, body: impl Into<Bytes>) -> Reply {
         let req = Request::builder()
             .method(method)
-            .uri(format!("http://{}{path}", self.addr))
+            .uri(format!("http://{addr}{path}"))
             .header("content-type", "application/json")
             .body(Full::new(body.into()))
             .expect("request");
@@ -89,24 +114,31 @@ impl TestServer {
             .expect("HTTP exchange");
         let status = response.status();
         let headers = response.headers().clone();
-        let bytes = response
-            .into_body()
-            .collect()
-            .await
-            .expect("body")
-            .to_bytes();
+        let bytes = response.into_body().collect().await.expect("body").to_bytes();
         let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
-        Reply {
-            status,
-            headers,
-            json,
-        }
+        Reply { status, headers, json, text: String::from_utf8_lossy(&bytes).into_owned() }
+    }
+
+    /// Sends a request to the inference API.
+    pub async fn send(&self, method: Method, path: &str, body: impl Into<Bytes>) -> Reply {
+        self.send_to(self.addr, method, path, body).await
+    }
+
+    /// Sends a request to the management API.
+    pub async fn manage(&self, method: Method, path: &str) -> Reply {
+        self.send_to(self.management, method, path, "").await
+    }
+
+    /// Reads the metrics API's exposition.
+    pub async fn scrape(&self) -> String {
+        let reply = self.send_to(self.metrics, Method::GET, "/metrics", "").await;
+        assert_eq!(reply.status, StatusCode::OK);
+        reply.text
     }
 
     /// POSTs `body` to `/predictions/{model}`.
     pub async fn predict(&self, model: &str, body: impl Into<Bytes>) -> Reply {
-        self.send(Method::POST, &format!("/predictions/{model}"), body)
-            .await
+        self.send(Method::POST, &format!("/predictions/{model}"), body).await
     }
 }
 
@@ -129,22 +161,13 @@ pub fn fake_spec() -> ModelSpec {
 }
 
 /// Run options for a test model.
-pub fn options(
-    name: &str,
-    workers: usize,
-    queue_size: usize,
-    batch: usize,
-    delay: Duration,
-) -> ModelOptions {
+pub fn options(name: &str, workers: usize, queue_size: usize, batch: usize, delay: Duration) -> ModelOptions {
     ModelOptions {
         name: name.into(),
         version: "1.0".into(),
         workers,
         queue_size,
-        policy: BatchPolicy {
-            max_batch_size: batch,
-            max_delay: delay,
-        },
+        policy: BatchPolicy { max_batch_size: batch, max_delay: delay },
         response_timeout: Duration::from_secs(120),
     }
 }
@@ -153,18 +176,13 @@ pub fn options(
 pub fn add_fake(registry: &Registry, mode: FakeMode, options: ModelOptions) -> FakeBackend {
     let fake = FakeBackend::new(fake_spec(), mode);
     let labels = (0..10).map(|i| format!("c{i}")).collect();
-    let model = Model::start(&fake, options)
-        .expect("fake model starts")
-        .with_labels(labels);
+    let model = Model::start(&fake, options).expect("fake model starts").with_labels(labels);
     assert!(registry.register(model).is_ok(), "registered once");
     fake
 }
 
 /// A landmark body for the fake model whose flattened values are `values` (18 of them).
 pub fn landmark_body(values: &[f32]) -> String {
-    let frames: Vec<Vec<&[f32]>> = values
-        .chunks(9)
-        .map(|frame| frame.chunks(3).collect())
-        .collect();
+    let frames: Vec<Vec<&[f32]>> = values.chunks(9).map(|frame| frame.chunks(3).collect()).collect();
     serde_json::json!({ "landmarks": frames }).to_string()
 }

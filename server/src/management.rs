@@ -1,0 +1,327 @@
+//! The management API (TorchServe's, on `management_address`): list, describe, register, scale, re-batch,
+//! set the default version and unregister models, live.
+//!
+//! ferroserve's extension: `PUT /models/{m}[/{v}]?batch_size=N&max_batch_delay=MS` changes batch size and delay
+//! of a loaded model for its next batch, without reloading it.
+
+use std::{collections::HashMap, path::Component, sync::Arc};
+
+use ferroserve_engine::{store::StoreError, BatchPolicy, Model};
+use hyper::{body::Incoming, Method, Request, StatusCode};
+use serde::Serialize;
+use serde_json::json;
+
+use crate::{
+    app::{self, LoadError},
+    config::{delay_ms, model_name_of},
+    error::ApiError,
+    http::{error_reply, json_value, query, Reply},
+    inference::find_model,
+    state::AppState,
+};
+
+/// TorchServe's default page size of `GET /models`.
+const DEFAULT_LIMIT: usize = 100;
+
+/// Routes one management-API request.
+pub async fn route(req: Request<Incoming>, state: &AppState) -> Reply {
+    let path = req.uri().path().to_string();
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let params = query(&req);
+    let result = match (req.method(), segments.as_slice()) {
+        (&Method::GET, ["models"]) => list(state, &params),
+        (&Method::POST, ["models"]) => register(state, &params).await,
+        (&Method::GET, ["models", name]) => describe(state, name, Some(None)),
+        (&Method::GET, ["models", name, "all"]) => describe(state, name, None),
+        (&Method::GET, ["models", name, version]) => describe(state, name, Some(Some(version))),
+        (&Method::PUT, ["models", name]) => update(state, name, None, &params).await,
+        (&Method::PUT, ["models", name, version]) => update(state, name, Some(version), &params).await,
+        (&Method::PUT, ["models", name, version, "set-default"]) => set_default(state, name, version),
+        (&Method::DELETE, ["models", name]) => unregister(state, name, None).await,
+        (&Method::DELETE, ["models", name, version]) => unregister(state, name, Some(version)).await,
+        (_, ["models", ..]) => Err(ApiError::method_not_allowed()),
+        _ => Err(ApiError::not_found(&path)),
+    };
+    result.unwrap_or_else(|e| error_reply(&e))
+}
+
+fn status(code: StatusCode, message: String) -> Reply {
+    json_value(code, &json!({ "status": message }))
+}
+
+/// A query parameter parsed as `T`, or a 400 naming it.
+fn param<T: std::str::FromStr>(params: &HashMap<String, String>, key: &str) -> Result<Option<T>, ApiError> {
+    params
+        .get(key)
+        .map(|v| v.parse::<T>().map_err(|_| ApiError::bad_request(format!("Invalid value for parameter {key}: {v}"))))
+        .transpose()
+}
+
+fn positive(params: &HashMap<String, String>, key: &str) -> Result<Option<usize>, ApiError> {
+    match param::<usize>(params, key)? {
+        Some(0) => Err(ApiError::bad_request(format!("Parameter {key} must be at least 1"))),
+        other => Ok(other),
+    }
+}
+
+fn flag(params: &HashMap<String, String>, key: &str) -> Result<bool, ApiError> {
+    Ok(param::<bool>(params, key)?.unwrap_or(false))
+}
+
+/// `GET /models?limit=&next_page_token=`: model names with their default version's URL, a page at a time.
+fn list(state: &AppState, params: &HashMap<String, String>) -> Result<Reply, ApiError> {
+    let limit = positive(params, "limit")?.unwrap_or(DEFAULT_LIMIT);
+    let start = param::<usize>(params, "next_page_token")?.unwrap_or(0);
+    let models = state.registry.defaults();
+    let page: Vec<_> = models
+        .iter()
+        .skip(start)
+        .take(limit)
+        .map(|m| json!({ "modelName": m.name(), "modelUrl": m.source().0 }))
+        .collect();
+    let mut body = json!({ "models": page });
+    if start + limit < models.len() {
+        body["nextPageToken"] = json!((start + limit).to_string());
+    }
+    Ok(json_value(StatusCode::OK, &body))
+}
+
+/// TorchServe's description of one model version.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Description {
+    model_name: String,
+    model_version: String,
+    model_url: String,
+    runtime: &'static str,
+    min_workers: usize,
+    max_workers: usize,
+    batch_size: usize,
+    max_batch_delay: f64,
+    loaded_at_startup: bool,
+    response_timeout: u64,
+    job_queue_size: usize,
+    device: String,
+    workers: Vec<Worker>,
+    job_queue_status: QueueStatus,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Worker {
+    id: String,
+    status: &'static str,
+    device: String,
+    gpu: bool,
+    pid: u32,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct QueueStatus {
+    remaining_capacity: usize,
+    pending_requests: usize,
+}
+
+fn description(model: &Model) -> Description {
+    let (wanted, live) = model.workers();
+    let policy = model.policy();
+    let options = model.options();
+    let capacity = options.queue_size.max(1);
+    let pending = model.queue_len();
+    let (url, loaded_at_startup) = model.source();
+    Description {
+        model_name: model.name().to_string(),
+        model_version: model.version().to_string(),
+        model_url: url.to_string(),
+        runtime: model.runtime(),
+        min_workers: wanted,
+        max_workers: model.max_workers(),
+        batch_size: policy.max_batch_size,
+        max_batch_delay: policy.max_delay.as_secs_f64() * 1000.0,
+        loaded_at_startup,
+        response_timeout: options.response_timeout.as_secs(),
+        job_queue_size: capacity,
+        device: model.device().to_string(),
+        workers: (0..live)
+            .map(|i| Worker {
+                id: format!("{}", 9000 + i),
+                status: "READY",
+                device: model.device().to_string(),
+                gpu: model.device().kind() != "cpu",
+                pid: std::process::id(),
+            })
+            .collect(),
+        job_queue_status: QueueStatus {
+            remaining_capacity: capacity.saturating_sub(pending),
+            pending_requests: pending,
+        },
+    }
+}
+
+/// `GET /models/{m}` (default version), `/models/{m}/{v}` (`Some(Some(v))`) or `/models/{m}/all` (`None`).
+fn describe(state: &AppState, name: &str, which: Option<Option<&str>>) -> Result<Reply, ApiError> {
+    let models = match which {
+        Some(version) => vec![find_model(state, name, version)?],
+        None => {
+            let (all, _) = state
+                .registry
+                .versions(name)
+                .ok_or_else(|| ApiError::model_not_found(format!("Model not found: {name}")))?;
+            all
+        }
+    };
+    let body: Vec<Description> = models.iter().map(|m| description(m)).collect();
+    Ok(json_value(StatusCode::OK, &body))
+}
+
+/// A model URL must name a file or folder inside the model store.
+fn check_url(url: &str) -> Result<(), ApiError> {
+    let path = std::path::Path::new(url);
+    let escapes = path.components().any(|c| !matches!(c, Component::Normal(_) | Component::CurDir));
+    if url.is_empty() || url.contains("://") || escapes {
+        return Err(ApiError::bad_request(format!(
+            "Invalid model url {url:?}: give a file or folder name inside the model store"
+        )));
+    }
+    Ok(())
+}
+
+/// `POST /models?url=&model_name=&batch_size=&max_batch_delay=&initial_workers=&response_timeout=&synchronous=`
+async fn register(state: &AppState, params: &HashMap<String, String>) -> Result<Reply, ApiError> {
+    let url = params.get("url").ok_or_else(|| ApiError::bad_request("Parameter url is required."))?.clone();
+    check_url(&url)?;
+    let name = params.get("model_name").cloned().unwrap_or_else(|| model_name_of(&url));
+    let version = state.config.version_of(&name);
+    if state.registry.get(&name, Some(&version)).is_some() {
+        return Err(ApiError::conflict(format!("Model version {version} is already registered for model {name}")));
+    }
+    let mut options = app::model_options(&state.config, &name, &version);
+    if let Some(workers) = positive(params, "initial_workers")? {
+        options.workers = workers;
+    }
+    options.policy = batch_policy(params, options.policy)?;
+    if let Some(seconds) = positive(params, "response_timeout")? {
+        options.response_timeout = std::time::Duration::from_secs(seconds as u64);
+    }
+    let synchronous = flag(params, "synchronous")?;
+    // Fail fast on a URL that is not in the store, even when loading goes on in the background.
+    ferroserve_engine::store::locate(&state.config.model_store, &name, &url).map_err(|e| load_error(e.into()))?;
+    let workers = options.workers;
+    let (config, metrics, registry) = (state.config.clone(), state.metrics.engine.clone(), Arc::clone(&state.registry));
+    let task = tokio::task::spawn_blocking(move || {
+        let model = app::load_model_with(&config, &url, options, &metrics)?.with_source(url, false);
+        registry.register(model).map(drop).map_err(|m| LoadError::Duplicate(m.name().to_string()))
+    });
+    if !synchronous {
+        tokio::spawn(async move {
+            match task.await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => tracing::error!(%error, "background registration failed"),
+                Err(error) => tracing::error!(%error, "background registration panicked"),
+            }
+        });
+        let message = format!("Model \"{name}\" Version: {version} registration accepted, starting {workers} workers");
+        return Ok(status(StatusCode::ACCEPTED, message));
+    }
+    task.await.map_err(|e| ApiError::internal(e.to_string()))?.map_err(load_error)?;
+    let message = format!("Model \"{name}\" Version: {version} registered with {workers} initial workers");
+    Ok(status(StatusCode::OK, message))
+}
+
+fn load_error(e: LoadError) -> ApiError {
+    match e {
+        LoadError::Store(StoreError::NotFound { .. }) => ApiError::model_not_found(e.to_string()),
+        LoadError::Duplicate(_) => ApiError::conflict(e.to_string()),
+        LoadError::Store(StoreError::Labels { .. }) | LoadError::Mismatch { .. } => {
+            ApiError::bad_request(e.to_string())
+        }
+        LoadError::Backend { .. } => ApiError::internal(e.to_string()),
+    }
+}
+
+/// `batch_size` and `max_batch_delay` (ms) over `current`.
+fn batch_policy(params: &HashMap<String, String>, current: BatchPolicy) -> Result<BatchPolicy, ApiError> {
+    let mut policy = current;
+    if let Some(size) = positive(params, "batch_size")? {
+        policy.max_batch_size = size;
+    }
+    if let Some(ms) = param::<f64>(params, "max_batch_delay")? {
+        policy.max_delay =
+            delay_ms(ms).map_err(|e| ApiError::bad_request(format!("Parameter max_batch_delay: {e}")))?;
+    }
+    Ok(policy)
+}
+
+/// `PUT /models/{m}[/{v}]?min_worker=&max_worker=&synchronous=` scales workers; ferroserve's `batch_size` and
+/// `max_batch_delay` change batching.
+async fn update(
+    state: &AppState,
+    name: &str,
+    version: Option<&str>,
+    params: &HashMap<String, String>,
+) -> Result<Reply, ApiError> {
+    let model = find_model(state, name, version)?;
+    let known = ["min_worker", "max_worker", "batch_size", "max_batch_delay"];
+    if !known.iter().any(|k| params.contains_key(*k)) {
+        return Err(ApiError::bad_request(format!("Give at least one of the parameters {}", known.join(", "))));
+    }
+    let min = positive(params, "min_worker")?;
+    let max = positive(params, "max_worker")?;
+    if let (Some(min), Some(max)) = (min, max) {
+        if max < min {
+            return Err(ApiError::bad_request(format!("max_worker {max} is below min_worker {min}")));
+        }
+    }
+    let policy = batch_policy(params, model.policy())?;
+    model.set_policy(policy);
+    if let Some(max) = max {
+        model.set_max_workers(max);
+    }
+    let Some(workers) = min else {
+        let message = format!(
+            "Model \"{name}\" Version: {} batchSize {} maxBatchDelay {} ms",
+            model.version(),
+            policy.max_batch_size,
+            policy.max_delay.as_secs_f64() * 1000.0
+        );
+        return Ok(status(StatusCode::OK, message));
+    };
+    let scaling = Arc::clone(&model);
+    let task = tokio::task::spawn_blocking(move || scaling.scale(workers));
+    if !flag(params, "synchronous")? {
+        tokio::spawn(async move {
+            if let Ok(Err(error)) = task.await {
+                tracing::error!(%error, "scaling failed");
+            }
+        });
+        return Ok(status(StatusCode::ACCEPTED, "Processing worker updates...".into()));
+    }
+    task.await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(|e| ApiError::internal(format!("cannot start workers: {e}")))?;
+    Ok(status(StatusCode::OK, format!("Workers scaled to {workers} for model: {name}")))
+}
+
+/// `PUT /models/{m}/{v}/set-default`
+fn set_default(state: &AppState, name: &str, version: &str) -> Result<Reply, ApiError> {
+    find_model(state, name, Some(version))?;
+    if !state.registry.set_default(name, version) {
+        return Err(ApiError::model_not_found(format!("Model version: {version} does not exist for model: {name}")));
+    }
+    let message = format!("Default version successfully updated for model \"{name}\" to \"{version}\"");
+    Ok(status(StatusCode::OK, message))
+}
+
+/// `DELETE /models/{m}[/{v}]`: no new request reaches the model; it answers what it accepted, then stops.
+async fn unregister(state: &AppState, name: &str, version: Option<&str>) -> Result<Reply, ApiError> {
+    find_model(state, name, version)?;
+    let model = state
+        .registry
+        .remove(name, version)
+        .ok_or_else(|| ApiError::model_not_found(format!("Model not found: {name}")))?;
+    let version = model.version().to_string();
+    model.close();
+    tokio::task::spawn_blocking(move || model.shutdown()).await.map_err(|e| ApiError::internal(e.to_string()))?;
+    Ok(status(StatusCode::OK, format!("Model \"{name}\" Version: {version} unregistered")))
+}

@@ -1,0 +1,150 @@
+//! The metrics API (`GET /metrics`, Prometheus text format) and the metrics the server itself records:
+//! end-to-end request latency per model, responses by status class, and TorchServe's names for compatibility
+//! (`ts_inference_requests_total`, `ts_inference_latency_microseconds`, `ts_queue_latency_microseconds`,
+//! `Requests2XX`/`4XX`/`5XX`), which `ts_metric_names=false` turns off.
+
+use std::time::Duration;
+
+use ferroserve_engine::{metrics::EngineMetrics, Model};
+use hyper::{body::Incoming, Method, Request, StatusCode};
+use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry, TextEncoder};
+
+use crate::{
+    config::Config,
+    error::ApiError,
+    http::{error_reply, query, with_type, Api, Reply},
+    state::AppState,
+};
+
+/// Every metric family, in one Prometheus registry.
+pub struct ServerMetrics {
+    /// The registry `/metrics` exposes.
+    pub registry: Registry,
+    /// The engine's families; models record into them.
+    pub engine: EngineMetrics,
+    request_latency: HistogramVec,
+    responses: IntCounterVec,
+    ts: Option<TorchServeNames>,
+}
+
+/// TorchServe's metric names, kept for dashboards built on them.
+struct TorchServeNames {
+    requests: IntCounterVec,
+    latency_us: IntCounterVec,
+    by_class: [IntCounter; 3],
+}
+
+impl ServerMetrics {
+    /// Registers every family with the configured latency buckets.
+    ///
+    /// # Errors
+    /// When the buckets are not increasing (the configuration checks that first).
+    pub fn new(config: &Config) -> prometheus::Result<Self> {
+        let registry = Registry::new();
+        let engine = EngineMetrics::new(&registry, &config.latency_buckets, config.ts_metric_names)?;
+        let request_latency = HistogramVec::new(
+            HistogramOpts::new(
+                "ferroserve_request_latency_seconds",
+                "Time from a request's arrival at the server to its response, per model",
+            )
+            .buckets(config.latency_buckets.clone()),
+            &["model_name", "model_version", "device"],
+        )?;
+        registry.register(Box::new(request_latency.clone()))?;
+        let responses = IntCounterVec::new(
+            Opts::new("ferroserve_http_responses_total", "HTTP responses by API and status class"),
+            &["api", "class"],
+        )?;
+        registry.register(Box::new(responses.clone()))?;
+        let ts = if config.ts_metric_names { Some(TorchServeNames::new(&registry)?) } else { None };
+        Ok(Self { registry, engine, request_latency, responses, ts })
+    }
+
+    /// Counts one response of `api`.
+    pub fn count_response(&self, api: Api, status: StatusCode) {
+        let class = match status.as_u16() / 100 {
+            1 => "1xx",
+            2 => "2xx",
+            3 => "3xx",
+            4 => "4xx",
+            _ => "5xx",
+        };
+        self.responses.with_label_values(&[api.name(), class]).inc();
+        if let Some(ts) = &self.ts {
+            let index = match status.as_u16() / 100 {
+                2 => Some(0),
+                4 => Some(1),
+                5 => Some(2),
+                _ => None,
+            };
+            if let Some(counter) = index.and_then(|i| ts.by_class.get(i)) {
+                counter.inc();
+            }
+        }
+    }
+
+    /// Records one inference request to `model` that took `took` end to end (whatever its outcome).
+    pub fn observe_request(&self, model: &Model, took: Duration) {
+        let labels = [model.name(), model.version(), model.device().kind()];
+        self.request_latency.with_label_values(&labels).observe(took.as_secs_f64());
+        if let Some(ts) = &self.ts {
+            let labels = [model.name(), model.version()];
+            ts.requests.with_label_values(&labels).inc();
+            ts.latency_us.with_label_values(&labels).inc_by(u64::try_from(took.as_micros()).unwrap_or(u64::MAX));
+        }
+    }
+
+    /// The text exposition, restricted to the families in `names` when it is not empty.
+    #[must_use]
+    pub fn render(&self, names: &[&str]) -> Vec<u8> {
+        let mut families = self.registry.gather();
+        if !names.is_empty() {
+            families.retain(|f| names.contains(&f.name()));
+        }
+        let mut out = Vec::new();
+        if let Err(error) = TextEncoder::new().encode(&families, &mut out) {
+            tracing::error!(%error, "cannot encode metrics");
+        }
+        out
+    }
+}
+
+impl TorchServeNames {
+    fn new(registry: &Registry) -> prometheus::Result<Self> {
+        let counter = |name: &str, help: &str| -> prometheus::Result<IntCounterVec> {
+            let c = IntCounterVec::new(Opts::new(name, help), &["model_name", "model_version"])?;
+            registry.register(Box::new(c.clone()))?;
+            Ok(c)
+        };
+        let class = |name: &str| -> prometheus::Result<IntCounter> {
+            let help = format!("Responses with a {} status (TorchServe's name)", &name[8..]);
+            let c = IntCounter::with_opts(Opts::new(name, help).const_label("Level", "Host"))?;
+            registry.register(Box::new(c.clone()))?;
+            Ok(c)
+        };
+        Ok(Self {
+            requests: counter("ts_inference_requests_total", "Inference requests received (TorchServe's name)")?,
+            latency_us: counter(
+                "ts_inference_latency_microseconds",
+                "Cumulative end-to-end inference latency in microseconds (TorchServe's name)",
+            )?,
+            by_class: [class("Requests2XX")?, class("Requests4XX")?, class("Requests5XX")?],
+        })
+    }
+}
+
+/// `GET /metrics[?name[]=family...]` (TorchServe's filter).
+pub fn route(req: &Request<Incoming>, state: &AppState) -> Reply {
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/metrics") => {
+            for model in state.registry.all() {
+                model.metrics().queue_depth.set(i64::try_from(model.queue_len()).unwrap_or(i64::MAX));
+            }
+            let params = query(req);
+            let names: Vec<&str> = params.get("name[]").map(|n| n.split(',').collect()).unwrap_or_default();
+            with_type(StatusCode::OK, state.metrics.render(&names), "text/plain; version=0.0.4")
+        }
+        (_, "/metrics") => error_reply(&ApiError::method_not_allowed()),
+        (_, path) => error_reply(&ApiError::not_found(path)),
+    }
+}

@@ -18,7 +18,7 @@ ORT_LIB := third_party/onnxruntime/capi/libonnxruntime.so.$(ORT_VERSION)
 CONFIG  ?= config/config.properties
 BIN     := target/release/ferroserve
 
-.PHONY: deps run build test fmt lint bench bench-backend bench-e2e model clean
+.PHONY: deps tools run build test fmt lint bench bench-backend bench-e2e model clean
 
 ## deps: install onnxruntime==$(ORT_VERSION) (once) and link third_party/onnxruntime to it
 deps: $(ORT_LIB)
@@ -34,6 +34,11 @@ $(ORT_LIB): $(RUNTIME_VENV)/.stamp
 	test -f $(ORT_LIB)
 	touch -h third_party/onnxruntime
 
+## tools: promtool (Debian's prometheus package) for the metrics test, when it is missing
+tools:
+	@command -v promtool >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null; } \
+		|| echo "warning: cannot install promtool; the promtool check will be skipped"
+
 ## build: the release binaries
 build: deps
 	cargo build --release --bin ferroserve
@@ -43,7 +48,7 @@ run: build
 	$(BIN) --ts-config $(CONFIG)
 
 ## test: formatting, clippy with -D warnings, and every test
-test: deps fmt lint
+test: deps tools fmt lint
 	cargo test --workspace --all-targets
 	cargo test --workspace --doc
 

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use ferroserve::{metrics::ServerMetrics, Api, AppState, Config};
 use ferroserve_engine::{
     backend::{FakeBackend, FakeMode},
+    metrics::EngineMetrics,
     BatchPolicy, Model, ModelOptions, ModelSpec, Registry,
 };
 use http_body_util::{BodyExt, Full};
@@ -174,11 +175,37 @@ pub fn options(name: &str, workers: usize, queue_size: usize, batch: usize, dela
 
 /// Registers a fake model, labelled `c0`..`c9`, and returns the fake (to script it).
 pub fn add_fake(registry: &Registry, mode: FakeMode, options: ModelOptions) -> FakeBackend {
+    add_fake_metered(registry, &EngineMetrics::detached(), mode, options)
+}
+
+/// Registers a fake model that records into `metrics` (a server's `state.metrics.engine`).
+pub fn add_fake_metered(
+    registry: &Registry,
+    metrics: &EngineMetrics,
+    mode: FakeMode,
+    options: ModelOptions,
+) -> FakeBackend {
     let fake = FakeBackend::new(fake_spec(), mode);
     let labels = (0..10).map(|i| format!("c{i}")).collect();
-    let model = Model::start(&fake, options).expect("fake model starts").with_labels(labels);
-    assert!(registry.register(model).is_ok(), "registered once");
+    let model = Model::start_with(Arc::new(fake.clone()), options, metrics).expect("fake model starts");
+    assert!(registry.register(model.with_labels(labels)).is_ok(), "registered once");
     fake
+}
+
+/// The value of the sample `name{labels...}` in a Prometheus text exposition (labels matched as a subset).
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|line| {
+        let (series, value) = line.rsplit_once(' ')?;
+        let (metric_name, rest) = series.split_once('{').unwrap_or((series, ""));
+        let wanted = metric_name == name && labels.iter().all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
+        wanted.then(|| value.parse().ok()).flatten()
+    })
+}
+
+/// A server over an empty registry whose fake models record into its metrics.
+pub async fn metered_server(config: Config) -> TestServer {
+    let metrics = metrics_for(&config);
+    TestServer::start_state(Arc::new(AppState::new(Arc::new(Registry::new()), config, metrics))).await
 }
 
 /// A landmark body for the fake model whose flattened values are `values` (18 of them).

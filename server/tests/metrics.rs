@@ -1,0 +1,167 @@
+//! The metrics API over real HTTP: counters and histogram counts match the requests sent, rejections and drops
+//! are counted by cause, the buckets hold the SLO thresholds, TorchServe's names can be turned off, and the
+//! exposition passes `promtool check metrics` (when promtool is installed; `make test` installs it).
+
+mod support;
+
+use std::{io::Write, process::Command, sync::Arc, time::Duration};
+
+use ferroserve_engine::backend::FakeMode;
+use hyper::{Method, StatusCode};
+use support::{add_fake_metered, landmark_body, metered_server, metric, options, test_config};
+
+const MB: usize = 1 << 20;
+
+fn labels(model: &str) -> [(&str, &str); 2] {
+    [("model_name", model), ("model_version", "1.0")]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counts_and_histograms_match_the_requests_sent() {
+    let server = Arc::new(metered_server(test_config(MB)).await);
+    let engine = &server.state.metrics.engine;
+    add_fake_metered(
+        &server.state.registry,
+        engine,
+        FakeMode::Echo,
+        options("m", 2, 100, 4, Duration::from_micros(300)),
+    );
+    let mut tasks = Vec::new();
+    for _ in 0..37 {
+        let server = Arc::clone(&server);
+        tasks.push(tokio::spawn(async move { server.predict("m", landmark_body(&[0.5; 18])).await.status }));
+    }
+    for task in tasks {
+        assert_eq!(task.await.expect("task"), StatusCode::OK);
+    }
+    for bad in ["", "{}", "[1]"] {
+        assert_eq!(server.predict("m", bad).await.status, StatusCode::BAD_REQUEST);
+    }
+    let text = server.scrape().await;
+    let m = labels("m");
+    assert_eq!(metric(&text, "ferroserve_inference_count_total", &m), Some(37.0));
+    assert_eq!(metric(&text, "ferroserve_queue_latency_seconds_count", &m), Some(37.0));
+    assert_eq!(metric(&text, "ferroserve_batch_size_sum", &m), Some(37.0));
+    let batches = metric(&text, "ferroserve_execution_count_total", &m).expect("executions");
+    assert_eq!(metric(&text, "ferroserve_batch_size_count", &m), Some(batches));
+    assert_eq!(metric(&text, "ferroserve_inference_latency_seconds_count", &m), Some(batches));
+    assert!((10.0..=37.0).contains(&batches), "batches of at most 4: {batches}");
+    assert_eq!(metric(&text, "ferroserve_request_latency_seconds_count", &m), Some(40.0), "bad requests count too");
+    assert_eq!(metric(&text, "ts_inference_requests_total", &m), Some(40.0));
+    assert!(metric(&text, "ts_inference_latency_microseconds", &m).expect("ts latency") > 0.0);
+    assert!(metric(&text, "ts_queue_latency_microseconds", &m).is_some());
+    assert_eq!(metric(&text, "Requests2XX", &[]), Some(37.0));
+    assert_eq!(metric(&text, "Requests4XX", &[]), Some(3.0));
+    assert_eq!(metric(&text, "ferroserve_http_responses_total", &[("api", "inference"), ("class", "2xx")]), Some(37.0));
+    assert_eq!(metric(&text, "ferroserve_queue_depth", &m), Some(0.0));
+    for le in ["0.00005", "0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "10"] {
+        let bucket = [("model_name", "m"), ("le", le)];
+        assert!(metric(&text, "ferroserve_queue_latency_seconds_bucket", &bucket).is_some(), "bucket {le}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejections_and_drops_are_counted_by_cause() {
+    let server = Arc::new(metered_server(test_config(MB)).await);
+    let engine = &server.state.metrics.engine;
+    let fake =
+        add_fake_metered(&server.state.registry, engine, FakeMode::Echo, options("busy", 1, 1, 1, Duration::ZERO));
+    fake.gate.close();
+    let first = tokio::spawn({
+        let server = Arc::clone(&server);
+        async move { server.predict("busy", landmark_body(&[0.5; 18])).await.status }
+    });
+    let gate = fake.gate.clone();
+    tokio::task::spawn_blocking(move || gate.wait_arrived(1)).await.expect("worker busy");
+    let model = server.state.registry.get("busy", None).expect("model");
+    let queued = tokio::spawn({
+        let server = Arc::clone(&server);
+        async move { server.predict("busy", landmark_body(&[0.5; 18])).await.status }
+    });
+    while model.queue_len() < 1 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert_eq!(server.predict("busy", landmark_body(&[0.5; 18])).await.status, StatusCode::SERVICE_UNAVAILABLE);
+    let text = server.scrape().await;
+    let full = [("model_name", "busy"), ("reason", "queue_full")];
+    assert_eq!(metric(&text, "ferroserve_requests_rejected_total", &full), Some(1.0));
+    assert_eq!(metric(&text, "ferroserve_queue_depth", &labels("busy")), Some(1.0));
+    fake.gate.open();
+    assert_eq!(first.await.expect("first"), StatusCode::OK);
+    assert_eq!(queued.await.expect("queued"), StatusCode::OK);
+    let text = server.scrape().await;
+    assert_eq!(metric(&text, "Requests5XX", &[]), Some(1.0));
+    let gone = [("model_name", "busy"), ("reason", "client_gone")];
+    assert_eq!(metric(&text, "ferroserve_requests_dropped_total", &gone), Some(0.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_name_filter_and_wrong_paths() {
+    let server = metered_server(test_config(MB)).await;
+    let filtered = server
+        .send_to(server.metrics, Method::GET, "/metrics?name[]=Requests2XX&name[]=Requests4XX", "")
+        .await;
+    assert_eq!(filtered.status, StatusCode::OK);
+    let families: Vec<_> = filtered.text.lines().filter(|l| l.starts_with("# TYPE")).collect();
+    assert_eq!(families.len(), 2, "{}", filtered.text);
+    assert_eq!(
+        server.send_to(server.metrics, Method::POST, "/metrics", "").await.status,
+        StatusCode::METHOD_NOT_ALLOWED
+    );
+    assert_eq!(server.send_to(server.metrics, Method::GET, "/other", "").await.status, StatusCode::NOT_FOUND);
+}
+
+/// Runs `promtool check metrics` on `text`; `None` when promtool is not installed.
+fn promtool(text: &str) -> Option<(i32, String)> {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .ok()?;
+    child.stdin.take().expect("stdin").write_all(text.as_bytes()).expect("write");
+    let out = child.wait_with_output().expect("promtool runs");
+    let said = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    Some((out.status.code().unwrap_or(-1), said))
+}
+
+async fn busy_exposition(ts_metric_names: bool) -> String {
+    let server = Arc::new(metered_server(ferroserve::Config { ts_metric_names, ..test_config(MB) }).await);
+    let engine = &server.state.metrics.engine;
+    add_fake_metered(&server.state.registry, engine, FakeMode::Echo, options("m", 1, 10, 2, Duration::ZERO));
+    for _ in 0..5 {
+        assert_eq!(server.predict("m", landmark_body(&[0.5; 18])).await.status, StatusCode::OK);
+    }
+    server.scrape().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn promtool_accepts_the_exposition() {
+    let native = busy_exposition(false).await;
+    assert!(metric(&native, "ts_inference_requests_total", &[]).is_none(), "TorchServe's names are off");
+    assert!(metric(&native, "Requests2XX", &[]).is_none());
+    let Some((code, said)) = promtool(&native) else {
+        eprintln!("promtool is not installed: `make test` installs it; skipping the promtool check");
+        return;
+    };
+    assert_eq!(code, 0, "promtool: {said}");
+    // With TorchServe's names on, promtool's linter objects to those names only (their unit and suffix are
+    // TorchServe's choice, kept for its dashboards); the exposition itself parses.
+    let (code, said) = promtool(&busy_exposition(true).await).expect("promtool");
+    assert_eq!(code, 3, "lint findings only: {said}");
+    for line in said.lines().filter(|l| !l.trim().is_empty()) {
+        let name = line.split_whitespace().next().unwrap_or_default();
+        assert!(
+            [
+                "ts_inference_latency_microseconds",
+                "ts_queue_latency_microseconds",
+                "Requests2XX",
+                "Requests4XX",
+                "Requests5XX"
+            ]
+            .contains(&name),
+            "promtool: {line}"
+        );
+    }
+}

@@ -98,9 +98,8 @@ async fn rejections_and_drops_are_counted_by_cause() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_name_filter_and_wrong_paths() {
     let server = metered_server(test_config(MB)).await;
-    let filtered = server
-        .send_to(server.metrics, Method::GET, "/metrics?name[]=Requests2XX&name[]=Requests4XX", "")
-        .await;
+    let filtered =
+        server.send_to(server.metrics, Method::GET, "/metrics?name[]=Requests2XX&name[]=Requests4XX", "").await;
     assert_eq!(filtered.status, StatusCode::OK);
     let families: Vec<_> = filtered.text.lines().filter(|l| l.starts_with("# TYPE")).collect();
     assert_eq!(families.len(), 2, "{}", filtered.text);

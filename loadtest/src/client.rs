@@ -1,0 +1,291 @@
+//! The HTTP side: one hyper-util client with a connection pool for the whole run, the inference endpoint of
+//! each protocol, and the timed exchange of one request (status, bytes and the server's timing headers).
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{header, Method, Request, Uri};
+use hyper_util::{
+    client::legacy::{connect::HttpConnector, Client},
+    rt::{TokioExecutor, TokioTimer},
+};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::body::BodySet;
+
+/// The pooled client every request goes through.
+pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+/// A control-plane request (metadata, management, metrics) failed.
+#[derive(Debug, Error)]
+pub enum HttpError {
+    /// The URL is not a valid `http://` URI.
+    #[error("bad URL `{url}`: {reason}")]
+    Url {
+        /// The URL.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// The connection or the exchange failed.
+    #[error("{method} {url}: {source}")]
+    Transport {
+        /// GET, PUT, ...
+        method: Method,
+        /// The URL.
+        url: String,
+        /// Why.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The server answered with an error status.
+    #[error("{method} {url}: HTTP {status}: {body}")]
+    Status {
+        /// GET, PUT, ...
+        method: Method,
+        /// The URL.
+        url: String,
+        /// The status code.
+        status: u16,
+        /// The start of the body, for the message.
+        body: String,
+    },
+}
+
+/// Builds the client: HTTP/1.1, keep-alive, idle connections kept so that they are reused.
+pub fn http_client() -> HttpClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .pool_max_idle_per_host(usize::MAX)
+        .build(connector)
+}
+
+/// The inference protocol a server speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Protocol {
+    /// TorchServe's `POST /predictions/{model}[/{version}]` (ferroserve's too).
+    Torchserve,
+    /// KServe v2's `POST /v2/models/{model}[/versions/{version}]/infer` (Triton, ferroserve).
+    KserveV2,
+}
+
+impl Protocol {
+    /// The inference path for a model.
+    pub fn infer_path(self, model: &str, version: Option<&str>) -> String {
+        match (self, version) {
+            (Protocol::Torchserve, None) => format!("/predictions/{model}"),
+            (Protocol::Torchserve, Some(v)) => format!("/predictions/{model}/{v}"),
+            (Protocol::KserveV2, None) => format!("/v2/models/{model}/infer"),
+            (Protocol::KserveV2, Some(v)) => format!("/v2/models/{model}/versions/{v}/infer"),
+        }
+    }
+}
+
+/// Joins a base URL and a path, and checks the result.
+///
+/// # Errors
+/// [`HttpError::Url`] when the result is not an `http://` URI.
+pub fn join_url(base: &str, path: &str) -> Result<Uri, HttpError> {
+    let url = format!("{}{}", base.trim_end_matches('/'), path);
+    let uri: Uri = url
+        .parse()
+        .map_err(|e: hyper::http::uri::InvalidUri| HttpError::Url { url: url.clone(), reason: e.to_string() })?;
+    if uri.scheme_str() != Some("http") {
+        return Err(HttpError::Url { url, reason: "only http:// is supported".into() });
+    }
+    Ok(uri)
+}
+
+/// Sends a control-plane request and reads the whole answer; a non-2xx status is an error.
+///
+/// # Errors
+/// [`HttpError::Url`], [`HttpError::Transport`] (including a 10 s timeout) or [`HttpError::Status`].
+pub async fn fetch(client: &HttpClient, method: Method, uri: &Uri) -> Result<Bytes, HttpError> {
+    let url = uri.to_string();
+    let transport = |source: Box<dyn std::error::Error + Send + Sync>| HttpError::Transport {
+        method: method.clone(),
+        url: url.clone(),
+        source,
+    };
+    let request = Request::builder()
+        .method(method.clone())
+        .uri(uri.clone())
+        .body(Full::new(Bytes::new()))
+        .map_err(|e| transport(e.into()))?;
+    let exchange = async {
+        let response = client.request(request).await.map_err(|e| transport(e.into()))?;
+        let status = response.status();
+        let body = response.into_body().collect().await.map_err(|e| transport(e.into()))?;
+        Ok::<_, HttpError>((status, body.to_bytes()))
+    };
+    let (status, body) =
+        tokio::time::timeout(Duration::from_secs(10), exchange).await.map_err(|e| transport(e.into()))??;
+    if !status.is_success() {
+        let text = String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned();
+        return Err(HttpError::Status { method, url, status: status.as_u16(), body: text });
+    }
+    Ok(body)
+}
+
+/// What the server said about its own timing, from ferroserve's `x-queue-time`, `x-inference-time` (ms) and
+/// `x-batch-size` headers; absent on servers that do not send them.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ServerTiming {
+    /// Time in the queue, ms.
+    pub queue_ms: Option<f64>,
+    /// Time in the model, ms.
+    pub inference_ms: Option<f64>,
+    /// Requests in the batch.
+    pub batch_size: Option<f64>,
+}
+
+/// How one request ended.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Outcome {
+    /// An HTTP answer, whatever its status.
+    Response {
+        /// Status code.
+        status: u16,
+        /// Body bytes received.
+        bytes: u64,
+        /// The server's timing headers.
+        timing: ServerTiming,
+    },
+    /// No complete answer within the timeout.
+    Timeout,
+    /// The connection could not be opened.
+    Connect,
+    /// The connection failed during the exchange.
+    Io,
+}
+
+impl Outcome {
+    /// True for a 2xx answer.
+    pub fn is_success(&self) -> bool {
+        matches!(self, Outcome::Response { status, .. } if (200..300).contains(status))
+    }
+
+    /// The key this outcome is counted under in the error table: the status code, `timeout`, `connect` or
+    /// `io`; `None` for a success.
+    pub fn error_key(&self) -> Option<String> {
+        match self {
+            Outcome::Response { status, .. } if (200..300).contains(status) => None,
+            Outcome::Response { status, .. } => Some(status.to_string()),
+            Outcome::Timeout => Some("timeout".into()),
+            Outcome::Connect => Some("connect".into()),
+            Outcome::Io => Some("io".into()),
+        }
+    }
+}
+
+/// Where and what the load sends: the inference URI, the bodies and the per-request timeout.
+#[derive(Debug)]
+pub struct Target {
+    client: HttpClient,
+    uri: Uri,
+    bodies: BodySet,
+    timeout: Duration,
+}
+
+impl Target {
+    /// A target over an existing client.
+    pub fn new(client: HttpClient, uri: Uri, bodies: BodySet, timeout: Duration) -> Self {
+        Self { client, uri, bodies, timeout }
+    }
+
+    /// The per-request timeout.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// The inference URI.
+    pub fn uri(&self) -> &Uri {
+        &self.uri
+    }
+
+    /// How many distinct bodies are sent.
+    pub fn body_count(&self) -> usize {
+        self.bodies.len()
+    }
+
+    /// Sends the next body and reads the whole answer. Returns the outcome and the bytes sent.
+    pub async fn send(&self) -> (Outcome, u64) {
+        let body = self.bodies.next_body();
+        let sent = body.len() as u64;
+        let request = Request::builder()
+            .method(Method::POST)
+            .uri(self.uri.clone())
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Full::new(body));
+        let Ok(request) = request else {
+            return (Outcome::Io, 0);
+        };
+        let outcome = match tokio::time::timeout(self.timeout, self.exchange(request)).await {
+            Ok(outcome) => outcome,
+            Err(_) => Outcome::Timeout,
+        };
+        (outcome, sent)
+    }
+
+    async fn exchange(&self, request: Request<Full<Bytes>>) -> Outcome {
+        let response = match self.client.request(request).await {
+            Ok(response) => response,
+            Err(e) if e.is_connect() => return Outcome::Connect,
+            Err(_) => return Outcome::Io,
+        };
+        let status = response.status().as_u16();
+        let timing = server_timing(response.headers());
+        let mut body = response.into_body();
+        let mut bytes = 0u64;
+        while let Some(frame) = body.frame().await {
+            match frame {
+                Ok(frame) => bytes += frame.data_ref().map_or(0, |d| d.len() as u64),
+                Err(_) => return Outcome::Io,
+            }
+        }
+        Outcome::Response { status, bytes, timing }
+    }
+}
+
+fn server_timing(headers: &hyper::HeaderMap) -> ServerTiming {
+    let number = |name: &str| -> Option<f64> { headers.get(name)?.to_str().ok()?.trim().parse().ok() };
+    ServerTiming {
+        queue_ms: number("x-queue-time"),
+        inference_ms: number("x-inference-time"),
+        batch_size: number("x-batch-size"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_per_protocol() {
+        assert_eq!(Protocol::Torchserve.infer_path("m", None), "/predictions/m");
+        assert_eq!(Protocol::Torchserve.infer_path("m", Some("2")), "/predictions/m/2");
+        assert_eq!(Protocol::KserveV2.infer_path("m", None), "/v2/models/m/infer");
+        assert_eq!(Protocol::KserveV2.infer_path("m", Some("2")), "/v2/models/m/versions/2/infer");
+    }
+
+    #[test]
+    fn urls_are_checked() {
+        assert_eq!(join_url("http://127.0.0.1:8080/", "/ping").expect("uri").to_string(), "http://127.0.0.1:8080/ping");
+        assert!(join_url("https://example.invalid", "/x").is_err());
+        assert!(join_url("not a url", "/x").is_err());
+    }
+
+    #[test]
+    fn error_keys() {
+        let ok = Outcome::Response { status: 200, bytes: 1, timing: ServerTiming::default() };
+        let busy = Outcome::Response { status: 503, bytes: 1, timing: ServerTiming::default() };
+        assert_eq!(ok.error_key(), None);
+        assert_eq!(busy.error_key().as_deref(), Some("503"));
+        assert_eq!(Outcome::Timeout.error_key().as_deref(), Some("timeout"));
+    }
+}

@@ -1,0 +1,154 @@
+//! The `run` command: one load, reported on the terminal, in `--json` and `--hdr-log`, judged against the
+//! `--slo` objectives. Also the setup both commands share: the target, its bodies and metrics scrapes.
+
+use std::{
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use hyper::Method;
+
+use crate::{
+    body::BodySet,
+    cli::{RunArgs, TargetArgs},
+    client::{fetch, http_client, join_url, HttpClient, Protocol, Target},
+    cpu::CpuMeter,
+    error::Error,
+    load::{Load, LoadSpec, Mode, Stop},
+    metrics::{Scrape, ServerSide},
+    progress::{spawn_intervals, spawn_progress},
+    report::{render, render_spectrum, write_hdr_log, Report, RunSettings},
+};
+
+/// Closed-loop connections when neither --concurrency nor --rate is given.
+const DEFAULT_CONCURRENCY: usize = 8;
+/// Recorded time when neither --duration nor --requests is given.
+const DEFAULT_DURATION: Duration = Duration::from_secs(10);
+
+/// Prepares the bodies and the inference URI.
+///
+/// # Errors
+/// A bad URL, unreadable bodies, or (KServe v2 without --body) metadata that cannot be fetched or used.
+pub async fn build_target(args: &TargetArgs, client: &HttpClient) -> Result<Target, Error> {
+    let protocol = args.protocol();
+    let version = args.model_version.as_deref();
+    let uri = join_url(&args.target, &protocol.infer_path(&args.model, version))?;
+    let bodies = match (&args.body, protocol, args.landmarks) {
+        (Some(path), _, _) => BodySet::from_path(path)?,
+        (None, Protocol::KserveV2, None) => {
+            let path = match version {
+                Some(v) => format!("/v2/models/{}/versions/{v}", args.model),
+                None => format!("/v2/models/{}", args.model),
+            };
+            let metadata = fetch(client, Method::GET, &join_url(&args.target, &path)?).await?;
+            BodySet::kserve_v2(&metadata, args.bodies, args.seed)?
+        }
+        (None, _, shape) => {
+            let (frames, points) = shape.unwrap_or((30, 21));
+            BodySet::landmarks(frames, points, args.bodies, args.seed)
+        }
+    };
+    Ok(Target::new(client.clone(), uri, bodies, args.timeout))
+}
+
+/// Scrapes the metrics endpoint; failures are logged and give `None`, so that a run never fails on them.
+pub async fn scrape(client: &HttpClient, url: Option<&str>) -> Option<Scrape> {
+    let uri = match join_url(url?, "") {
+        Ok(uri) => uri,
+        Err(e) => {
+            tracing::warn!("--metrics-url: {e}");
+            return None;
+        }
+    };
+    match fetch(client, Method::GET, &uri).await {
+        Ok(body) => Some(Scrape::parse(&String::from_utf8_lossy(&body))),
+        Err(e) => {
+            tracing::warn!("metrics: {e}");
+            None
+        }
+    }
+}
+
+fn load_spec(args: &RunArgs) -> Result<LoadSpec, Error> {
+    let mode = match (args.rate, args.concurrency) {
+        (Some(rate), _) if !(rate.is_finite() && rate > 0.0) => {
+            return Err(Error::Usage(format!("--rate must be positive, got {rate}")))
+        }
+        (Some(rate), _) => Mode::Open { rate, max_in_flight: args.target.max_in_flight },
+        (None, c) => Mode::Closed { concurrency: c.unwrap_or(DEFAULT_CONCURRENCY).max(1) },
+    };
+    let duration = match (args.duration, args.requests) {
+        (None, None) => Some(DEFAULT_DURATION),
+        (d, _) => d,
+    };
+    Ok(LoadSpec { mode, warmup: args.warmup, duration, requests: args.requests })
+}
+
+fn settings(args: &RunArgs, spec: &LoadSpec, target: &Target, bodies: usize) -> RunSettings {
+    let (concurrency, rate, mode) = match spec.mode {
+        Mode::Closed { concurrency } => (Some(concurrency), None, "closed"),
+        Mode::Open { rate, .. } => (None, Some(rate), "open"),
+    };
+    RunSettings {
+        url: target.uri().to_string(),
+        mode: mode.into(),
+        concurrency,
+        rate,
+        warmup_s: spec.warmup.as_secs_f64(),
+        duration_s: spec.duration.map(|d| d.as_secs_f64()),
+        requests: spec.requests,
+        seed: args.target.seed,
+        bodies,
+        threads: args.target.threads,
+    }
+}
+
+/// Runs one load and writes its reports. Returns the report; its `slo_met` decides the exit status.
+///
+/// # Errors
+/// Setup failures (see [`build_target`]), bad flags, or report files that cannot be written.
+pub async fn run(args: &RunArgs) -> Result<Report, Error> {
+    let client = http_client();
+    let target = build_target(&args.target, &client).await?;
+    let spec = load_spec(args)?;
+    let settings = settings(args, &spec, &target, target.body_count());
+    let metrics_url = args.target.metrics_url.as_deref();
+    let before = scrape(&client, metrics_url).await;
+    let cpu = CpuMeter::start(args.target.server_pid);
+    let stop = Stop::default();
+    let ctrl_c = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                stop.set();
+            }
+        })
+    };
+    let load = Load::new(Arc::new(target), spec, stop);
+    let recorder = load.recorder();
+    let wall_start = SystemTime::now() + spec.warmup;
+    let progress = spawn_progress(recorder.clone(), spec.duration, args.target.quiet);
+    let ticker = spawn_intervals(recorder, args.interval.max(Duration::from_millis(10)));
+    let recording = load.run().await;
+    ticker.abort();
+    progress.finish();
+    ctrl_c.abort();
+    let usage = cpu.stop();
+    let after = scrape(&client, metrics_url).await;
+    let mut report = Report::new(settings, &recording, usage, &args.slo);
+    if let (Some(before), Some(after)) = (&before, &after) {
+        report.server_metrics = Some(ServerSide::between(before, after, &args.target.model));
+    }
+    print!("{}", render(&report));
+    if args.percentiles {
+        print!("{}", render_spectrum(&report));
+    }
+    if let Some(path) = &args.json {
+        let json = serde_json::to_vec_pretty(&report)?;
+        std::fs::write(path, json).map_err(Error::file(path))?;
+    }
+    if let Some(path) = &args.hdr_log {
+        write_hdr_log(path, &recording.intervals, wall_start).map_err(Error::file(path))?;
+    }
+    Ok(report)
+}

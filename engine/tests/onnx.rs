@@ -158,3 +158,17 @@ fn a_missing_file_is_a_load_error() {
 fn a_file_that_is_not_onnx_is_a_load_error() {
     assert_load_error(&signnet_dir().join("index_to_name.json"));
 }
+
+/// `fixtures/int64_identity.onnx` is one Identity node over an int64 `[batch, 3]` tensor, made with the `onnx`
+/// package: `helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], ...)`, opset 13.
+#[test]
+fn a_model_whose_input_is_not_float32_is_refused_by_name() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/int64_identity.onnx");
+    match load(&path) {
+        Err(BackendError::Load(msg)) => {
+            assert!(msg.contains("its input is Int64: ferroserve serves float32 inputs and outputs only"), "{msg}");
+        }
+        Err(other) => panic!("expected a load error, got {other}"),
+        Ok(_) => panic!("an int64 model loaded"),
+    }
+}

@@ -1,32 +1,101 @@
 //! The KServe v2 inference protocol (Triton's) on the inference address: health, server and model metadata,
-//! readiness. Errors use the protocol's body `{"error": "..."}`.
+//! readiness, and `POST /v2/models/{m}[/versions/{v}]/infer` for any model in the registry. Errors use the
+//! protocol's body `{"error": "..."}`.
+//!
+//! An infer request carries the model's one input as `[N, ...per-sample shape]`; its N samples enter the same
+//! batcher as `/predictions` requests, each as its own engine request, all at once so that they can share batches,
+//! and their output rows come back joined as one FP32 tensor `[N, ...output shape]`. Each sample takes a place in
+//! the model's job queue: a full queue is a 503, more samples than the queue holds a 400. Inputs of datatype FP16,
+//! INT64, INT32 or BOOL are converted to f32, the engine's only type (FP16 kept at f32 precision, integers above
+//! 2^24 rounded); models whose ONNX input or output is not float32 are refused when they load. The binary tensor
+//! data extension is supported both ways.
 
-use ferroserve_engine::Model;
-use hyper::{body::Incoming, Method, Request, StatusCode};
+mod tensor;
+
+use std::{sync::Arc, time::Instant};
+
+use ferroserve_engine::{InferOutput, Model};
+use hyper::{body::Body as _, body::Incoming, header::HeaderValue, Method, Request, StatusCode};
+use serde::Serialize;
 use serde_json::json;
+use tokio::task::JoinSet;
 
 use crate::{
     error::ApiError,
-    http::{json_value, Reply},
+    http::{json_value, read_body, with_type, Reply},
+    inference::{find_model, infer, timing_headers},
     state::AppState,
 };
+use tensor::TensorRequest;
 
-/// Routes `/v2/...`; `path` is what follows `v2`.
-pub async fn route(req: Request<Incoming>, state: &AppState, path: &[&str]) -> Reply {
-    let result = match (req.method(), path) {
-        (&Method::GET, [] | [""]) => Ok(server_metadata()),
-        (&Method::GET, ["health", "live"]) => Ok(json_value(StatusCode::OK, &json!({ "live": true }))),
-        (&Method::GET, ["health", "ready"]) => Ok(server_ready(state)),
-        (&Method::GET, ["models", name]) => model(state, name, None).map(|m| model_metadata(&m)),
-        (&Method::GET, ["models", name, "versions", v]) => model(state, name, Some(v)).map(|m| model_metadata(&m)),
-        (&Method::GET, ["models", name, "ready"]) => model(state, name, None).map(|m| model_ready(&m)),
-        (&Method::GET, ["models", name, "versions", v, "ready"]) => {
-            model(state, name, Some(v)).map(|m| model_ready(&m))
+/// The header that gives the length of the JSON part of a body followed by binary tensor data.
+const INFERENCE_HEADER: &str = "inference-header-content-length";
+
+/// A v2 endpoint, by path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Endpoint<'p> {
+    Server,
+    Live,
+    Ready,
+    Model(&'p str, Option<&'p str>),
+    ModelReady(&'p str, Option<&'p str>),
+    Infer(&'p str, Option<&'p str>),
+}
+
+impl<'p> Endpoint<'p> {
+    /// The endpoint at `path` (what follows `v2`).
+    fn of(path: &[&'p str]) -> Option<Self> {
+        match path {
+            [] | [""] => Some(Self::Server),
+            ["health", "live"] => Some(Self::Live),
+            ["health", "ready"] => Some(Self::Ready),
+            ["models", name, rest @ ..] => {
+                let (version, rest) = match rest {
+                    ["versions", v, rest @ ..] => (Some(*v), rest),
+                    _ => (None, rest),
+                };
+                match rest {
+                    [] => Some(Self::Model(name, version)),
+                    ["ready"] => Some(Self::ModelReady(name, version)),
+                    ["infer"] => Some(Self::Infer(name, version)),
+                    _ => None,
+                }
+            }
+            _ => None,
         }
-        (_, _) if req.method() != Method::GET && req.method() != Method::POST => Err(ApiError::method_not_allowed()),
-        _ => Err(ApiError::not_found(req.uri().path())),
+    }
+
+    /// The method the endpoint answers.
+    fn method(self) -> Method {
+        if matches!(self, Self::Infer(..)) {
+            Method::POST
+        } else {
+            Method::GET
+        }
+    }
+}
+
+/// Routes `/v2/...`; `path` is what follows `v2`. Every error, and a response above `max_response_size`, is
+/// answered with the protocol's body.
+pub async fn route(req: Request<Incoming>, state: &AppState, path: &[&str]) -> Reply {
+    let result = match Endpoint::of(path) {
+        None => Err(ApiError::not_found(req.uri().path())),
+        Some(endpoint) if *req.method() != endpoint.method() => Err(ApiError::method_not_allowed()),
+        Some(Endpoint::Server) => Ok(server_metadata()),
+        Some(Endpoint::Live) => Ok(json_value(StatusCode::OK, &json!({ "live": true }))),
+        Some(Endpoint::Ready) => Ok(server_ready(state)),
+        Some(Endpoint::Model(name, version)) => find_model(state, name, version).map(|m| model_metadata(&m)),
+        Some(Endpoint::ModelReady(name, version)) => find_model(state, name, version).map(|m| model_ready(&m)),
+        Some(Endpoint::Infer(name, version)) => handle_infer(req, state, name, version).await,
     };
-    result.unwrap_or_else(|e| error(&e))
+    let reply = result.unwrap_or_else(|e| error(&e));
+    match reply.body().size_hint().exact() {
+        Some(n) if n > state.config.max_response_size as u64 => error(&ApiError::internal(format!(
+            "the response ({n} bytes) is larger than max_response_size ({} bytes)",
+            state.config.max_response_size
+        ))),
+        _ => reply,
+    }
 }
 
 /// The protocol's error body.
@@ -35,12 +104,11 @@ pub fn error(e: &ApiError) -> Reply {
     json_value(e.status, &json!({ "error": e.message }))
 }
 
-fn model(state: &AppState, name: &str, version: Option<&str>) -> Result<std::sync::Arc<Model>, ApiError> {
-    crate::inference::find_model(state, name, version)
-}
-
 fn server_metadata() -> Reply {
-    json_value(StatusCode::OK, &json!({ "name": "ferroserve", "version": env!("CARGO_PKG_VERSION"), "extensions": [] }))
+    json_value(
+        StatusCode::OK,
+        &json!({ "name": "ferroserve", "version": env!("CARGO_PKG_VERSION"), "extensions": ["binary_tensor_data"] }),
+    )
 }
 
 fn server_ready(state: &AppState) -> Reply {
@@ -74,4 +142,136 @@ fn model_metadata(model: &Model) -> Reply {
             "outputs": [{ "name": spec.output_name, "datatype": "FP32", "shape": batched(&spec.output_shape) }],
         }),
     )
+}
+
+/// `POST /v2/models/{m}[/versions/{v}]/infer`, recorded in the request-latency metrics whatever its outcome.
+async fn handle_infer(
+    req: Request<Incoming>,
+    state: &AppState,
+    name: &str,
+    version: Option<&str>,
+) -> Result<Reply, ApiError> {
+    let model = find_model(state, name, version)?;
+    let started = Instant::now();
+    let result = run_infer(req, state, &model).await;
+    state.metrics.observe_request(&model, started.elapsed());
+    result
+}
+
+/// Runs the request's samples as concurrent engine requests, so that they can share batches.
+async fn run_infer(req: Request<Incoming>, state: &AppState, model: &Arc<Model>) -> Result<Reply, ApiError> {
+    let json_len = header_length(&req)?;
+    let mut body = read_body(req, state.config.max_request_size).await?;
+    let mut request = tensor::parse(&mut body, json_len, model.spec())?;
+    // The rows may wait in the queue: the body is not needed any more.
+    drop(body);
+    // Each sample takes a place in the queue: more samples than it holds could never be admitted.
+    let capacity = model.options().queue_size;
+    if request.samples > capacity {
+        let n = request.samples;
+        return Err(ApiError::bad_request(format!(
+            "the request has {n} samples, more than the model's job queue holds ({capacity}): send fewer at a time"
+        )));
+    }
+    let answers = infer_rows(model, rows(std::mem::take(&mut request.input), request.samples)).await?;
+    Ok(response(model, &request, &answers))
+}
+
+/// Each row's answer, in order. The first failure fails the request; the rows still pending are then dropped
+/// (the engine skips them).
+async fn infer_rows(model: &Arc<Model>, rows: Vec<Vec<f32>>) -> Result<Vec<InferOutput>, ApiError> {
+    let rows = match <[Vec<f32>; 1]>::try_from(rows) {
+        Ok([row]) => return Ok(vec![infer(model, row).await?]),
+        Err(rows) => rows,
+    };
+    let mut tasks = JoinSet::new();
+    for (k, row) in rows.into_iter().enumerate() {
+        let model = Arc::clone(model);
+        tasks.spawn(async move { (k, infer(&model, row).await) });
+    }
+    let mut answers = vec![None; tasks.len()];
+    while let Some(joined) = tasks.join_next().await {
+        let (k, answer) = joined.map_err(|e| ApiError::internal(format!("an inference task failed: {e}")))?;
+        answers[k] = Some(answer?);
+    }
+    Ok(answers.into_iter().flatten().collect())
+}
+
+/// `Inference-Header-Content-Length`, when the body carries binary tensor data.
+fn header_length(req: &Request<Incoming>) -> Result<Option<usize>, ApiError> {
+    let Some(value) = req.headers().get(INFERENCE_HEADER) else {
+        return Ok(None);
+    };
+    let length = value.to_str().ok().and_then(|v| v.trim().parse().ok());
+    length.map(Some).ok_or_else(|| ApiError::bad_request("Inference-Header-Content-Length must be a byte count"))
+}
+
+/// The request's input cut into one engine input per sample (moved, not copied, when there is one sample).
+fn rows(input: Vec<f32>, samples: usize) -> Vec<Vec<f32>> {
+    if samples == 1 {
+        return vec![input];
+    }
+    let len = input.len() / samples.max(1);
+    (0..samples).map(|k| input[k * len..(k + 1) * len].to_vec()).collect()
+}
+
+/// The response body's JSON.
+#[derive(Serialize)]
+struct InferResponse<'a> {
+    model_name: &'a str,
+    model_version: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
+    outputs: [OutputTensor<'a>; 1],
+}
+
+/// The output tensor, with its data in the JSON or its size when the data follows the JSON.
+#[derive(Serialize)]
+struct OutputTensor<'a> {
+    name: &'a str,
+    datatype: &'static str,
+    shape: Vec<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<&'a [f32]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parameters: Option<BinaryDataSize>,
+}
+
+/// The binary tensor data extension's parameter of an output.
+#[derive(Serialize)]
+struct BinaryDataSize {
+    binary_data_size: usize,
+}
+
+/// The samples' output rows joined into one tensor `[N, ...output_shape]`, with the timing headers of the first.
+fn response(model: &Model, request: &TensorRequest, answers: &[InferOutput]) -> Reply {
+    let spec = model.spec();
+    let data: Vec<f32> = answers.iter().flat_map(|a| a.output.iter().copied()).collect();
+    let binary = request.binary_output;
+    let body = InferResponse {
+        model_name: model.name(),
+        model_version: model.version(),
+        id: request.id.as_deref(),
+        outputs: [OutputTensor {
+            name: &spec.output_name,
+            datatype: "FP32",
+            shape: std::iter::once(request.samples).chain(spec.output_shape.iter().copied()).collect(),
+            data: (!binary).then_some(data.as_slice()),
+            parameters: binary.then(|| BinaryDataSize { binary_data_size: data.len() * 4 }),
+        }],
+    };
+    let mut reply = if binary {
+        let mut bytes = serde_json::to_vec(&body).unwrap_or_default();
+        let json_len = HeaderValue::from(bytes.len());
+        bytes.extend(data.iter().flat_map(|x| x.to_le_bytes()));
+        let mut reply = with_type(StatusCode::OK, bytes, "application/octet-stream");
+        reply.headers_mut().insert(INFERENCE_HEADER, json_len);
+        reply
+    } else {
+        json_value(StatusCode::OK, &body)
+    };
+    if let Some(first) = answers.first() {
+        timing_headers(&mut reply, first);
+    }
+    reply
 }

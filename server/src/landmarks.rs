@@ -9,7 +9,10 @@ use ferroserve_engine::ModelSpec;
 use serde::Serialize;
 use simd_json::prelude::*;
 
-use crate::error::ApiError;
+use crate::{
+    error::ApiError,
+    json::{self, Json},
+};
 
 /// Longest sequence accepted before resampling.
 pub const MAX_FRAMES: usize = 10_000;
@@ -47,26 +50,13 @@ pub struct LandmarkRequest {
     pub topk: Option<usize>,
 }
 
-/// A parsed JSON value, walked in place on simd-json's tape (no tree of allocations per request).
-type Json<'t, 'i> = simd_json::tape::Value<'t, 'i>;
-
-thread_local! {
-    /// simd-json's scratch buffers, reused by each I/O thread across requests.
-    static BUFFERS: std::cell::RefCell<simd_json::Buffers> = std::cell::RefCell::new(simd_json::Buffers::default());
-}
-
 /// Parses and validates a body (simd-json parses in place, hence `&mut`).
 ///
 /// # Errors
 /// [`ApiError`] 400 with a message that says what is wrong and where.
 pub fn parse(body: &mut [u8], shape: LandmarkShape) -> Result<LandmarkRequest, ApiError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::bad_request("empty body: expected JSON {\"landmarks\": [[[x, y, z], ...], ...]}"));
-    }
-    let tape = BUFFERS
-        .with_borrow_mut(|buffers| simd_json::to_tape_with_buffers(body, buffers))
-        .map_err(|e| ApiError::bad_request(format!("body is not valid JSON: {e}")))?;
-    let object = tape.as_value().into_object().ok_or_else(|| ApiError::bad_request("body must be a JSON object"))?;
+    let tape = json::tape(body, "{\"landmarks\": [[[x, y, z], ...], ...]}")?;
+    let object = json::root(&tape)?;
     let topk = object.get("topk").map(parse_topk).transpose()?;
     let frames = object
         .get("landmarks")
@@ -108,22 +98,14 @@ fn read_frame(frame: Json<'_, '_>, f: usize, shape: LandmarkShape, out: &mut Vec
             ApiError::bad_request(format!("landmarks[{f}][{p}] must be an array of {} numbers", shape.coords))
         })?;
         for (c, v) in coords.iter().enumerate() {
-            #[allow(clippy::cast_possible_truncation)]
-            let x = v.cast_f64().map(|x| x as f32).filter(|x| x.is_finite()).ok_or_else(|| {
-                ApiError::bad_request(format!("landmarks[{f}][{p}][{c}] must be a finite number, got {}", describe(v)))
+            let x = json::finite_f32(v).ok_or_else(|| {
+                let got = json::describe(v);
+                ApiError::bad_request(format!("landmarks[{f}][{p}][{c}] must be a finite number, got {got}"))
             })?;
             out.push(x);
         }
     }
     Ok(())
-}
-
-/// What a JSON value is, for error messages.
-fn describe(v: Json<'_, '_>) -> String {
-    match v.as_str() {
-        Some(s) => format!("the string {s:?}"),
-        None => format!("{:?}", v.value_type()).to_lowercase(),
-    }
 }
 
 /// Resamples `n` frames of `frame_len` values to `target` frames by linear interpolation in time.

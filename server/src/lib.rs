@@ -7,6 +7,7 @@ pub mod config;
 pub mod error;
 pub mod http;
 pub mod inference;
+mod json;
 pub mod kserve;
 pub mod landmarks;
 pub mod management;

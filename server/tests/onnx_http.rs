@@ -6,32 +6,8 @@ mod support;
 
 use std::sync::Arc;
 
-use ferroserve::app;
-use ferroserve_engine::Registry;
 use hyper::StatusCode;
-use support::{models_dir, TestServer};
-
-fn reference() -> serde_json::Value {
-    let text = std::fs::read_to_string(models_dir().join("signnet/reference.json")).expect("reference.json");
-    serde_json::from_str(&text).expect("reference JSON")
-}
-
-async fn signnet_server(batch_size: &str) -> TestServer {
-    let mut config = support::test_config(1 << 20);
-    config
-        .apply(vec![
-            ("default_workers_per_model".into(), "2".into(), None),
-            ("intra_op_threads".into(), "1".into(), None),
-            ("batch_size".into(), batch_size.into(), None),
-            ("max_batch_delay".into(), "5".into(), None),
-        ])
-        .expect("valid settings");
-    let metrics = support::metrics_for(&config);
-    let model = app::load_model(&config, "signnet", "signnet", &metrics.engine).expect("signnet loads");
-    let registry = Arc::new(Registry::new());
-    assert!(registry.register(model).is_ok());
-    TestServer::start_state(Arc::new(ferroserve::AppState::new(registry, config, metrics))).await
-}
+use support::{models_dir, signnet_reference as reference, signnet_server};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_requests_match_the_reference_outputs() {

@@ -14,7 +14,7 @@ use ort::{
         builder::{GraphOptimizationLevel, SessionBuilder},
         Session,
     },
-    value::{TensorRef, ValueType},
+    value::{TensorElementType, TensorRef, ValueType},
 };
 
 use super::{check_output, Backend, BackendError, BackendFactory, Device, ModelSpec};
@@ -79,9 +79,12 @@ fn spec_of(session: &Session) -> Result<ModelSpec, String> {
         (inputs, _) => return Err(format!("expected one input, the model has {}", inputs.len())),
     };
     let shape = |dtype: &ValueType, what: &str| -> Result<Vec<usize>, String> {
-        let ValueType::Tensor { shape, .. } = dtype else {
+        let ValueType::Tensor { ty, shape, .. } = dtype else {
             return Err(format!("its {what} is not a tensor"));
         };
+        if *ty != TensorElementType::Float32 {
+            return Err(format!("its {what} is {ty:?}: ferroserve serves float32 inputs and outputs only"));
+        }
         let dims: &[i64] = shape;
         let rest = dims.get(1..).ok_or_else(|| format!("its {what} has no batch dimension"))?;
         rest.iter()

@@ -213,3 +213,56 @@ pub fn landmark_body(values: &[f32]) -> String {
     let frames: Vec<Vec<&[f32]>> = values.chunks(9).map(|frame| frame.chunks(3).collect()).collect();
     serde_json::json!({ "landmarks": frames }).to_string()
 }
+
+/// A response with its body as bytes (for bodies that are not all text, such as binary tensor data).
+pub struct RawReply {
+    /// Status.
+    pub status: StatusCode,
+    /// Headers.
+    pub headers: hyper::HeaderMap,
+    /// The body as sent.
+    pub body: Bytes,
+}
+
+impl TestServer {
+    /// Sends a request with `headers` to the inference API and keeps the answer's body as bytes.
+    pub async fn send_raw(&self, method: Method, path: &str, headers: &[(&str, &str)], body: Vec<u8>) -> RawReply {
+        let mut builder = Request::builder().method(method).uri(format!("http://{}{path}", self.addr));
+        for &(name, value) in headers {
+            builder = builder.header(name, value);
+        }
+        let req = builder.body(Full::new(Bytes::from(body))).expect("request");
+        let response = tokio::time::timeout(Duration::from_secs(60), self.client.request(req))
+            .await
+            .expect("the server answers within 60 s")
+            .expect("HTTP exchange");
+        let (status, headers) = (response.status(), response.headers().clone());
+        let body = response.into_body().collect().await.expect("body").to_bytes();
+        RawReply { status, headers, body }
+    }
+}
+
+/// The bundled signnet model's reference inputs and outputs (`models/signnet/reference.json`).
+pub fn signnet_reference() -> serde_json::Value {
+    let text = std::fs::read_to_string(models_dir().join("signnet/reference.json")).expect("reference.json");
+    serde_json::from_str(&text).expect("reference JSON")
+}
+
+/// A server with the bundled signnet model loaded as `ferroserve` loads it: two workers of one intra-op thread,
+/// `batch_size` and a 5 ms batch delay.
+pub async fn signnet_server(batch_size: &str) -> TestServer {
+    let mut config = test_config(1 << 20);
+    config
+        .apply(vec![
+            ("default_workers_per_model".into(), "2".into(), None),
+            ("intra_op_threads".into(), "1".into(), None),
+            ("batch_size".into(), batch_size.into(), None),
+            ("max_batch_delay".into(), "5".into(), None),
+        ])
+        .expect("valid settings");
+    let metrics = metrics_for(&config);
+    let model = ferroserve::app::load_model(&config, "signnet", "signnet", &metrics.engine).expect("signnet loads");
+    let registry = Arc::new(Registry::new());
+    assert!(registry.register(model).is_ok());
+    TestServer::start_state(Arc::new(AppState::new(registry, config, metrics))).await
+}

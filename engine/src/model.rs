@@ -19,7 +19,7 @@ use crate::{
     metrics::{EngineMetrics, ModelMetrics},
     queue::{self, PushError},
     request::{InferRequest, InferResult},
-    scheduler::{worker_loop, Shared},
+    scheduler::{supervise, Shared},
     stats::{ModelStats, StatsSnapshot},
 };
 
@@ -120,10 +120,10 @@ impl Model {
         let live = self.shared.live_workers.load(Ordering::Acquire);
         for w in live..workers {
             let backend = self.factory.create(w)?;
-            let shared = Arc::clone(&self.shared);
+            let (shared, factory) = (Arc::clone(&self.shared), Arc::clone(&self.factory));
             let handle = std::thread::Builder::new()
                 .name(format!("fs-{}-{w}", self.options.name))
-                .spawn(move || worker_loop(backend, &shared))
+                .spawn(move || supervise(backend, &shared, factory.as_ref(), w))
                 .map_err(|e| BackendError::load(format!("cannot spawn worker thread: {e}")))?;
             self.shared.live_workers.fetch_add(1, Ordering::AcqRel);
             handles.push(handle);
@@ -187,6 +187,20 @@ impl Model {
     /// [`EngineError::InvalidInput`] when the sample has the wrong number of values, [`EngineError::QueueFull`]
     /// when the queue is full (at once), [`EngineError::ShuttingDown`] once the model is closed.
     pub fn submit(&self, input: Vec<f32>) -> Result<oneshot::Receiver<InferResult>, EngineError> {
+        self.submit_within(input, None)
+    }
+
+    /// Like [`Model::submit`], with the caller's own timeout when it is shorter than the model's
+    /// `response_timeout`: a request still queued at its deadline is dropped before it runs and answered
+    /// [`EngineError::Timeout`].
+    ///
+    /// # Errors
+    /// As [`Model::submit`].
+    pub fn submit_within(
+        &self,
+        input: Vec<f32>,
+        timeout: Option<Duration>,
+    ) -> Result<oneshot::Receiver<InferResult>, EngineError> {
         let want = self.shared.spec.input_len();
         if input.len() != want {
             return Err(EngineError::InvalidInput(format!(
@@ -197,7 +211,8 @@ impl Model {
         }
         let (reply, rx) = oneshot::channel();
         let arrived = Instant::now();
-        let request = InferRequest { input, reply, arrived, deadline: arrived + self.options.response_timeout };
+        let timeout = timeout.map_or(self.options.response_timeout, |t| t.min(self.options.response_timeout));
+        let request = InferRequest { input, reply, arrived, deadline: arrived + timeout };
         let tx = self.tx.read().unwrap_or_else(PoisonError::into_inner);
         let closed = || EngineError::ShuttingDown(self.options.name.clone());
         match queue::push(tx.as_ref().ok_or_else(closed)?, request) {
@@ -208,7 +223,10 @@ impl Model {
             Err(PushError::Full(_)) => {
                 ModelStats::bump(&self.shared.stats.rejected_queue_full);
                 self.shared.metrics.rejected_queue_full.inc();
-                Err(EngineError::QueueFull { model: self.options.name.clone(), capacity: self.options.queue_size })
+                Err(EngineError::QueueFull {
+                    model: self.options.name.clone(),
+                    capacity: self.options.queue_size.max(1),
+                })
             }
             Err(PushError::Closed(_)) => Err(closed()),
         }

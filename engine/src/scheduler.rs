@@ -16,7 +16,7 @@ use std::{
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
 use crate::{
-    backend::{check_output, Backend, BackendError, Device, ModelSpec},
+    backend::{check_output, Backend, BackendError, BackendFactory, Device, ModelSpec},
     batcher::{collect_with, BatchPolicy, Recv, Skip, Source},
     error::EngineError,
     metrics::ModelMetrics,
@@ -93,8 +93,28 @@ impl Source for WorkerSource<'_> {
     }
 }
 
+/// Runs a worker and, should it die of a panic outside the backend call (which is caught per batch), restarts it
+/// with a new backend, so that a model never silently loses a worker.
+pub(crate) fn supervise(backend: Box<dyn Backend>, shared: &Shared, factory: &dyn BackendFactory, id: usize) {
+    let mut backend = Some(backend);
+    while let Some(current) = backend.take() {
+        if catch_unwind(AssertUnwindSafe(|| worker_loop(current, shared))).is_ok() {
+            return;
+        }
+        ModelStats::bump(&shared.stats.restarts);
+        tracing::error!(worker = id, "worker thread panicked; restarting it");
+        match factory.create(id) {
+            Ok(fresh) => backend = Some(fresh),
+            Err(error) => {
+                tracing::error!(%error, worker = id, "cannot restart the worker");
+                shared.live_workers.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+    }
+}
+
 /// Runs one worker until the queue is closed and drained, or until it retires.
-pub(crate) fn worker_loop(mut backend: Box<dyn Backend>, shared: &Shared) {
+fn worker_loop(mut backend: Box<dyn Backend>, shared: &Shared) {
     let source = WorkerSource { shared, retired: Cell::new(false) };
     while !shared.try_retire() {
         let batch = {

@@ -19,6 +19,8 @@ pub struct ModelStats {
     pub batched: AtomicU64,
     /// Batches the backend failed (or panicked) on.
     pub failed_batches: AtomicU64,
+    /// Worker threads restarted after a panic outside the backend call.
+    pub restarts: AtomicU64,
 }
 
 /// A copy of [`ModelStats`] at one instant.
@@ -38,6 +40,8 @@ pub struct StatsSnapshot {
     pub batched: u64,
     /// See [`ModelStats::failed_batches`].
     pub failed_batches: u64,
+    /// See [`ModelStats::restarts`].
+    pub restarts: u64,
 }
 
 impl ModelStats {
@@ -58,6 +62,7 @@ impl ModelStats {
             batches: get(&self.batches),
             batched: get(&self.batched),
             failed_batches: get(&self.failed_batches),
+            restarts: get(&self.restarts),
         }
     }
 }

@@ -112,17 +112,22 @@ pub fn load_model(config: &Config, name: &str, entry: &str, metrics: &EngineMetr
     Ok(model.with_source(entry, true))
 }
 
-/// Loads every model `load_models` names into a new registry, recording into `metrics`.
+/// The models loaded at start-up, and those that failed with their error.
+pub type Loaded = (Arc<Registry>, Vec<(String, LoadError)>);
+
+/// Loads every model `load_models` names into a new registry, recording into `metrics`. A model that cannot be
+/// loaded is logged and returned with its error; the others are served.
 ///
 /// # Errors
-/// The first model that cannot be loaded; those loaded before it are shut down.
-pub fn load_all(config: &Config, metrics: &EngineMetrics) -> Result<Arc<Registry>, LoadError> {
+/// Only when `load_models=all` and the model store cannot be listed.
+pub fn load_all(config: &Config, metrics: &EngineMetrics) -> Result<Loaded, LoadError> {
     let registry = Arc::new(Registry::new());
     let entries = match &config.load_models {
         LoadModels::None => Vec::new(),
         LoadModels::All => store::list(&config.model_store)?,
         LoadModels::List(list) => list.clone(),
     };
+    let mut failed = Vec::new();
     for (name, entry) in entries {
         let loaded = load_model(config, &name, &entry, metrics).and_then(|model| {
             tracing::info!(
@@ -131,10 +136,10 @@ pub fn load_all(config: &Config, metrics: &EngineMetrics) -> Result<Arc<Registry
             );
             registry.register(model).map_err(|_| LoadError::Duplicate(name.clone()))
         });
-        if let Err(e) = loaded {
-            registry.shutdown();
-            return Err(e);
+        if let Err(error) = loaded {
+            tracing::error!(model = %name, %error, "model not loaded; the server goes on without it");
+            failed.push((name, error));
         }
     }
-    Ok(registry)
+    Ok((registry, failed))
 }

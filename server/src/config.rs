@@ -91,6 +91,17 @@ pub struct Config {
     pub max_response_size: usize,
     /// Upper bounds of the latency histograms, in seconds (`metrics_latency_buckets_ms`, ferroserve's key, in ms).
     pub latency_buckets: Vec<f64>,
+    /// Most inference requests in flight at once (`max_inflight_requests`, ferroserve's key, default 1024); beyond
+    /// it a request is answered 429 at once.
+    pub max_inflight_requests: usize,
+    /// Most open connections per listener (`max_connections`, ferroserve's key, default 4096); beyond it a new
+    /// connection is answered 503 and closed.
+    pub max_connections: usize,
+    /// How long a client may take to send a request body (`request_read_timeout`, seconds, default 30).
+    pub request_read_timeout: Duration,
+    /// How long a graceful shutdown may take before the server exits anyway (`shutdown_grace_period`, seconds,
+    /// default 30).
+    pub shutdown_grace_period: Duration,
     /// Whether the metrics API also exposes TorchServe's names (`ts_*`, `Requests2XX`...) (`ts_metric_names`,
     /// ferroserve's key, default true).
     pub ts_metric_names: bool,
@@ -129,6 +140,10 @@ impl Default for Config {
             max_response_size: 6_553_500,
             latency_buckets: ferroserve_engine::metrics::DEFAULT_LATENCY_BUCKETS.to_vec(),
             ts_metric_names: true,
+            max_inflight_requests: 1024,
+            max_connections: 4096,
+            request_read_timeout: Duration::from_secs(30),
+            shutdown_grace_period: Duration::from_secs(30),
             model_store: PathBuf::from("model_store"),
             load_models: LoadModels::None,
             job_queue_size: 100,
@@ -207,6 +222,10 @@ impl Config {
             "max_response_size" => self.max_response_size = positive(value)?,
             "metrics_latency_buckets_ms" => self.latency_buckets = parse_buckets(value)?,
             "ts_metric_names" => self.ts_metric_names = parse_bool(value)?,
+            "max_inflight_requests" => self.max_inflight_requests = positive(value)?,
+            "max_connections" => self.max_connections = positive(value)?,
+            "request_read_timeout" => self.request_read_timeout = Duration::from_secs(positive(value)? as u64),
+            "shutdown_grace_period" => self.shutdown_grace_period = Duration::from_secs(positive(value)? as u64),
             "model_store" => self.model_store = PathBuf::from(value),
             "load_models" => self.load_models = parse_load_models(value)?,
             "job_queue_size" => self.job_queue_size = positive(value)?,

@@ -59,6 +59,26 @@ impl ApiError {
         Self { status: StatusCode::PAYLOAD_TOO_LARGE, kind: "RequestEntityTooLargeException", message }
     }
 
+    /// 408: the client was too slow to send its request.
+    pub fn request_timeout(message: impl Into<String>) -> Self {
+        Self { status: StatusCode::REQUEST_TIMEOUT, kind: "RequestTimeoutException", message: message.into() }
+    }
+
+    /// 429: too many requests in flight.
+    pub fn too_many_requests(message: impl Into<String>) -> Self {
+        Self { status: StatusCode::TOO_MANY_REQUESTS, kind: "TooManyRequestsException", message: message.into() }
+    }
+
+    /// 503: the server cannot take this now.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self { status: StatusCode::SERVICE_UNAVAILABLE, kind: "ServiceUnavailableException", message: message.into() }
+    }
+
+    /// 504: no answer within the request's deadline.
+    pub fn gateway_timeout(message: impl Into<String>) -> Self {
+        Self { status: StatusCode::GATEWAY_TIMEOUT, kind: "RequestTimeoutException", message: message.into() }
+    }
+
     /// 500: something failed on the server's side.
     pub fn internal(message: impl Into<String>) -> Self {
         Self { status: StatusCode::INTERNAL_SERVER_ERROR, kind: "InternalServerException", message: message.into() }

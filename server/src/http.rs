@@ -22,8 +22,6 @@ use crate::{error::ApiError, state::AppState};
 
 /// How long a client may take to send its request headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long connections get to finish after a shutdown signal.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A response with its whole body.
 pub type Reply = Response<Full<Bytes>>;
@@ -40,6 +38,12 @@ pub enum Api {
 }
 
 impl Api {
+    /// Its index among the three (for per-API state).
+    #[must_use]
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     /// The label of this API in metrics.
     #[must_use]
     pub fn name(self) -> &'static str {
@@ -63,8 +67,8 @@ pub async fn run(
     serve(listener, state, Api::Inference, shutdown).await
 }
 
-/// Serves `api` on `listener` until `shutdown` completes, then lets open connections finish (for
-/// [`DRAIN_TIMEOUT`] at most).
+/// Serves `api` on `listener` until `shutdown` completes, then lets open connections finish their requests (for
+/// `shutdown_grace_period` at most).
 ///
 /// # Errors
 /// Never at present: accept errors (such as running out of file descriptors) are logged and retried.
@@ -90,6 +94,11 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
+        let Ok(permit) = Arc::clone(&state.connections[api.index()]).try_acquire_owned() else {
+            state.metrics.refuse(api, "too_many_connections");
+            tokio::spawn(refuse_connection(stream));
+            continue;
+        };
         // Small responses must not wait for Nagle's algorithm (about 40 ms otherwise).
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%error, %peer, "cannot set TCP_NODELAY");
@@ -105,19 +114,51 @@ pub async fn serve(
             if let Err(error) = conn.await {
                 tracing::debug!(%error, %peer, "connection ended with an error");
             }
+            drop(permit);
         });
     }
     drop(listener);
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await.is_err() {
-        tracing::warn!("some connections were still open after {DRAIN_TIMEOUT:?}");
+    let grace = state.config.shutdown_grace_period;
+    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+        tracing::warn!("some connections were still open after {grace:?}");
     }
     Ok(())
 }
 
-/// Routes to the API's handlers, then applies what holds for every response: the `max_response_size` limit and
-/// the count of responses by status class.
-async fn dispatch(req: Request<Incoming>, state: &AppState, api: Api) -> Reply {
+/// Answers a connection over `max_connections` with a 503 and closes it, without reading its request.
+async fn refuse_connection(mut stream: tokio::net::TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    let body = ApiError::unavailable("too many open connections, retry later").body();
+    let head = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\n\
+         connection: close\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    let _ = stream.write_all(head.as_bytes()).await;
+    let _ = stream.write_all(&body).await;
+    let _ = stream.shutdown().await;
+}
+
+/// Routes to the API's handlers, then applies what holds for every response: the in-flight limit of inference
+/// requests, the `max_response_size` limit, `Retry-After` on overload answers, and the count of responses by
+/// status class.
+async fn dispatch(req: Request<Incoming>, state: &Arc<AppState>, api: Api) -> Reply {
     let reply = match api {
+        Api::Inference if req.method() == hyper::Method::POST => {
+            match Arc::clone(&state.inflight).try_acquire_owned() {
+                Ok(_permit) => crate::inference::route(req, state).await,
+                Err(_) => {
+                    state.metrics.refuse(api, "too_many_requests");
+                    let limit = state.config.max_inflight_requests;
+                    let e = ApiError::too_many_requests(format!("{limit} requests are in flight already, retry later"));
+                    if req.uri().path().starts_with("/v2/") {
+                        crate::kserve::error(&e)
+                    } else {
+                        error_reply(&e)
+                    }
+                }
+            }
+        }
         Api::Inference => crate::inference::route(req, state).await,
         Api::Management => crate::management::route(req, state).await,
         Api::Metrics => crate::metrics::route(&req, state),
@@ -132,6 +173,14 @@ async fn dispatch(req: Request<Incoming>, state: &AppState, api: Api) -> Reply {
         }
         _ => reply,
     };
+    let mut reply = reply;
+    if matches!(reply.status(), StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE) {
+        reply.headers_mut().entry(hyper::header::RETRY_AFTER).or_insert(HeaderValue::from_static("1"));
+    }
+    // The body of a refused upload was not read: the connection cannot carry another request.
+    if matches!(reply.status(), StatusCode::PAYLOAD_TOO_LARGE | StatusCode::REQUEST_TIMEOUT) {
+        reply.headers_mut().insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+    }
     state.metrics.count_response(api, reply.status());
     reply
 }
@@ -180,6 +229,17 @@ pub fn query(req: &Request<Incoming>) -> HashMap<String, String> {
         }
     }
     params
+}
+
+/// [`read_body`] within `request_read_timeout`: a client too slow to send its body gets a 408.
+///
+/// # Errors
+/// 408 on the timeout, and what [`read_body`] refuses.
+pub async fn read_body_timed(req: Request<Incoming>, config: &crate::config::Config) -> Result<Vec<u8>, ApiError> {
+    let timeout = config.request_read_timeout;
+    tokio::time::timeout(timeout, read_body(req, config.max_request_size)).await.map_err(|_| {
+        ApiError::request_timeout(format!("the request body did not arrive within {} s", timeout.as_secs()))
+    })?
 }
 
 /// Reads the whole body into one buffer, refusing more than `limit` bytes (early, from Content-Length, when the

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::{
     error::ApiError,
-    http::{error_reply, json, json_value, read_body, Reply},
+    http::{error_reply, json, json_value, read_body_timed, Reply},
     landmarks::{self, LandmarkShape},
     state::AppState,
 };
@@ -31,10 +31,9 @@ pub async fn route(req: Request<Incoming>, state: &AppState) -> Reply {
     result.unwrap_or_else(|e| error_reply(&e))
 }
 
-/// TorchServe's health answer: healthy while every model has a live worker.
+/// TorchServe's health answer: healthy while every model has a live worker and no shutdown has begun.
 fn ping(state: &AppState) -> Reply {
-    let healthy = state.registry.all().iter().all(|m| m.workers().1 > 0);
-    if healthy {
+    if state.is_ready() {
         json(StatusCode::OK, br#"{"status":"Healthy"}"#.to_vec())
     } else {
         json(StatusCode::INTERNAL_SERVER_ERROR, br#"{"status":"Unhealthy"}"#.to_vec())
@@ -50,7 +49,10 @@ pub fn find_model(state: &AppState, name: &str, version: Option<&str>) -> Result
         Some(v) if state.registry.get(name, None).is_some() => {
             ApiError::model_not_found(format!("Model version: {v} does not exist for model: {name}"))
         }
-        _ => ApiError::model_not_found(format!("Model not found: {name}")),
+        _ => match state.failure(name) {
+            Some(why) => ApiError::model_not_found(format!("Model not found: {name} (it failed to load: {why})")),
+            None => ApiError::model_not_found(format!("Model not found: {name}")),
+        },
     })
 }
 
@@ -82,9 +84,14 @@ async fn predict(
             model.spec().input_shape
         ))
     })?;
+    observed(state, &model, run_landmarks(req, state, &model, shape)).await
+}
+
+/// Runs `work` for a request to `model` and records its end-to-end latency, whatever its outcome.
+pub async fn observed<T>(state: &AppState, model: &Model, work: impl std::future::Future<Output = T>) -> T {
     let started = Instant::now();
-    let result = run_landmarks(req, state, &model, shape).await;
-    state.metrics.observe_request(&model, started.elapsed());
+    let result = work.await;
+    state.metrics.observe_request(model, started.elapsed());
     result
 }
 
@@ -95,21 +102,48 @@ async fn run_landmarks(
     shape: LandmarkShape,
 ) -> Result<Reply, ApiError> {
     let query_k = query_topk(&req)?;
-    let mut body = read_body(req, state.config.max_request_size).await?;
+    let timeout = request_timeout(&req)?;
+    let mut body = read_body_timed(req, &state.config).await?;
     let request = landmarks::parse(&mut body, shape)?;
-    let output = infer(model, request.input).await?;
+    let output = infer_within(model, request.input, timeout).await?;
     let topk = request.topk.or(query_k).unwrap_or(1);
     Ok(prediction_response(model, &output, topk))
 }
 
-/// Queues one sample and waits for its answer.
+/// The client's deadline, `x-request-timeout-ms` (a positive integer), when it sends one.
+///
+/// # Errors
+/// 400 when the header is not a positive integer.
+pub fn request_timeout(req: &Request<Incoming>) -> Result<Option<Duration>, ApiError> {
+    let Some(value) = req.headers().get("x-request-timeout-ms") else { return Ok(None) };
+    match value.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok()) {
+        Some(ms) if ms > 0 => Ok(Some(Duration::from_millis(ms))),
+        _ => Err(ApiError::bad_request("header x-request-timeout-ms must be a positive number of milliseconds")),
+    }
+}
+
+/// Queues one sample and waits for its answer, within the model's `responseTimeout`.
 ///
 /// # Errors
 /// The engine's refusal or failure, as an [`ApiError`].
 pub async fn infer(model: &Model, input: Vec<f32>) -> Result<InferOutput, ApiError> {
-    let reply = model.submit(input)?;
-    let answer = reply
+    infer_within(model, input, None).await
+}
+
+/// Queues one sample and waits for its answer, within `timeout` when it is shorter than the model's
+/// `responseTimeout`. A request still queued at its deadline never runs; one whose batch runs past it is answered
+/// 504 while the worker finishes the batch.
+///
+/// # Errors
+/// The engine's refusal or failure, or 504 at the deadline, as an [`ApiError`].
+pub async fn infer_within(model: &Model, input: Vec<f32>, timeout: Option<Duration>) -> Result<InferOutput, ApiError> {
+    let limit = timeout.map_or(model.options().response_timeout, |t| t.min(model.options().response_timeout));
+    let reply = model.submit_within(input, Some(limit))?;
+    let answer = tokio::time::timeout(limit, reply)
         .await
+        .map_err(|_| {
+            ApiError::gateway_timeout(format!("no answer from model {} within {} ms", model.name(), limit.as_millis()))
+        })?
         .map_err(|_| ApiError::internal(format!("model {} dropped the request (it is shutting down)", model.name())))?;
     Ok(answer?)
 }

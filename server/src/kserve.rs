@@ -12,7 +12,7 @@
 
 mod tensor;
 
-use std::{sync::Arc, time::Instant};
+use std::sync::Arc;
 
 use ferroserve_engine::{InferOutput, Model};
 use hyper::{body::Body as _, body::Incoming, header::HeaderValue, Method, Request, StatusCode};
@@ -22,8 +22,8 @@ use tokio::task::JoinSet;
 
 use crate::{
     error::ApiError,
-    http::{json_value, read_body, with_type, Reply},
-    inference::{find_model, infer, timing_headers},
+    http::{json_value, read_body_timed, with_type, Reply},
+    inference::{find_model, infer_within, observed, request_timeout, timing_headers},
     state::AppState,
 };
 use tensor::TensorRequest;
@@ -112,7 +112,7 @@ fn server_metadata() -> Reply {
 }
 
 fn server_ready(state: &AppState) -> Reply {
-    let ready = state.registry.all().iter().all(|m| m.workers().1 > 0);
+    let ready = state.is_ready();
     let code = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     json_value(code, &json!({ "ready": ready }))
 }
@@ -152,16 +152,14 @@ async fn handle_infer(
     version: Option<&str>,
 ) -> Result<Reply, ApiError> {
     let model = find_model(state, name, version)?;
-    let started = Instant::now();
-    let result = run_infer(req, state, &model).await;
-    state.metrics.observe_request(&model, started.elapsed());
-    result
+    observed(state, &model, run_infer(req, state, &model)).await
 }
 
 /// Runs the request's samples as concurrent engine requests, so that they can share batches.
 async fn run_infer(req: Request<Incoming>, state: &AppState, model: &Arc<Model>) -> Result<Reply, ApiError> {
     let json_len = header_length(&req)?;
-    let mut body = read_body(req, state.config.max_request_size).await?;
+    let timeout = request_timeout(&req)?;
+    let mut body = read_body_timed(req, &state.config).await?;
     let mut request = tensor::parse(&mut body, json_len, model.spec())?;
     // The rows may wait in the queue: the body is not needed any more.
     drop(body);
@@ -173,21 +171,25 @@ async fn run_infer(req: Request<Incoming>, state: &AppState, model: &Arc<Model>)
             "the request has {n} samples, more than the model's job queue holds ({capacity}): send fewer at a time"
         )));
     }
-    let answers = infer_rows(model, rows(std::mem::take(&mut request.input), request.samples)).await?;
+    let answers = infer_rows(model, rows(std::mem::take(&mut request.input), request.samples), timeout).await?;
     Ok(response(model, &request, &answers))
 }
 
 /// Each row's answer, in order. The first failure fails the request; the rows still pending are then dropped
 /// (the engine skips them).
-async fn infer_rows(model: &Arc<Model>, rows: Vec<Vec<f32>>) -> Result<Vec<InferOutput>, ApiError> {
+async fn infer_rows(
+    model: &Arc<Model>,
+    rows: Vec<Vec<f32>>,
+    timeout: Option<std::time::Duration>,
+) -> Result<Vec<InferOutput>, ApiError> {
     let rows = match <[Vec<f32>; 1]>::try_from(rows) {
-        Ok([row]) => return Ok(vec![infer(model, row).await?]),
+        Ok([row]) => return Ok(vec![infer_within(model, row, timeout).await?]),
         Err(rows) => rows,
     };
     let mut tasks = JoinSet::new();
     for (k, row) in rows.into_iter().enumerate() {
         let model = Arc::clone(model);
-        tasks.spawn(async move { (k, infer(&model, row).await) });
+        tasks.spawn(async move { (k, infer_within(&model, row, timeout).await) });
     }
     let mut answers = vec![None; tasks.len()];
     while let Some(joined) = tasks.join_next().await {

@@ -33,17 +33,17 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let config = load_config(&cli)?;
     let metrics = Arc::new(ServerMetrics::new(&config).context("cannot set up the metrics")?);
-    let registry = app::load_all(&config, &metrics.engine).context("cannot load the models")?;
+    let (registry, failed) = app::load_all(&config, &metrics.engine).context("cannot load the models")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.io_threads)
         .enable_all()
         .build()
         .context("cannot start the I/O runtime")?;
-    let state = Arc::new(AppState::new(Arc::clone(&registry), config, metrics));
-    runtime.block_on(serve_all(state))?;
-    tracing::info!("draining the model queues");
-    registry.shutdown();
-    Ok(())
+    let state = Arc::new(AppState::new(registry, config, metrics));
+    for (name, error) in failed {
+        state.set_failure(&name, Some(error.to_string()));
+    }
+    runtime.block_on(serve_all(state))
 }
 
 /// Binds the three listeners, then serves them until a shutdown signal.
@@ -69,11 +69,34 @@ async fn serve_all(state: Arc<AppState>) -> anyhow::Result<()> {
         }));
     }
     shutdown_signal().await;
+    // Readiness off, listeners closed, open connections finish their requests, the queues drain, the workers
+    // are joined; a second signal, or the grace period running out, ends the process at once.
+    state.stop_ready();
     let _ = stop.send(());
-    while let Some(done) = servers.join_next().await {
-        done??;
+    let grace = state.config.shutdown_grace_period;
+    let registry = Arc::clone(&state.registry);
+    let drain = async move {
+        while let Some(done) = servers.join_next().await {
+            done??;
+        }
+        tracing::info!("connections closed; draining the model queues");
+        tokio::task::spawn_blocking(move || registry.shutdown()).await?;
+        anyhow::Ok(())
+    };
+    tokio::select! {
+        done = drain => {
+            tracing::info!("shut down cleanly");
+            done
+        }
+        () = shutdown_signal() => {
+            tracing::warn!("second signal: exiting at once");
+            std::process::exit(130)
+        }
+        () = tokio::time::sleep(grace) => {
+            tracing::error!("the shutdown took longer than shutdown_grace_period ({grace:?}); exiting");
+            std::process::exit(1)
+        }
     }
-    Ok(())
 }
 
 fn load_config(cli: &Cli) -> anyhow::Result<Config> {

@@ -24,7 +24,7 @@ use crate::{
 const DEFAULT_LIMIT: usize = 100;
 
 /// Routes one management-API request.
-pub async fn route(req: Request<Incoming>, state: &AppState) -> Reply {
+pub async fn route(req: Request<Incoming>, state: &Arc<AppState>) -> Reply {
     let path = req.uri().path().to_string();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let params = query(&req);
@@ -188,7 +188,7 @@ fn check_url(url: &str) -> Result<(), ApiError> {
 }
 
 /// `POST /models?url=&model_name=&batch_size=&max_batch_delay=&initial_workers=&response_timeout=&synchronous=`
-async fn register(state: &AppState, params: &HashMap<String, String>) -> Result<Reply, ApiError> {
+async fn register(state: &Arc<AppState>, params: &HashMap<String, String>) -> Result<Reply, ApiError> {
     let url = params.get("url").ok_or_else(|| ApiError::bad_request("Parameter url is required."))?.clone();
     check_url(&url)?;
     let name = params.get("model_name").cloned().unwrap_or_else(|| model_name_of(&url));
@@ -214,17 +214,23 @@ async fn register(state: &AppState, params: &HashMap<String, String>) -> Result<
         registry.register(model).map(drop).map_err(|m| LoadError::Duplicate(m.name().to_string()))
     });
     if !synchronous {
+        let (state, loading) = (Arc::clone(state), name.clone());
         tokio::spawn(async move {
-            match task.await {
-                Ok(Ok(())) => {}
-                Ok(Err(error)) => tracing::error!(%error, "background registration failed"),
-                Err(error) => tracing::error!(%error, "background registration panicked"),
+            let outcome = match task.await {
+                Ok(Ok(())) => None,
+                Ok(Err(error)) => Some(error.to_string()),
+                Err(error) => Some(error.to_string()),
+            };
+            if let Some(error) = &outcome {
+                tracing::error!(model = %loading, %error, "background registration failed");
             }
+            state.set_failure(&loading, outcome);
         });
         let message = format!("Model \"{name}\" Version: {version} registration accepted, starting {workers} workers");
         return Ok(status(StatusCode::ACCEPTED, message));
     }
     task.await.map_err(|e| ApiError::internal(e.to_string()))?.map_err(load_error)?;
+    state.set_failure(&name, None);
     let message = format!("Model \"{name}\" Version: {version} registered with {workers} initial workers");
     Ok(status(StatusCode::OK, message))
 }

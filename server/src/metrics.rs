@@ -24,6 +24,7 @@ pub struct ServerMetrics {
     pub engine: EngineMetrics,
     request_latency: HistogramVec,
     responses: IntCounterVec,
+    refused: IntCounterVec,
     ts: Option<TorchServeNames>,
 }
 
@@ -56,8 +57,22 @@ impl ServerMetrics {
             &["api", "class"],
         )?;
         registry.register(Box::new(responses.clone()))?;
+        let refused = IntCounterVec::new(
+            Opts::new(
+                "ferroserve_admission_refused_total",
+                "Requests and connections refused before reaching a model, by API and reason",
+            ),
+            &["api", "reason"],
+        )?;
+        registry.register(Box::new(refused.clone()))?;
         let ts = if config.ts_metric_names { Some(TorchServeNames::new(&registry)?) } else { None };
-        Ok(Self { registry, engine, request_latency, responses, ts })
+        Ok(Self { registry, engine, request_latency, responses, refused, ts })
+    }
+
+    /// Counts a request or connection refused by `api` for `reason` (`too_many_requests`,
+    /// `too_many_connections`).
+    pub fn refuse(&self, api: Api, reason: &str) {
+        self.refused.with_label_values(&[api.name(), reason]).inc();
     }
 
     /// Counts one response of `api`.

@@ -1,8 +1,15 @@
 //! What every handler shares: the models, the configuration they were loaded with, and the metrics.
 
-use std::sync::Arc;
+use std::{
+    collections::BTreeMap,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, PoisonError, RwLock,
+    },
+};
 
 use ferroserve_engine::Registry;
+use tokio::sync::Semaphore;
 
 use crate::{config::Config, metrics::ServerMetrics};
 
@@ -14,12 +21,56 @@ pub struct AppState {
     pub config: Config,
     /// Prometheus metrics of the engine and the server.
     pub metrics: Arc<ServerMetrics>,
+    /// Permits for inference requests in flight (`max_inflight_requests`).
+    pub inflight: Arc<Semaphore>,
+    /// Permits for open connections, per API (`max_connections`).
+    pub connections: [Arc<Semaphore>; 3],
+    /// False once a shutdown has begun: health checks then report not ready.
+    ready: AtomicBool,
+    /// Models that failed to load, with the reason, until a later registration of the name succeeds.
+    failed: RwLock<BTreeMap<String, String>>,
 }
 
 impl AppState {
     /// A state over `registry`; the models in it should record into `metrics.engine`.
     #[must_use]
     pub fn new(registry: Arc<Registry>, config: Config, metrics: Arc<ServerMetrics>) -> Self {
-        Self { registry, config, metrics }
+        let inflight = Arc::new(Semaphore::new(config.max_inflight_requests));
+        let connections = std::array::from_fn(|_| Arc::new(Semaphore::new(config.max_connections)));
+        Self {
+            registry,
+            config,
+            metrics,
+            inflight,
+            connections,
+            ready: AtomicBool::new(true),
+            failed: RwLock::default(),
+        }
+    }
+
+    /// Whether the server takes traffic: not shutting down, and every model has a live worker.
+    #[must_use]
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire) && self.registry.all().iter().all(|m| m.workers().1 > 0)
+    }
+
+    /// Records that model `name` failed to load (`None`: it loaded since).
+    pub fn set_failure(&self, name: &str, error: Option<String>) {
+        let mut failed = self.failed.write().unwrap_or_else(PoisonError::into_inner);
+        match error {
+            Some(e) => failed.insert(name.to_string(), e),
+            None => failed.remove(name),
+        };
+    }
+
+    /// Why model `name` failed to load, if it did.
+    #[must_use]
+    pub fn failure(&self, name: &str) -> Option<String> {
+        self.failed.read().unwrap_or_else(PoisonError::into_inner).get(name).cloned()
+    }
+
+    /// Marks the server as shutting down.
+    pub fn stop_ready(&self) {
+        self.ready.store(false, Ordering::Release);
     }
 }

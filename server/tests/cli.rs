@@ -1,10 +1,22 @@
-//! The `ferroserve` binary itself: it starts from a config.properties, serves the bundled model, stops cleanly on
-//! SIGTERM, and refuses a bad configuration naming the key.
+//! The `ferroserve` binary itself, as a child process: it starts from a config.properties, serves the bundled
+//! model on its three APIs, stays up when a model fails to load, refuses a bad configuration naming the key,
+//! and on SIGTERM answers every request it accepted before it exits 0 (a second signal ends it at once).
 
 use std::{
+    collections::HashMap,
     io::{BufRead, BufReader, Write},
     path::Path,
-    process::{Command, Stdio},
+    process::{Child, Command, Stdio},
+    sync::Arc,
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::StatusCode;
+use hyper_util::{
+    client::legacy::{connect::HttpConnector, Client},
+    rt::TokioExecutor,
 };
 
 fn models_dir() -> String {
@@ -15,6 +27,93 @@ fn config_file(text: &str) -> tempfile::NamedTempFile {
     let mut file = tempfile::NamedTempFile::new().expect("temp file");
     file.write_all(text.as_bytes()).expect("write config");
     file
+}
+
+/// A config with every API on port 0 and the repository's model store, plus `extra` lines.
+fn ephemeral_config(extra: &str) -> tempfile::NamedTempFile {
+    config_file(&format!(
+        "inference_address=http://127.0.0.1:0\nmanagement_address=http://127.0.0.1:0\n\
+         metrics_address=http://127.0.0.1:0\nmodel_store={}\ndefault_workers_per_model=1\n{extra}",
+        models_dir()
+    ))
+}
+
+/// A running binary and where its APIs listen (`inference`, `management`, `metrics`).
+struct Server {
+    child: Child,
+    addrs: HashMap<String, String>,
+}
+
+impl Server {
+    fn start(config: &tempfile::NamedTempFile, args: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ferroserve"))
+            .arg("--ts-config")
+            .arg(config.path())
+            .args(args)
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start ferroserve");
+        let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines().map_while(Result::ok);
+        let mut addrs = HashMap::new();
+        for line in lines.by_ref() {
+            if let Some((api, addr)) = line.split_once(" API on http://") {
+                let api = api.rsplit(' ').next().unwrap_or_default().to_string();
+                addrs.insert(api, addr.trim().to_string());
+            }
+            if addrs.len() == 3 {
+                break;
+            }
+        }
+        assert_eq!(addrs.len(), 3, "the server says where its three APIs listen");
+        // Keep reading stderr so that the child never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        Self { child, addrs }
+    }
+
+    fn url(&self, api: &str, path: &str) -> String {
+        format!("http://{}{path}", self.addrs[api])
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill").args([name, &self.child.id().to_string()]).status().expect("kill");
+        assert!(status.success());
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+async fn send(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    method: &str,
+    url: &str,
+    body: Bytes,
+) -> Result<(StatusCode, serde_json::Value), String> {
+    let request = hyper::Request::builder().method(method).uri(url).body(Full::new(body)).map_err(|e| e.to_string())?;
+    let response = client.request(request).await.map_err(|e| e.to_string())?;
+    let status = response.status();
+    let body = response.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+    Ok((status, serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null)))
+}
+
+async fn send_text(client: &Client<HttpConnector, Full<Bytes>>, url: &str) -> (StatusCode, String) {
+    let request = hyper::Request::get(url).body(Full::new(Bytes::new())).expect("request");
+    let response = client.request(request).await.expect("answer");
+    let status = response.status();
+    let body = response.into_body().collect().await.expect("body").to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+fn example() -> Bytes {
+    Bytes::from(std::fs::read(Path::new(&models_dir()).join("signnet/example.json")).expect("example"))
 }
 
 #[test]
@@ -30,50 +129,73 @@ fn a_bad_value_stops_start_up_naming_the_key_and_line() {
     assert!(stderr.contains("`job_queue_size`") && stderr.contains("line 2"), "{stderr}");
 }
 
-#[test]
-fn a_missing_model_stops_start_up_naming_it() {
-    let config = config_file(&format!("inference_address=http://127.0.0.1:0\nmodel_store={}\n", models_dir()));
-    let out = Command::new(env!("CARGO_BIN_EXE_ferroserve"))
-        .args(["--ts-config"])
-        .arg(config.path())
-        .args(["--models", "ghost"])
-        .output()
-        .expect("run ferroserve");
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("ghost"), "{stderr}");
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_that_fails_to_load_leaves_the_server_up() {
+    let config = ephemeral_config("");
+    let server = Server::start(&config, &["--models", "ghost,signnet"]);
+    let client = client();
+    let (status, body) =
+        send(&client, "GET", &server.url("management", "/models/ghost"), Bytes::new()).await.expect("answer");
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let message = body["message"].as_str().expect("message");
+    assert!(message.contains("failed to load") && message.contains("ghost"), "{message}");
+    let (status, body) =
+        send(&client, "POST", &server.url("inference", "/predictions/signnet"), example()).await.expect("answer");
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["predictions"][0]["label"], "hello");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn serves_the_bundled_model_and_stops_on_sigterm() {
-    let config = config_file(&format!(
-        "inference_address=http://127.0.0.1:0\nmanagement_address=http://127.0.0.1:0\nmetrics_address=http://127.0.0.1:0\nmodel_store={}\nload_models=signnet\ndefault_workers_per_model=1\n",
-        models_dir()
-    ));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ferroserve"))
-        .arg("--ts-config")
-        .arg(config.path())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start ferroserve");
-    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
-    let addr = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .find_map(|line| line.split("inference API on http://").nth(1).map(str::to_string))
-        .expect("the server says where it listens");
-    let example = std::fs::read(Path::new(&models_dir()).join("signnet/example.json")).expect("example");
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
-    let request = hyper::Request::post(format!("http://{addr}/predictions/signnet"))
-        .body(http_body_util::Full::new(bytes::Bytes::from(example)))
-        .expect("request");
-    let response = client.request(request).await.expect("answer");
-    assert_eq!(response.status(), hyper::StatusCode::OK);
-    let body = http_body_util::BodyExt::collect(response.into_body()).await.expect("body").to_bytes();
-    let json: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
-    assert_eq!(json["predictions"][0]["label"], "hello");
+async fn sigterm_answers_every_accepted_request_then_exits_0() {
+    let config = ephemeral_config("load_models=signnet\n");
+    let mut server = Server::start(&config, &[]);
+    let client = client();
+    let url = Arc::new(server.url("inference", "/predictions/signnet"));
+    let mut requests = Vec::new();
+    for _ in 0..200 {
+        let (client, url) = (client.clone(), Arc::clone(&url));
+        requests.push(tokio::spawn(async move { send(&client, "POST", &url, example()).await }));
+    }
+    // Signal while requests are in flight: once the server has run some of them.
+    let metrics = server.url("metrics", "/metrics");
+    for _ in 0..2_000 {
+        let (_, body) = send_text(&client, &metrics).await;
+        let run = body
+            .lines()
+            .find(|l| l.starts_with("ferroserve_inference_count_total"))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
+        if run.is_some_and(|n| n >= 20.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    server.signal("-TERM");
+    let mut answered = 0;
+    for request in requests {
+        // A request that reached the server after its listeners closed is refused or reset at the connection,
+        // never given an error status.
+        if let Ok((status, body)) = request.await.expect("task") {
+            assert_eq!(status, StatusCode::OK, "an accepted request is answered: {body}");
+            answered += 1;
+        }
+    }
+    assert!(answered >= 20, "{answered}");
+    let status = tokio::task::spawn_blocking(move || server.child.wait().expect("exit")).await.expect("wait");
+    assert!(status.success(), "a clean exit after SIGTERM: {status:?}");
+}
 
-    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill");
-    assert!(status.success());
-    assert!(child.wait().expect("exit").success(), "a clean exit after SIGTERM");
+#[test]
+fn a_second_signal_exits_at_once() {
+    let config = ephemeral_config("load_models=signnet\nshutdown_grace_period=600\n");
+    let mut server = Server::start(&config, &[]);
+    // A client in the middle of sending its request keeps the graceful shutdown waiting.
+    let mut slow = std::net::TcpStream::connect(&server.addrs["inference"]).expect("connect");
+    slow.write_all(b"POST /predictions/signnet HTTP/1.1\r\nhost: x\r\n").expect("partial request");
+    std::thread::sleep(Duration::from_millis(100));
+    server.signal("-TERM");
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(server.child.try_wait().expect("poll").is_none(), "still draining");
+    server.signal("-INT");
+    let status = server.child.wait().expect("exit");
+    assert_eq!(status.code(), Some(130));
 }

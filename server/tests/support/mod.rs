@@ -109,15 +109,31 @@ impl TestServer {
             .header("content-type", "application/json")
             .body(Full::new(body.into()))
             .expect("request");
+        Reply::from(self.exchange(req).await)
+    }
+
+    /// Sends a JSON request with one extra header to the inference API.
+    pub async fn send_with_header(
+        &self,
+        method: Method,
+        path: &str,
+        body: impl Into<Bytes>,
+        name: &str,
+        value: &str,
+    ) -> Reply {
+        let headers = [("content-type", "application/json"), (name, value)];
+        Reply::from(self.send_raw(method, path, &headers, body.into().to_vec()).await)
+    }
+
+    /// Sends a request and reads the whole answer (60 s at most).
+    async fn exchange(&self, req: Request<Full<Bytes>>) -> RawReply {
         let response = tokio::time::timeout(Duration::from_secs(60), self.client.request(req))
             .await
             .expect("the server answers within 60 s")
             .expect("HTTP exchange");
-        let status = response.status();
-        let headers = response.headers().clone();
-        let bytes = response.into_body().collect().await.expect("body").to_bytes();
-        let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
-        Reply { status, headers, json, text: String::from_utf8_lossy(&bytes).into_owned() }
+        let (status, headers) = (response.status(), response.headers().clone());
+        let body = response.into_body().collect().await.expect("body").to_bytes();
+        RawReply { status, headers, body }
     }
 
     /// Sends a request to the inference API.
@@ -232,13 +248,14 @@ impl TestServer {
             builder = builder.header(name, value);
         }
         let req = builder.body(Full::new(Bytes::from(body))).expect("request");
-        let response = tokio::time::timeout(Duration::from_secs(60), self.client.request(req))
-            .await
-            .expect("the server answers within 60 s")
-            .expect("HTTP exchange");
-        let (status, headers) = (response.status(), response.headers().clone());
-        let body = response.into_body().collect().await.expect("body").to_bytes();
-        RawReply { status, headers, body }
+        self.exchange(req).await
+    }
+}
+
+impl From<RawReply> for Reply {
+    fn from(raw: RawReply) -> Self {
+        let json = serde_json::from_slice(&raw.body).unwrap_or(serde_json::Value::Null);
+        Reply { status: raw.status, headers: raw.headers, json, text: String::from_utf8_lossy(&raw.body).into_owned() }
     }
 }
 

@@ -52,6 +52,27 @@ fn is_model_file(path: &Path) -> bool {
 pub fn locate(store: &Path, name: &str, entry: &str) -> Result<ModelFiles, StoreError> {
     let path = store.join(entry);
     let not_found = |message: String| StoreError::NotFound { name: name.to_string(), message };
+    confine(store, &path).map_err(not_found)?;
+    let files = locate_unchecked(store, name, entry)?;
+    confine(store, &files.model_path).map_err(not_found)?;
+    Ok(files)
+}
+
+/// Refuses a path that resolves outside the store (through `..` or a symbolic link).
+fn confine(store: &Path, path: &Path) -> Result<(), String> {
+    let (Ok(store), Ok(resolved)) = (store.canonicalize(), path.canonicalize()) else {
+        return Ok(()); // A path that does not exist is reported as such by the caller.
+    };
+    if resolved.starts_with(&store) {
+        Ok(())
+    } else {
+        Err(format!("{} resolves outside the model store", path.display()))
+    }
+}
+
+fn locate_unchecked(store: &Path, name: &str, entry: &str) -> Result<ModelFiles, StoreError> {
+    let path = store.join(entry);
+    let not_found = |message: String| StoreError::NotFound { name: name.to_string(), message };
     if is_model_file(&path) {
         return Ok(ModelFiles { name: name.to_string(), model_path: path, labels: None });
     }
@@ -135,6 +156,23 @@ mod tests {
         assert_eq!(labels.len(), 10);
         assert_eq!(labels[0], "hello");
         assert_eq!(list(&bundled_store()).expect("list"), vec![("signnet".to_string(), "signnet".to_string())]);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn links_out_of_the_store_are_refused() {
+        let root = std::env::temp_dir().join(format!("fs-confine-{}", std::process::id()));
+        let (store, outside) = (root.join("store"), root.join("outside"));
+        std::fs::create_dir_all(&store).expect("store");
+        std::fs::create_dir_all(&outside).expect("outside");
+        std::fs::copy(bundled_store().join("signnet/signnet.onnx"), outside.join("m.onnx")).expect("copy");
+        std::os::unix::fs::symlink(&outside, store.join("evil")).expect("link");
+        std::os::unix::fs::symlink(outside.join("m.onnx"), store.join("evil.onnx")).expect("link");
+        for entry in ["evil", "evil.onnx", "../outside/m.onnx"] {
+            let err = locate(&store, "evil", entry).expect_err(entry);
+            assert!(err.to_string().contains("outside the model store"), "{entry}: {err}");
+        }
+        std::fs::remove_dir_all(&root).ok();
     }
 
     #[test]

@@ -102,6 +102,19 @@ pub struct Config {
     /// How long a graceful shutdown may take before the server exits anyway (`shutdown_grace_period`, seconds,
     /// default 30).
     pub shutdown_grace_period: Duration,
+    /// Whether token authorisation is off (`disable_token_authorization`, TorchServe's key, default false).
+    pub disable_token_authorization: bool,
+    /// Whether the inference API asks for its key too (`inference_token_authorization`, ferroserve's key,
+    /// default false).
+    pub inference_token_authorization: bool,
+    /// Where the keys are written (`key_file`, ferroserve's key, default `key_file.json` in the working folder).
+    pub key_file: PathBuf,
+    /// Whether models can be registered and unregistered through the management API (`enable_model_api`,
+    /// TorchServe's key, default false).
+    pub enable_model_api: bool,
+    /// Regular expressions a model URL must match to be registered (`allowed_urls`, TorchServe's key,
+    /// comma-separated; default: any path inside the model store).
+    pub allowed_urls: Vec<String>,
     /// Whether the metrics API also exposes TorchServe's names (`ts_*`, `Requests2XX`...) (`ts_metric_names`,
     /// ferroserve's key, default true).
     pub ts_metric_names: bool,
@@ -140,6 +153,11 @@ impl Default for Config {
             max_response_size: 6_553_500,
             latency_buckets: ferroserve_engine::metrics::DEFAULT_LATENCY_BUCKETS.to_vec(),
             ts_metric_names: true,
+            disable_token_authorization: false,
+            inference_token_authorization: false,
+            key_file: PathBuf::from("key_file.json"),
+            enable_model_api: false,
+            allowed_urls: Vec::new(),
             max_inflight_requests: 1024,
             max_connections: 4096,
             request_read_timeout: Duration::from_secs(30),
@@ -173,9 +191,6 @@ const IGNORED: &[&str] = &[
     "cors_allowed_headers",
     "default_service_handler",
     "service_envelope",
-    "enable_model_api",
-    "disable_token_authorization",
-    "allowed_urls",
     "workflow_store",
     "plugins_path",
 ];
@@ -222,6 +237,11 @@ impl Config {
             "max_response_size" => self.max_response_size = positive(value)?,
             "metrics_latency_buckets_ms" => self.latency_buckets = parse_buckets(value)?,
             "ts_metric_names" => self.ts_metric_names = parse_bool(value)?,
+            "disable_token_authorization" => self.disable_token_authorization = parse_bool(value)?,
+            "inference_token_authorization" => self.inference_token_authorization = parse_bool(value)?,
+            "key_file" => self.key_file = PathBuf::from(value),
+            "enable_model_api" => self.enable_model_api = parse_bool(value)?,
+            "allowed_urls" => self.allowed_urls = parse_patterns(value)?,
             "max_inflight_requests" => self.max_inflight_requests = positive(value)?,
             "max_connections" => self.max_connections = positive(value)?,
             "request_read_timeout" => self.request_read_timeout = Duration::from_secs(positive(value)? as u64),
@@ -294,6 +314,12 @@ impl Config {
             .or_else(|| versions.iter().next())
             .map_or_else(|| "1.0".into(), |(v, _)| v.clone())
     }
+}
+
+fn parse_patterns(value: &str) -> Result<Vec<String>, String> {
+    let patterns: Vec<String> = value.split(',').map(str::trim).filter(|p| !p.is_empty()).map(String::from).collect();
+    regex::RegexSet::new(patterns.iter().map(|p| format!("^(?:{p})$"))).map_err(|e| e.to_string())?;
+    Ok(patterns)
 }
 
 fn parse_bool(value: &str) -> Result<bool, String> {

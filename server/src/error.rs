@@ -31,6 +31,11 @@ impl ApiError {
         Self { status: StatusCode::BAD_REQUEST, kind: "BadRequestException", message: message.into() }
     }
 
+    /// 401: a token was needed and missing or wrong.
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self { status: StatusCode::UNAUTHORIZED, kind: "InvalidKeyException", message: message.into() }
+    }
+
     /// 404: no such model (or version).
     pub fn model_not_found(message: impl Into<String>) -> Self {
         Self { status: StatusCode::NOT_FOUND, kind: "ModelNotFoundException", message: message.into() }

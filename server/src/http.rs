@@ -143,6 +143,10 @@ async fn refuse_connection(mut stream: tokio::net::TcpStream) {
 /// requests, the `max_response_size` limit, `Retry-After` on overload answers, and the count of responses by
 /// status class.
 async fn dispatch(req: Request<Incoming>, state: &Arc<AppState>, api: Api) -> Reply {
+    if let Some(Err(e)) = state.keys.as_ref().map(|keys| keys.check(api, &req)) {
+        state.metrics.count_response(api, e.status);
+        return if req.uri().path().starts_with("/v2/") { crate::kserve::error(&e) } else { error_reply(&e) };
+    }
     let reply = match api {
         Api::Inference if req.method() == hyper::Method::POST => {
             match Arc::clone(&state.inflight).try_acquire_owned() {

@@ -3,6 +3,7 @@
 //! queue, batching and models live in `ferroserve-engine`.
 
 pub mod app;
+pub mod auth;
 pub mod config;
 pub mod error;
 pub mod http;

@@ -4,7 +4,7 @@ use std::{path::PathBuf, sync::Arc};
 
 use anyhow::Context;
 use clap::Parser;
-use ferroserve::{app, config::LoadModels, metrics::ServerMetrics, Api, AppState, Config};
+use ferroserve::{app, auth::Keys, config::LoadModels, metrics::ServerMetrics, Api, AppState, Config};
 
 /// A dynamic-batching model inference server that speaks TorchServe's API.
 #[derive(Debug, Parser)]
@@ -39,7 +39,17 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the I/O runtime")?;
-    let state = Arc::new(AppState::new(registry, config, metrics));
+    let keys = if config.disable_token_authorization {
+        tracing::warn!("token authorisation is disabled: anyone who reaches the management API controls the models");
+        None
+    } else {
+        let keys = Keys::generate(config.inference_token_authorization).context("cannot generate the token keys")?;
+        keys.write(&config.key_file)
+            .with_context(|| format!("cannot write {} (key_file)", config.key_file.display()))?;
+        tracing::info!("token authorisation is on; the keys are in {}", config.key_file.display());
+        Some(keys)
+    };
+    let state = Arc::new(AppState::new(registry, config, metrics).with_keys(keys));
     for (name, error) in failed {
         state.set_failure(&name, Some(error.to_string()));
     }

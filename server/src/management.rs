@@ -28,6 +28,12 @@ pub async fn route(req: Request<Incoming>, state: &Arc<AppState>) -> Reply {
     let path = req.uri().path().to_string();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let params = query(&req);
+    let registering = matches!(req.method(), &Method::POST | &Method::DELETE);
+    if registering && !state.config.enable_model_api {
+        let message = "The model API is disabled: set enable_model_api=true to register or unregister models";
+        let e = ApiError { message: message.into(), ..ApiError::method_not_allowed() };
+        return error_reply(&e);
+    }
     let result = match (req.method(), segments.as_slice()) {
         (&Method::GET, ["models"]) => list(state, &params),
         (&Method::POST, ["models"]) => register(state, &params).await,
@@ -187,10 +193,25 @@ fn check_url(url: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// `allowed_urls`: when set, the URL must match one of the patterns whole.
+fn check_allowed(patterns: &[String], url: &str) -> Result<(), ApiError> {
+    if patterns.is_empty() {
+        return Ok(());
+    }
+    let set = regex::RegexSet::new(patterns.iter().map(|p| format!("^(?:{p})$")))
+        .map_err(|e| ApiError::internal(format!("allowed_urls: {e}")))?;
+    if set.is_match(url) {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(format!("Given URL {url} does not match any allowed URL(s)")))
+    }
+}
+
 /// `POST /models?url=&model_name=&batch_size=&max_batch_delay=&initial_workers=&response_timeout=&synchronous=`
 async fn register(state: &Arc<AppState>, params: &HashMap<String, String>) -> Result<Reply, ApiError> {
     let url = params.get("url").ok_or_else(|| ApiError::bad_request("Parameter url is required."))?.clone();
     check_url(&url)?;
+    check_allowed(&state.config.allowed_urls, &url)?;
     let name = params.get("model_name").cloned().unwrap_or_else(|| model_name_of(&url));
     let version = state.config.version_of(&name);
     if state.registry.get(&name, Some(&version)).is_some() {

@@ -11,7 +11,7 @@ use std::{
 use ferroserve_engine::Registry;
 use tokio::sync::Semaphore;
 
-use crate::{config::Config, metrics::ServerMetrics};
+use crate::{auth::Keys, config::Config, metrics::ServerMetrics};
 
 /// The server's shared state.
 pub struct AppState {
@@ -29,6 +29,8 @@ pub struct AppState {
     ready: AtomicBool,
     /// Models that failed to load, with the reason, until a later registration of the name succeeds.
     failed: RwLock<BTreeMap<String, String>>,
+    /// The token keys, when token authorisation is on.
+    pub keys: Option<Keys>,
 }
 
 impl AppState {
@@ -45,6 +47,7 @@ impl AppState {
             connections,
             ready: AtomicBool::new(true),
             failed: RwLock::default(),
+            keys: None,
         }
     }
 
@@ -52,6 +55,13 @@ impl AppState {
     #[must_use]
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire) && self.registry.all().iter().all(|m| m.workers().1 > 0)
+    }
+
+    /// Requires `keys` on the APIs they protect (see [`crate::auth`]).
+    #[must_use]
+    pub fn with_keys(mut self, keys: Option<Keys>) -> Self {
+        self.keys = keys;
+        self
     }
 
     /// Records that model `name` failed to load (`None`: it loaded since).

@@ -29,13 +29,22 @@ fn config_file(text: &str) -> tempfile::NamedTempFile {
     file
 }
 
-/// A config with every API on port 0 and the repository's model store, plus `extra` lines.
-fn ephemeral_config(extra: &str) -> tempfile::NamedTempFile {
+/// A config with every API on port 0, the repository's model store and the key file in a temporary folder, plus
+/// `extra` lines.
+fn ephemeral_config(keys: &tempfile::TempDir, extra: &str) -> tempfile::NamedTempFile {
     config_file(&format!(
         "inference_address=http://127.0.0.1:0\nmanagement_address=http://127.0.0.1:0\n\
-         metrics_address=http://127.0.0.1:0\nmodel_store={}\ndefault_workers_per_model=1\n{extra}",
-        models_dir()
+         metrics_address=http://127.0.0.1:0\nmodel_store={}\ndefault_workers_per_model=1\nkey_file={}\n{extra}",
+        models_dir(),
+        keys.path().join("key_file.json").display()
     ))
+}
+
+/// The management key the server wrote.
+fn management_key(keys: &tempfile::TempDir) -> String {
+    let text = std::fs::read_to_string(keys.path().join("key_file.json")).expect("key_file.json");
+    let json: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+    json["management"]["key"].as_str().expect("management key").to_string()
 }
 
 /// A running binary and where its APIs listen (`inference`, `management`, `metrics`).
@@ -97,7 +106,21 @@ async fn send(
     url: &str,
     body: Bytes,
 ) -> Result<(StatusCode, serde_json::Value), String> {
-    let request = hyper::Request::builder().method(method).uri(url).body(Full::new(body)).map_err(|e| e.to_string())?;
+    send_with_key(client, method, url, body, None).await
+}
+
+async fn send_with_key(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    method: &str,
+    url: &str,
+    body: Bytes,
+    key: Option<&str>,
+) -> Result<(StatusCode, serde_json::Value), String> {
+    let mut request = hyper::Request::builder().method(method).uri(url);
+    if let Some(key) = key {
+        request = request.header("authorization", format!("Bearer {key}"));
+    }
+    let request = request.body(Full::new(body)).map_err(|e| e.to_string())?;
     let response = client.request(request).await.map_err(|e| e.to_string())?;
     let status = response.status();
     let body = response.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
@@ -131,11 +154,15 @@ fn a_bad_value_stops_start_up_naming_the_key_and_line() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_model_that_fails_to_load_leaves_the_server_up() {
-    let config = ephemeral_config("");
+    let keys = tempfile::tempdir().expect("temp dir");
+    let config = ephemeral_config(&keys, "");
     let server = Server::start(&config, &["--models", "ghost,signnet"]);
     let client = client();
-    let (status, body) =
-        send(&client, "GET", &server.url("management", "/models/ghost"), Bytes::new()).await.expect("answer");
+    let url = server.url("management", "/models/ghost");
+    let (status, _) = send(&client, "GET", &url, Bytes::new()).await.expect("answer");
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "the management API asks for its key by default");
+    let key = management_key(&keys);
+    let (status, body) = send_with_key(&client, "GET", &url, Bytes::new(), Some(&key)).await.expect("answer");
     assert_eq!(status, StatusCode::NOT_FOUND);
     let message = body["message"].as_str().expect("message");
     assert!(message.contains("failed to load") && message.contains("ghost"), "{message}");
@@ -147,7 +174,8 @@ async fn a_model_that_fails_to_load_leaves_the_server_up() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_answers_every_accepted_request_then_exits_0() {
-    let config = ephemeral_config("load_models=signnet\n");
+    let keys = tempfile::tempdir().expect("temp dir");
+    let config = ephemeral_config(&keys, "load_models=signnet\n");
     let mut server = Server::start(&config, &[]);
     let client = client();
     let url = Arc::new(server.url("inference", "/predictions/signnet"));
@@ -186,7 +214,8 @@ async fn sigterm_answers_every_accepted_request_then_exits_0() {
 
 #[test]
 fn a_second_signal_exits_at_once() {
-    let config = ephemeral_config("load_models=signnet\nshutdown_grace_period=600\n");
+    let keys = tempfile::tempdir().expect("temp dir");
+    let config = ephemeral_config(&keys, "load_models=signnet\nshutdown_grace_period=600\n");
     let mut server = Server::start(&config, &[]);
     // A client in the middle of sending its request keeps the graceful shutdown waiting.
     let mut slow = std::net::TcpStream::connect(&server.addrs["inference"]).expect("connect");

@@ -59,6 +59,8 @@ pub fn test_config(max_request_size: usize) -> Config {
         metrics_address: any,
         max_request_size,
         model_store: models_dir(),
+        enable_model_api: true,
+        disable_token_authorization: true,
         ..Config::default()
     }
 }
@@ -241,6 +243,21 @@ pub struct RawReply {
 }
 
 impl TestServer {
+    /// Sends a bodiless request with `headers` to `addr`; returns the status.
+    pub async fn send_raw_to(
+        &self,
+        addr: SocketAddr,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> StatusCode {
+        let mut builder = Request::builder().method(method).uri(format!("http://{addr}{path}"));
+        for &(name, value) in headers {
+            builder = builder.header(name, value);
+        }
+        self.exchange(builder.body(Full::new(Bytes::new())).expect("request")).await.status
+    }
+
     /// Sends a request with `headers` to the inference API and keeps the answer's body as bytes.
     pub async fn send_raw(&self, method: Method, path: &str, headers: &[(&str, &str)], body: Vec<u8>) -> RawReply {
         let mut builder = Request::builder().method(method).uri(format!("http://{}{path}", self.addr));

@@ -188,6 +188,9 @@ pub struct TuneArgs {
     /// Pause between trials, for the server to drain.
     #[arg(long, default_value = "500ms", value_parser = parse_duration)]
     pub cooldown: Duration,
+    /// Runs a missed rate this many more times before it counts as missed (guards against stray stalls).
+    #[arg(long, default_value_t = 1)]
+    pub confirm_misses: usize,
     /// Errors a sustainable rate may have, percent.
     #[arg(long, default_value_t = 0.1)]
     pub max_error_percent: f64,

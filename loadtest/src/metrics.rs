@@ -101,9 +101,12 @@ fn parse_labels(text: &str) -> Option<Vec<(String, String)>> {
 pub struct ServerSide {
     /// Requests the server counted (`ts_inference_requests_total`, else `ferroserve_inference_count_total`).
     pub requests: Option<f64>,
-    /// Mean time in the queue, ms.
+    /// Mean time a request spent in the server, ms (`ts_inference_latency_microseconds`, TorchServe's
+    /// end-to-end time, else the `ferroserve_request_latency_seconds` histogram).
+    pub mean_server_ms: Option<f64>,
+    /// Mean time in the queue, ms (`ts_queue_latency_microseconds`, else `ferroserve_queue_latency_seconds`).
     pub mean_queue_ms: Option<f64>,
-    /// Mean time in the model, ms.
+    /// Mean time the model took per batch, ms (`ferroserve_inference_latency_seconds`).
     pub mean_inference_ms: Option<f64>,
     /// Mean requests per batch.
     pub mean_batch_size: Option<f64>,
@@ -145,17 +148,18 @@ fn label_deltas(before: &Scrape, after: &Scrape, name: &str, model: &str, label:
 
 impl ServerSide {
     /// The server's view of the run for `model`: TorchServe's cumulative counters first, ferroserve's
-    /// histograms as the fallback.
+    /// histograms as the fallback (and the only source of the model's own time).
     pub fn between(before: &Scrape, after: &Scrape, model: &str) -> Self {
         let ts_requests = delta(before, after, "ts_inference_requests_total", model);
         let runs = delta(before, after, "ferroserve_inference_count_total", model);
         let micros_mean = |name| ratio(delta(before, after, name, model), ts_requests).map(|us| us / 1e3);
         Self {
             requests: ts_requests.or(runs),
+            mean_server_ms: micros_mean("ts_inference_latency_microseconds")
+                .or_else(|| histogram_mean(before, after, "ferroserve_request_latency_seconds", model, 1e3)),
             mean_queue_ms: micros_mean("ts_queue_latency_microseconds")
                 .or_else(|| histogram_mean(before, after, "ferroserve_queue_latency_seconds", model, 1e3)),
-            mean_inference_ms: micros_mean("ts_inference_latency_microseconds")
-                .or_else(|| histogram_mean(before, after, "ferroserve_inference_latency_seconds", model, 1e3)),
+            mean_inference_ms: histogram_mean(before, after, "ferroserve_inference_latency_seconds", model, 1e3),
             mean_batch_size: ratio(runs, delta(before, after, "ferroserve_execution_count_total", model))
                 .or_else(|| histogram_mean(before, after, "ferroserve_batch_size", model, 1.0)),
             rejected: label_deltas(before, after, "ferroserve_requests_rejected_total", model, "reason"),
@@ -177,6 +181,8 @@ ts_queue_latency_microseconds{model_name="signnet",model_version="1.0"} 1000
 ts_inference_latency_microseconds{model_name="signnet",model_version="1.0"} 5000
 ferroserve_inference_count_total{model_name="signnet",model_version="1.0",device="cpu"} 10
 ferroserve_execution_count_total{model_name="signnet",model_version="1.0",device="cpu"} 5
+ferroserve_inference_latency_seconds_sum{model_name="signnet",model_version="1.0",device="cpu"} 0
+ferroserve_inference_latency_seconds_count{model_name="signnet",model_version="1.0",device="cpu"} 5
 ferroserve_requests_rejected_total{model_name="signnet",reason="queue_full"} 1
 "#;
 
@@ -187,6 +193,8 @@ ts_queue_latency_microseconds{model_name="signnet",model_version="1.0"} 201000
 ts_inference_latency_microseconds{model_name="signnet",model_version="1.0"} 305000 1712345678000
 ferroserve_inference_count_total{model_name="signnet",model_version="1.0",device="cpu"} 110
 ferroserve_execution_count_total{model_name="signnet",model_version="1.0",device="cpu"} 15
+ferroserve_inference_latency_seconds_sum{model_name="signnet",model_version="1.0",device="cpu"} 0.02
+ferroserve_inference_latency_seconds_count{model_name="signnet",model_version="1.0",device="cpu"} 15
 ferroserve_requests_rejected_total{model_name="signnet",reason="queue_full"} 4
 ferroserve_requests_rejected_total{model_name="signnet",reason="too_many_in_flight"} 2
 ferroserve_requests_dropped_total{model_name="signnet",reason="expired"} 0
@@ -197,7 +205,8 @@ ferroserve_requests_dropped_total{model_name="signnet",reason="expired"} 0
         let side = ServerSide::between(&Scrape::parse(BEFORE), &Scrape::parse(AFTER), "signnet");
         assert_eq!(side.requests, Some(100.0));
         assert_eq!(side.mean_queue_ms, Some(2.0));
-        assert_eq!(side.mean_inference_ms, Some(3.0));
+        assert_eq!(side.mean_server_ms, Some(3.0));
+        assert_eq!(side.mean_inference_ms, Some(2.0), "0.02 s over the 10 batches of the run");
         assert_eq!(side.mean_batch_size, Some(10.0));
         assert_eq!(side.rejected.get("queue_full"), Some(&3.0));
         assert_eq!(side.rejected.get("too_many_in_flight"), Some(&2.0));

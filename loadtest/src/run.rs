@@ -69,6 +69,19 @@ pub async fn scrape(client: &HttpClient, url: Option<&str>) -> Option<Scrape> {
     }
 }
 
+/// CPU counters and a metrics scrape, at `at` (or now).
+async fn baseline(
+    client: HttpClient,
+    url: Option<String>,
+    pid: Option<u32>,
+    at: Option<tokio::time::Instant>,
+) -> (CpuMeter, Option<Scrape>) {
+    if let Some(at) = at {
+        tokio::time::sleep_until(at).await;
+    }
+    (CpuMeter::start(pid), scrape(&client, url.as_deref()).await)
+}
+
 fn load_spec(args: &RunArgs) -> Result<LoadSpec, Error> {
     let mode = match (args.rate, args.concurrency) {
         (Some(rate), _) if !(rate.is_finite() && rate > 0.0) => {
@@ -112,9 +125,6 @@ pub async fn run(args: &RunArgs) -> Result<Report, Error> {
     let target = build_target(&args.target, &client).await?;
     let spec = load_spec(args)?;
     let settings = settings(args, &spec, &target, target.body_count());
-    let metrics_url = args.target.metrics_url.as_deref();
-    let before = scrape(&client, metrics_url).await;
-    let cpu = CpuMeter::start(args.target.server_pid);
     let stop = Stop::default();
     let ctrl_c = {
         let stop = stop.clone();
@@ -124,8 +134,16 @@ pub async fn run(args: &RunArgs) -> Result<Report, Error> {
             }
         })
     };
+    // CPU and the server's counters are read when recording starts, so that neither counts the warm-up; with
+    // no warm-up, before the first request.
+    let (url, pid) = (args.target.metrics_url.clone(), args.target.server_pid);
+    let early = match spec.warmup.is_zero() {
+        true => Some(baseline(client.clone(), url.clone(), pid, None).await),
+        false => None,
+    };
     let load = Load::new(Arc::new(target), spec, stop);
     let recorder = load.recorder();
+    let later = early.is_none().then(|| tokio::spawn(baseline(client.clone(), url, pid, Some(recorder.start()))));
     let wall_start = SystemTime::now() + spec.warmup;
     let progress = spawn_progress(recorder.clone(), spec.duration, args.target.quiet);
     let ticker = spawn_intervals(recorder, args.interval.max(Duration::from_millis(10)));
@@ -133,8 +151,13 @@ pub async fn run(args: &RunArgs) -> Result<Report, Error> {
     ticker.abort();
     progress.finish();
     ctrl_c.abort();
+    let (cpu, before) = match (early, later) {
+        (Some(early), _) => early,
+        (None, Some(task)) => task.await.map_err(|e| Error::Usage(format!("the baseline task failed: {e}")))?,
+        (None, None) => unreachable!("one of the two baselines is taken"),
+    };
     let usage = cpu.stop();
-    let after = scrape(&client, metrics_url).await;
+    let after = scrape(&client, args.target.metrics_url.as_deref()).await;
     let mut report = Report::new(settings, &recording, usage, &args.slo);
     if let (Some(before), Some(after)) = (&before, &after) {
         report.server_metrics = Some(ServerSide::between(before, after, &args.target.model));

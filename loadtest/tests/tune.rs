@@ -70,6 +70,8 @@ async fn the_tuner_picks_the_known_best_setting() {
         "100ms",
         "--cooldown",
         "50ms",
+        "--confirm-misses",
+        "0",
         "--quiet",
         "--write-config",
         config.to_str().expect("utf-8 path"),

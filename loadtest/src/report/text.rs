@@ -58,7 +58,11 @@ pub fn render(r: &Report) -> String {
         r.error_rate * 100.0
     );
     let corrected = if s.rate.is_some() { "from each request's scheduled send" } else { "from the send" };
-    let _ = writeln!(out, "  latency    {}  [{corrected}]", summary_line(&r.latency));
+    if r.latency.count == 0 {
+        let _ = writeln!(out, "  latency    none recorded: no request succeeded");
+    } else {
+        let _ = writeln!(out, "  latency    {}  [{corrected}]", summary_line(&r.latency));
+    }
     if s.rate.is_some() {
         let _ = writeln!(out, "  service    {}  [from the actual send]", summary_line(&r.service_time));
     }
@@ -96,29 +100,42 @@ pub fn render(r: &Report) -> String {
     out
 }
 
-/// Where the client's mean latency went, from the server's headers or metrics.
+/// Where the client's mean latency went: queue and model time from the answers' headers (exact per
+/// request) or else the server's metrics, the server's own total from its metrics, the rest outside it.
 fn render_server(out: &mut String, r: &Report) {
-    let from_metrics = r.server_metrics.as_ref();
+    let metrics = r.server_metrics.as_ref();
     let headers = r.server_headers.as_ref();
-    let queue = from_metrics.and_then(|m| m.mean_queue_ms).or(headers.and_then(|h| h.mean_queue_ms));
-    let inference = from_metrics.and_then(|m| m.mean_inference_ms).or(headers.and_then(|h| h.mean_inference_ms));
-    let batch = from_metrics.and_then(|m| m.mean_batch_size).or(headers.and_then(|h| h.mean_batch_size));
-    if let (Some(q), Some(i)) = (queue, inference) {
-        let source = if from_metrics.is_some_and(|m| m.mean_queue_ms.is_some()) { "metrics" } else { "headers" };
-        let rest = r.service_time.mean_ms - q - i;
-        let _ = writeln!(
-            out,
-            "  server     mean {} = queue {} + inference {} + network and HTTP {}  [{source}]",
-            ms(r.service_time.mean_ms),
-            ms(q),
-            ms(i),
-            ms(rest.max(0.0))
-        );
+    let pick = |h: Option<f64>, m: Option<f64>| match (h, m) {
+        (Some(v), _) => Some((v, "headers")),
+        (None, Some(v)) => Some((v, "metrics")),
+        (None, None) => None,
+    };
+    let queue = pick(headers.and_then(|h| h.mean_queue_ms), metrics.and_then(|m| m.mean_queue_ms));
+    let inference = pick(headers.and_then(|h| h.mean_inference_ms), metrics.and_then(|m| m.mean_inference_ms));
+    let batch = pick(headers.and_then(|h| h.mean_batch_size), metrics.and_then(|m| m.mean_batch_size));
+    let client = r.service_time.mean_ms;
+    if let (Some((q, q_from)), Some((i, i_from))) = (queue, inference) {
+        let mut line =
+            format!("  where      mean {} = queue {} [{q_from}] + model {} [{i_from}]", ms(client), ms(q), ms(i));
+        match metrics.and_then(|m| m.mean_server_ms) {
+            Some(server) => {
+                let _ = write!(
+                    line,
+                    " + rest of the server {} + network and client {} [metrics]",
+                    ms((server - q - i).max(0.0)),
+                    ms((client - server).max(0.0))
+                );
+            }
+            None => {
+                let _ = write!(line, " + parsing, HTTP and network {}", ms((client - q - i).max(0.0)));
+            }
+        }
+        let _ = writeln!(out, "{line}");
     }
-    if let Some(b) = batch {
-        let _ = writeln!(out, "  batches    mean batch size {b:.2}");
+    if let Some((b, from)) = batch {
+        let _ = writeln!(out, "  batches    mean batch size {b:.2} [{from}]");
     }
-    if let Some(m) = from_metrics {
+    if let Some(m) = metrics {
         for (name, map) in [("rejected", &m.rejected), ("dropped", &m.dropped)] {
             if !map.is_empty() {
                 let list: Vec<String> = map.iter().map(|(k, v)| format!("{k}: {v}")).collect();

@@ -23,6 +23,7 @@ use self::{
 use crate::{
     cli::TuneArgs,
     client::{http_client, Target},
+    cpu::{CpuMeter, CpuUsage},
     error::Error,
     run::build_target,
     slo::Slo,
@@ -60,6 +61,8 @@ pub struct TuneReport {
     pub settings: Vec<SettingResult>,
     /// Index of the best setting: the highest sustainable rate, ties to the lower p99.
     pub winner: Option<usize>,
+    /// CPU used over the whole search by the generator (and the server, with `--server-pid`).
+    pub cpu: CpuUsage,
 }
 
 impl TuneReport {
@@ -91,6 +94,22 @@ fn trial_config(args: &TuneArgs) -> TrialConfig {
     }
 }
 
+/// One line per trial on stderr, unless quiet.
+fn report_trial(args: &TuneArgs, setting: BatchSetting, trial: &Trial) {
+    if args.target.quiet {
+        return;
+    }
+    eprintln!(
+        "  batch {:>3} delay {:>6}: {:>8} req/s -> {:>8.1} req/s, p99 {:>8.2}ms: {}",
+        setting.batch_size,
+        format!("{}ms", setting.delay_ms_text()),
+        trim_float(trial.rate, 1),
+        trial.throughput_rps,
+        trial.latency.p99_ms,
+        trial.reason.as_deref().unwrap_or("holds")
+    );
+}
+
 /// Searches one setting.
 async fn tune_setting(target: &Arc<Target>, args: &TuneArgs, setting: BatchSetting) -> SettingResult {
     let config = trial_config(args);
@@ -102,18 +121,19 @@ async fn tune_setting(target: &Arc<Target>, args: &TuneArgs, setting: BatchSetti
     });
     let mut trials: Vec<Trial> = Vec::new();
     while let Some(rate) = search.next_rate() {
-        let trial = run_trial(Arc::clone(target), rate, &args.slo, &config).await;
-        if !args.target.quiet {
-            eprintln!(
-                "  batch {:>3} delay {:>6}: {:>8} req/s -> {:>8.1} req/s, p99 {:>8.2}ms: {}",
-                setting.batch_size,
-                format!("{}ms", setting.delay_ms_text()),
-                trim_float(rate, 1),
-                trial.throughput_rps,
-                trial.latency.p99_ms,
-                trial.reason.as_deref().unwrap_or("holds")
-            );
+        let mut trial = run_trial(Arc::clone(target), rate, &args.slo, &config).await;
+        // A miss is confirmed before it narrows the search: one stray stall (another process on the machine)
+        // must not cut the search short.
+        for _ in 0..args.confirm_misses {
+            if trial.sustainable {
+                break;
+            }
+            report_trial(args, setting, &trial);
+            trials.push(trial);
+            tokio::time::sleep(args.cooldown).await;
+            trial = run_trial(Arc::clone(target), rate, &args.slo, &config).await;
         }
+        report_trial(args, setting, &trial);
         search.record(rate, trial.sustainable);
         trials.push(trial);
         tokio::time::sleep(args.cooldown).await;
@@ -123,7 +143,7 @@ async fn tune_setting(target: &Arc<Target>, args: &TuneArgs, setting: BatchSetti
         batch_size: setting.batch_size,
         max_batch_delay_ms: units::ms(setting.max_batch_delay),
         best_rate,
-        best: trials.iter().find(|t| Some(t.rate) == best_rate).cloned(),
+        best: trials.iter().find(|t| t.sustainable && Some(t.rate) == best_rate).cloned(),
         trials,
     }
 }
@@ -145,6 +165,7 @@ pub async fn tune(args: &TuneArgs) -> Result<TuneReport, Error> {
             None
         }
     };
+    let meter = CpuMeter::start(args.target.server_pid);
     let mut settings = Vec::new();
     for &batch_size in &args.batch_sizes {
         for &max_batch_delay in &args.delays {
@@ -154,7 +175,8 @@ pub async fn tune(args: &TuneArgs) -> Result<TuneReport, Error> {
         }
     }
     let winner = TuneReport::pick_winner(&settings);
-    let report = TuneReport { slo: args.slo.iter().map(Slo::to_string).collect(), settings, winner };
+    let cpu = meter.stop();
+    let report = TuneReport { slo: args.slo.iter().map(Slo::to_string).collect(), settings, winner, cpu };
     let winning = winner.map(|i| {
         let s = &report.settings[i];
         BatchSetting {

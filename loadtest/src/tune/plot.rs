@@ -1,5 +1,6 @@
-//! `--plot FILE.svg`: latency percentiles against throughput, one colour per batch setting (p99 as a line,
-//! p50 as dots), with the SLO limit drawn across. Drawn with plotters' SVG backend, whose text needs no font
+//! `--plot FILE.svg`: latency percentiles against throughput, one colour per batch setting (p99 as a line
+//! through the trials in the order of offered rate, a dot where the rate held and a cross where it did not;
+//! p50 as rings), with the SLO limit drawn across. Drawn with plotters' SVG backend, whose text needs no font
 //! files.
 
 use std::path::Path;
@@ -18,11 +19,11 @@ pub fn draw(path: &Path, settings: &[SettingResult], slo_label: &str, limit_ms: 
         .map_err(|e| Error::Plot { path: path.to_path_buf(), message: e.to_string() })
 }
 
-fn points(trials: &[Trial], pick: fn(&Trial) -> f64, y_max: f64) -> Vec<(f64, f64)> {
-    let mut points: Vec<(f64, f64)> =
-        trials.iter().filter(|t| t.latency.count > 0).map(|t| (t.throughput_rps, pick(t).min(y_max))).collect();
-    points.sort_by(|a, b| a.0.total_cmp(&b.0));
-    points
+/// (throughput, latency, sustainable) of the trials that recorded latency, in the order of offered rate.
+fn points(trials: &[Trial], pick: fn(&Trial) -> f64, y_max: f64) -> Vec<(f64, f64, bool)> {
+    let mut trials: Vec<&Trial> = trials.iter().filter(|t| t.latency.count > 0).collect();
+    trials.sort_by(|a, b| a.rate.total_cmp(&b.rate));
+    trials.iter().map(|t| (t.throughput_rps, pick(t).min(y_max), t.sustainable)).collect()
 }
 
 fn draw_inner(
@@ -35,7 +36,7 @@ fn draw_inner(
     let x_max = trials().map(|t| t.throughput_rps).fold(1.0, f64::max) * 1.05;
     let observed = trials().map(|t| t.latency.p99_ms).fold(1.0, f64::max);
     // Overloaded trials run far past the limit; cap the axis so the curves near the limit stay readable.
-    let y_max = limit_ms.map_or(observed, |l| observed.min(3.0 * l).max(1.2 * l)) * 1.05;
+    let y_max = limit_ms.map_or(observed, |l| observed.min(2.0 * l).max(1.2 * l)) * 1.05;
 
     let root = SVGBackend::new(path, (960, 600)).into_drawing_area();
     root.fill(&WHITE)?;
@@ -56,12 +57,15 @@ fn draw_inner(
         let colour = Palette99::pick(i).to_rgba();
         let p99 = points(&setting.trials, |t| t.latency.p99_ms, y_max);
         chart
-            .draw_series(LineSeries::new(p99.clone(), colour.stroke_width(2)))?
+            .draw_series(LineSeries::new(p99.iter().map(|&(x, y, _)| (x, y)), colour.stroke_width(2)))?
             .label(setting.label())
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], colour.stroke_width(2)));
-        chart.draw_series(p99.iter().map(|&p| Circle::new(p, 3, colour.filled())))?;
+        let held = p99.iter().filter(|p| p.2).map(|&(x, y, _)| Circle::new((x, y), 3, colour.filled()));
+        chart.draw_series(held)?;
+        let missed = p99.iter().filter(|p| !p.2).map(|&(x, y, _)| Cross::new((x, y), 4, colour.stroke_width(2)));
+        chart.draw_series(missed)?;
         let p50 = points(&setting.trials, |t| t.latency.p50_ms, y_max);
-        chart.draw_series(p50.iter().map(|&p| Circle::new(p, 2, colour.stroke_width(1))))?;
+        chart.draw_series(p50.iter().map(|&(x, y, _)| Circle::new((x, y), 2, colour.stroke_width(1))))?;
     }
     chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;
     root.present()?;

@@ -39,6 +39,12 @@ pub fn render(report: &TuneReport) -> String {
         }
     }
     let _ = writeln!(out, "latencies in ms at the highest sustainable rate, from each request's scheduled send");
+    let cpu = &report.cpu;
+    let _ = write!(out, "cpu over the search: generator {:.1}s ({:.2} cores)", cpu.generator_s, cpu.generator_cores());
+    if let (Some(server), Some(cores), Some(ratio)) = (cpu.server_s, cpu.server_cores(), cpu.ratio()) {
+        let _ = write!(out, ", server {server:.1}s ({cores:.2} cores): generator/server {:.1}%", ratio * 100.0);
+    }
+    out.push('\n');
     match report.winner.and_then(|i| report.settings.get(i)) {
         Some(w) => {
             let _ = writeln!(

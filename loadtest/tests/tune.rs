@@ -8,12 +8,14 @@ use std::time::Duration;
 use ferroserve_loadtest::cli::Command;
 use support::{FakeServer, Profile};
 
-/// Batch 1: 100 req/s at 1 ms; batch 4: 400 req/s at 4 ms; batch 16: fast but always 60 ms, over the SLO.
+/// Batch 1: 100 req/s at 1 ms; batch 4: 400 req/s at 4 ms; batch 16: fast but always 120 ms, over the SLO.
+/// The SLO (p99 50 ms) is far from every latency that holds, so that timer jitter on a busy machine cannot
+/// make the windows of a sustainable rate disagree.
 fn profile(batch_size: u32) -> Profile {
     match batch_size {
         1 => Profile { capacity: Some(100.0), latency: Duration::from_millis(1) },
         4 => Profile { capacity: Some(400.0), latency: Duration::from_millis(4) },
-        _ => Profile { capacity: Some(1000.0), latency: Duration::from_millis(60) },
+        _ => Profile { capacity: Some(1000.0), latency: Duration::from_millis(120) },
     }
 }
 
@@ -49,7 +51,7 @@ async fn the_tuner_picks_the_known_best_setting() {
         "--model",
         "signnet",
         "--slo",
-        "p99=25ms",
+        "p99=50ms",
         "--batch-sizes",
         "1,4,16",
         "--delays",
@@ -57,21 +59,19 @@ async fn the_tuner_picks_the_known_best_setting() {
         "--start-rate",
         "100",
         "--min-rate",
-        "25",
+        "50",
         "--precision",
-        "0.25",
+        "0.3",
         "--window",
         "100ms",
         "--window-requests",
-        "20",
+        "30",
         "--max-windows",
         "6",
         "--trial-warmup",
-        "100ms",
+        "50ms",
         "--cooldown",
         "50ms",
-        "--confirm-misses",
-        "0",
         "--quiet",
         "--write-config",
         config.to_str().expect("utf-8 path"),

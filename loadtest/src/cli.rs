@@ -81,6 +81,13 @@ pub struct TargetArgs {
     /// Open loop: most requests in flight before the sender waits (the wait shows as schedule lag).
     #[arg(long, default_value_t = 1024)]
     pub max_in_flight: usize,
+    /// TorchServe's key_file.json: its keys are sent as `Authorization: Bearer` (inference key to the
+    /// inference API, management key to the management API).
+    #[arg(long, value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
+    /// The inference key (overrides --key-file).
+    #[arg(long, value_name = "KEY")]
+    pub inference_key: Option<String>,
     /// The server's Prometheus endpoint, scraped before and after (e.g. http://127.0.0.1:8082/metrics).
     #[arg(long)]
     pub metrics_url: Option<String>,
@@ -151,6 +158,9 @@ pub struct TuneArgs {
     /// Management API of the server, where batch settings are changed.
     #[arg(long, default_value = "http://127.0.0.1:8081")]
     pub management_url: String,
+    /// The management key (overrides --key-file).
+    #[arg(long, value_name = "KEY")]
+    pub management_key: Option<String>,
     /// The objective every setting must meet, e.g. p99=25ms (several allowed).
     #[arg(long, value_delimiter = ',', required = true)]
     pub slo: Vec<Slo>,

@@ -101,22 +101,23 @@ pub fn join_url(base: &str, path: &str) -> Result<Uri, HttpError> {
     Ok(uri)
 }
 
-/// Sends a control-plane request and reads the whole answer; a non-2xx status is an error.
+/// Sends a control-plane request (with `Authorization: Bearer <key>` when a key is given) and reads the whole
+/// answer; a non-2xx status is an error.
 ///
 /// # Errors
 /// [`HttpError::Url`], [`HttpError::Transport`] (including a 10 s timeout) or [`HttpError::Status`].
-pub async fn fetch(client: &HttpClient, method: Method, uri: &Uri) -> Result<Bytes, HttpError> {
+pub async fn fetch(client: &HttpClient, method: Method, uri: &Uri, key: Option<&str>) -> Result<Bytes, HttpError> {
     let url = uri.to_string();
     let transport = |source: Box<dyn std::error::Error + Send + Sync>| HttpError::Transport {
         method: method.clone(),
         url: url.clone(),
         source,
     };
-    let request = Request::builder()
-        .method(method.clone())
-        .uri(uri.clone())
-        .body(Full::new(Bytes::new()))
-        .map_err(|e| transport(e.into()))?;
+    let mut request = Request::builder().method(method.clone()).uri(uri.clone());
+    if let Some(key) = key {
+        request = request.header(header::AUTHORIZATION, format!("Bearer {key}"));
+    }
+    let request = request.body(Full::new(Bytes::new())).map_err(|e| transport(e.into()))?;
     let exchange = async {
         let response = client.request(request).await.map_err(|e| transport(e.into()))?;
         let status = response.status();
@@ -190,12 +191,19 @@ pub struct Target {
     uri: Uri,
     bodies: BodySet,
     timeout: Duration,
+    authorization: Option<header::HeaderValue>,
 }
 
 impl Target {
     /// A target over an existing client.
     pub fn new(client: HttpClient, uri: Uri, bodies: BodySet, timeout: Duration) -> Self {
-        Self { client, uri, bodies, timeout }
+        Self { client, uri, bodies, timeout, authorization: None }
+    }
+
+    /// Sends `Authorization: Bearer <key>` with every request (servers with inference token authorisation).
+    pub fn with_key(mut self, key: Option<&str>) -> Self {
+        self.authorization = key.and_then(|k| header::HeaderValue::from_str(&format!("Bearer {k}")).ok());
+        self
     }
 
     /// The per-request timeout.
@@ -217,11 +225,14 @@ impl Target {
     pub async fn send(&self) -> (Outcome, u64) {
         let body = self.bodies.next_body();
         let sent = body.len() as u64;
-        let request = Request::builder()
+        let mut request = Request::builder()
             .method(Method::POST)
             .uri(self.uri.clone())
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Full::new(body));
+            .header(header::CONTENT_TYPE, "application/json");
+        if let Some(authorization) = &self.authorization {
+            request = request.header(header::AUTHORIZATION, authorization.clone());
+        }
+        let request = request.body(Full::new(body));
         let Ok(request) = request else {
             return (Outcome::Io, 0);
         };

@@ -12,6 +12,7 @@ pub mod cli;
 pub mod client;
 pub mod cpu;
 pub mod error;
+pub mod keys;
 pub mod load;
 pub mod metrics;
 pub mod progress;

@@ -14,6 +14,7 @@ use crate::{
     client::{fetch, http_client, join_url, HttpClient, Protocol, Target},
     cpu::CpuMeter,
     error::Error,
+    keys::Keys,
     load::{Load, LoadSpec, Mode, Stop},
     metrics::{Scrape, ServerSide},
     progress::{spawn_intervals, spawn_progress},
@@ -30,6 +31,7 @@ const DEFAULT_DURATION: Duration = Duration::from_secs(10);
 /// # Errors
 /// A bad URL, unreadable bodies, or (KServe v2 without --body) metadata that cannot be fetched or used.
 pub async fn build_target(args: &TargetArgs, client: &HttpClient) -> Result<Target, Error> {
+    let key = Keys::resolve(args.key_file.as_deref(), None, args.inference_key.as_deref())?.inference;
     let protocol = args.protocol();
     let version = args.model_version.as_deref();
     let uri = join_url(&args.target, &protocol.infer_path(&args.model, version))?;
@@ -40,7 +42,7 @@ pub async fn build_target(args: &TargetArgs, client: &HttpClient) -> Result<Targ
                 Some(v) => format!("/v2/models/{}/versions/{v}", args.model),
                 None => format!("/v2/models/{}", args.model),
             };
-            let metadata = fetch(client, Method::GET, &join_url(&args.target, &path)?).await?;
+            let metadata = fetch(client, Method::GET, &join_url(&args.target, &path)?, key.as_deref()).await?;
             BodySet::kserve_v2(&metadata, args.bodies, args.seed)?
         }
         (None, _, shape) => {
@@ -48,7 +50,7 @@ pub async fn build_target(args: &TargetArgs, client: &HttpClient) -> Result<Targ
             BodySet::landmarks(frames, points, args.bodies, args.seed)
         }
     };
-    Ok(Target::new(client.clone(), uri, bodies, args.timeout))
+    Ok(Target::new(client.clone(), uri, bodies, args.timeout).with_key(key.as_deref()))
 }
 
 /// Scrapes the metrics endpoint; failures are logged and give `None`, so that a run never fails on them.
@@ -60,7 +62,7 @@ pub async fn scrape(client: &HttpClient, url: Option<&str>) -> Option<Scrape> {
             return None;
         }
     };
-    match fetch(client, Method::GET, &uri).await {
+    match fetch(client, Method::GET, &uri, None).await {
         Ok(body) => Some(Scrape::parse(&String::from_utf8_lossy(&body))),
         Err(e) => {
             tracing::warn!("metrics: {e}");

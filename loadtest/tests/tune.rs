@@ -41,6 +41,9 @@ async fn the_tuner_picks_the_known_best_setting() {
     let config = dir.path().join("config.properties");
     std::fs::write(&config, CONFIG).expect("write config");
     let (plot, json) = (dir.path().join("tune.svg"), dir.path().join("tune.json"));
+    let key_file = dir.path().join("key_file.json");
+    let keys = format!(r#"{{"management": {{"key": "{}"}}, "inference": {{"key": "i"}}}}"#, support::MANAGEMENT_KEY);
+    std::fs::write(&key_file, keys).expect("write key file");
     let url = server.url();
     let cli = support::cli(&[
         "tune",
@@ -73,6 +76,8 @@ async fn the_tuner_picks_the_known_best_setting() {
         "--cooldown",
         "50ms",
         "--quiet",
+        "--key-file",
+        key_file.to_str().expect("utf-8 path"),
         "--write-config",
         config.to_str().expect("utf-8 path"),
         "--plot",

@@ -35,6 +35,7 @@ pub struct Management {
     base: String,
     path: String,
     version: Option<String>,
+    key: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -47,13 +48,14 @@ struct Description {
 }
 
 impl Management {
-    /// The API at `base` (e.g. `http://127.0.0.1:8081`) for `model`, or one version of it.
-    pub fn new(client: HttpClient, base: &str, model: &str, version: Option<&str>) -> Self {
+    /// The API at `base` (e.g. `http://127.0.0.1:8081`) for `model`, or one version of it, authorised with
+    /// `key` when the server asks for one.
+    pub fn new(client: HttpClient, base: &str, model: &str, version: Option<&str>, key: Option<String>) -> Self {
         let path = match version {
             Some(v) => format!("/models/{model}/{v}"),
             None => format!("/models/{model}"),
         };
-        Self { client, base: base.to_string(), path, version: version.map(str::to_string) }
+        Self { client, base: base.to_string(), path, version: version.map(str::to_string), key }
     }
 
     /// Sets the batch size and delay; the server applies them to the next batch.
@@ -63,7 +65,7 @@ impl Management {
     pub async fn set(&self, setting: BatchSetting) -> Result<(), HttpError> {
         let query =
             format!("{}?batch_size={}&max_batch_delay={}", self.path, setting.batch_size, setting.delay_ms_text());
-        fetch(&self.client, Method::PUT, &join_url(&self.base, &query)?).await.map(drop)
+        fetch(&self.client, Method::PUT, &join_url(&self.base, &query)?, self.key.as_deref()).await.map(drop)
     }
 
     /// The current settings (of the version asked for, else the first listed).
@@ -71,7 +73,7 @@ impl Management {
     /// # Errors
     /// [`HttpError`] when the call fails; `Ok(None)` when the answer has no batch settings.
     pub async fn get(&self) -> Result<Option<BatchSetting>, HttpError> {
-        let body = fetch(&self.client, Method::GET, &join_url(&self.base, &self.path)?).await?;
+        let body = fetch(&self.client, Method::GET, &join_url(&self.base, &self.path)?, self.key.as_deref()).await?;
         Ok(parse_description(&body, self.version.as_deref()))
     }
 }

@@ -25,6 +25,7 @@ use crate::{
     client::{http_client, Target},
     cpu::{CpuMeter, CpuUsage},
     error::Error,
+    keys::Keys,
     run::build_target,
     slo::Slo,
     units::{self, trim_float},
@@ -156,8 +157,14 @@ async fn tune_setting(target: &Arc<Target>, args: &TuneArgs, setting: BatchSetti
 pub async fn tune(args: &TuneArgs) -> Result<TuneReport, Error> {
     let client = http_client();
     let target = Arc::new(build_target(&args.target, &client).await?);
-    let management =
-        Management::new(client.clone(), &args.management_url, &args.target.model, args.target.model_version.as_deref());
+    let keys = Keys::resolve(args.target.key_file.as_deref(), args.management_key.as_deref(), None)?;
+    let management = Management::new(
+        client.clone(),
+        &args.management_url,
+        &args.target.model,
+        args.target.model_version.as_deref(),
+        keys.management,
+    );
     let original = match management.get().await {
         Ok(setting) => setting,
         Err(e) => {

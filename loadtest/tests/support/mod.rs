@@ -43,6 +43,9 @@ struct State {
     bad_bodies: u64,
 }
 
+/// The management key the fake server expects (`Authorization: Bearer ...`), as ferroserve does by default.
+pub const MANAGEMENT_KEY: &str = "management-secret";
+
 /// A running fake server; it stops with the test's runtime.
 #[derive(Clone)]
 pub struct FakeServer {
@@ -126,6 +129,10 @@ impl FakeServer {
     async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
         let (method, path, query) =
             (req.method().clone(), req.uri().path().to_string(), req.uri().query().unwrap_or("").to_string());
+        let authorised = req.headers().get("authorization").is_some_and(|v| v == &format!("Bearer {MANAGEMENT_KEY}"));
+        if path.starts_with("/models/") && !authorised {
+            return json(StatusCode::UNAUTHORIZED, r#"{"code":401}"#.into());
+        }
         let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
         match (method, path.as_str()) {
             (Method::POST, p) if p.starts_with("/predictions/") => self.infer(&body, false).await,

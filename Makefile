@@ -18,7 +18,7 @@ ORT_LIB := third_party/onnxruntime/capi/libonnxruntime.so.$(ORT_VERSION)
 CONFIG  ?= config/config.properties
 BIN     := target/release/ferroserve
 
-.PHONY: deps tools run build test fmt lint bench bench-backend bench-e2e model clean
+.PHONY: deps tools run build test fmt lint bench bench-backend bench-e2e model fuzz clean
 
 ## deps: install onnxruntime==$(ORT_VERSION) (once) and link third_party/onnxruntime to it
 deps: $(ORT_LIB)
@@ -76,6 +76,17 @@ $(MODEL_VENV)/.stamp:
 
 model: $(MODEL_VENV)/.stamp
 	$(MODEL_VENV)/bin/python models/signnet/make_signnet.py
+
+## fuzz: each cargo-fuzz target for FUZZ_SECONDS (default 600) on the nightly toolchain; crashes land in
+## fuzz/artifacts/TARGET (commit them as regression tests)
+FUZZ_SECONDS ?= 600
+FUZZ_TARGETS := config_properties landmarks kserve_request
+fuzz:
+	command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+	for t in $(FUZZ_TARGETS); do \
+		mkdir -p fuzz/corpus/$$t; \
+		(cd fuzz && cargo +nightly fuzz run $$t corpus/$$t seeds/$$t -- -max_total_time=$(FUZZ_SECONDS) -max_len=100000) || exit 1; \
+	done
 
 clean:
 	cargo clean

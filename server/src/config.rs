@@ -201,10 +201,19 @@ impl Config {
     /// # Errors
     /// [`ConfigError`] naming the file, or the key and line of a bad value.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let read_error = |message: String| ConfigError::Read { path: path.to_path_buf(), message };
-        let file = std::fs::File::open(path).map_err(|e| read_error(e.to_string()))?;
+        let file = std::fs::File::open(path)
+            .map_err(|e| ConfigError::Read { path: path.to_path_buf(), message: e.to_string() })?;
+        Self::from_reader(std::io::BufReader::new(file), path)
+    }
+
+    /// Reads `config.properties` text over the defaults (`origin` names it in errors).
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the key and line of a bad value, or the syntax error.
+    pub fn from_reader(reader: impl std::io::Read, origin: &Path) -> Result<Self, ConfigError> {
+        let read_error = |message: String| ConfigError::Read { path: origin.to_path_buf(), message };
         let mut entries = Vec::new();
-        for line in java_properties::PropertiesIter::new(std::io::BufReader::new(file)) {
+        for line in java_properties::PropertiesIter::new(reader) {
             let line = line.map_err(|e| read_error(e.to_string()))?;
             let number = line.line_number();
             if let java_properties::LineContent::KVPair(key, value) = line.consume_content() {

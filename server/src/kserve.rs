@@ -98,6 +98,19 @@ pub async fn route(req: Request<Incoming>, state: &AppState, path: &[&str]) -> R
     }
 }
 
+/// Parses and validates an infer request body against `spec` without running it, returning its number of
+/// samples: the decoder the server uses, for fuzzing and tools.
+///
+/// # Errors
+/// The 400 the server would answer.
+pub fn validate_request(
+    body: &mut [u8],
+    json_len: Option<usize>,
+    spec: &ferroserve_engine::ModelSpec,
+) -> Result<usize, ApiError> {
+    tensor::parse(body, json_len, spec).map(|request| request.samples)
+}
+
 /// The protocol's error body.
 #[must_use]
 pub fn error(e: &ApiError) -> Reply {

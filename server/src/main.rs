@@ -39,26 +39,32 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the I/O runtime")?;
-    let keys = if config.disable_token_authorization {
-        tracing::warn!("token authorisation is disabled: anyone who reaches the management API controls the models");
-        None
-    } else {
-        let keys = Keys::generate(config.inference_token_authorization).context("cannot generate the token keys")?;
-        keys.write(&config.key_file)
-            .with_context(|| format!("cannot write {} (key_file)", config.key_file.display()))?;
-        tracing::info!("token authorisation is on; the keys are in {}", config.key_file.display());
-        Some(keys)
-    };
-    let state = Arc::new(AppState::new(registry, config, metrics).with_keys(keys));
-    for (name, error) in failed {
-        state.set_failure(&name, Some(error.to_string()));
-    }
-    runtime.block_on(serve_all(state))
+    runtime.block_on(async move {
+        // Bind first: a server that cannot listen must not overwrite the key file of one that does.
+        let listeners = bind_all(&config).await?;
+        let keys = token_keys(&config)?;
+        let state = Arc::new(AppState::new(registry, config, metrics).with_keys(keys));
+        for (name, error) in failed {
+            state.set_failure(&name, Some(error.to_string()));
+        }
+        serve_all(state, listeners).await
+    })
 }
 
-/// Binds the three listeners, then serves them until a shutdown signal.
-async fn serve_all(state: Arc<AppState>) -> anyhow::Result<()> {
-    let config = &state.config;
+/// The token keys, written to `key_file`, unless token authorisation is disabled.
+fn token_keys(config: &Config) -> anyhow::Result<Option<Keys>> {
+    if config.disable_token_authorization {
+        tracing::warn!("token authorisation is disabled: anyone who reaches the management API controls the models");
+        return Ok(None);
+    }
+    let keys = Keys::generate(config.inference_token_authorization).context("cannot generate the token keys")?;
+    keys.write(&config.key_file).with_context(|| format!("cannot write {} (key_file)", config.key_file.display()))?;
+    tracing::info!("token authorisation is on; the keys are in {}", config.key_file.display());
+    Ok(Some(keys))
+}
+
+/// Binds the three listeners.
+async fn bind_all(config: &Config) -> anyhow::Result<Vec<(Api, tokio::net::TcpListener)>> {
     let mut listeners = Vec::new();
     for (api, addr, key) in [
         (Api::Inference, config.inference_address, "inference_address"),
@@ -70,6 +76,11 @@ async fn serve_all(state: Arc<AppState>) -> anyhow::Result<()> {
         tracing::info!("{} API on http://{}", api.name(), listener.local_addr()?);
         listeners.push((api, listener));
     }
+    Ok(listeners)
+}
+
+/// Serves the listeners until a shutdown signal, then shuts down in order.
+async fn serve_all(state: Arc<AppState>, listeners: Vec<(Api, tokio::net::TcpListener)>) -> anyhow::Result<()> {
     let (stop, _) = tokio::sync::broadcast::channel::<()>(1);
     let mut servers = tokio::task::JoinSet::new();
     for (api, listener) in listeners {

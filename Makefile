@@ -1,7 +1,7 @@
 # ferroserve: `make run` installs what is needed, builds and starts the server; `make test` runs every check.
 #
 # Native libraries come from pinned PyPI wheels installed into a venv outside the clone (reused across clones,
-# keyed by version), and third_party/ links to them. .cargo/config.toml points ORT_DYLIB_PATH there.
+# keyed by version), and third_party/ links to them. .cargo/config.toml points ORT_DYLIB_PATH and LIBTORCH there.
 
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
@@ -12,21 +12,38 @@ ONNX_VERSION  := 1.23.2
 ONNXSCRIPT_VERSION := 0.7.2
 PYTHON  ?= python3
 CACHE   ?= $(HOME)/.cache/ferroserve
-RUNTIME_VENV := $(CACHE)/venv-ort-$(ORT_VERSION)
+# onnxruntime-gpu (CUDA execution provider) when nvidia-smi finds a GPU, else the CPU wheel.
+ORT_FLAVOUR  := $(shell nvidia-smi -L >/dev/null 2>&1 && echo -gpu)
+RUNTIME_VENV := $(CACHE)/venv-ort$(ORT_FLAVOUR)-$(ORT_VERSION)
+TORCH_VENV   := $(CACHE)/venv-torch-$(TORCH_VERSION)
 MODEL_VENV   := $(CACHE)/venv-model-torch-$(TORCH_VERSION)-onnx-$(ONNX_VERSION)
 ORT_LIB := third_party/onnxruntime/capi/libonnxruntime.so.$(ORT_VERSION)
+TORCH_LIB := third_party/libtorch/lib/libtorch.so
 CONFIG  ?= config/config.properties
 BIN     := target/release/ferroserve
 
 .PHONY: deps tools run build test fmt lint bench bench-backend bench-e2e model fuzz clean
 
-## deps: install onnxruntime==$(ORT_VERSION) (once) and link third_party/onnxruntime to it
-deps: $(ORT_LIB)
+## deps: install onnxruntime==$(ORT_VERSION) and torch==$(TORCH_VERSION) (once each) and link
+## third_party/onnxruntime and third_party/libtorch (the wheel's torch folder: lib/ and include/) to them
+deps: $(ORT_LIB) $(TORCH_LIB)
 
 $(RUNTIME_VENV)/.stamp:
 	$(PYTHON) -m venv $(RUNTIME_VENV)
-	$(RUNTIME_VENV)/bin/python -m pip install --quiet onnxruntime==$(ORT_VERSION)
+	$(RUNTIME_VENV)/bin/python -m pip install --quiet onnxruntime$(ORT_FLAVOUR)==$(ORT_VERSION)
 	touch $@
+
+$(TORCH_VENV)/.stamp:
+	$(PYTHON) -m venv $(TORCH_VENV)
+	$(TORCH_VENV)/bin/python -m pip install --quiet torch==$(TORCH_VERSION)
+	touch $@
+
+# find_spec locates the package without importing torch (seconds saved on every relink).
+$(TORCH_LIB): $(TORCH_VENV)/.stamp
+	mkdir -p third_party
+	ln -sfn "$$($(TORCH_VENV)/bin/python -c 'import importlib.util, os; print(os.path.dirname(importlib.util.find_spec("torch").origin))')" third_party/libtorch
+	test -f $(TORCH_LIB)
+	touch -h third_party/libtorch
 
 $(ORT_LIB): $(RUNTIME_VENV)/.stamp
 	mkdir -p third_party

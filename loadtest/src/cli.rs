@@ -88,9 +88,6 @@ pub struct TargetArgs {
     /// The inference key (overrides --key-file).
     #[arg(long, value_name = "KEY")]
     pub inference_key: Option<String>,
-    /// The server's Prometheus endpoint, scraped before and after (e.g. http://127.0.0.1:8082/metrics).
-    #[arg(long)]
-    pub metrics_url: Option<String>,
     /// The server's process id, to report its CPU time next to the generator's.
     #[arg(long)]
     pub server_pid: Option<u32>,
@@ -135,6 +132,9 @@ pub struct RunArgs {
     /// Exit status 2 when one is missed.
     #[arg(long, value_delimiter = ',')]
     pub slo: Vec<Slo>,
+    /// The server's Prometheus endpoint, scraped before and after (e.g. http://127.0.0.1:8082/metrics).
+    #[arg(long)]
+    pub metrics_url: Option<String>,
     /// Print the full latency percentile spectrum.
     #[arg(long)]
     pub percentiles: bool,

@@ -138,7 +138,7 @@ pub async fn run(args: &RunArgs) -> Result<Report, Error> {
     };
     // CPU and the server's counters are read when recording starts, so that neither counts the warm-up; with
     // no warm-up, before the first request.
-    let (url, pid) = (args.target.metrics_url.clone(), args.target.server_pid);
+    let (url, pid) = (args.metrics_url.clone(), args.target.server_pid);
     let early = match spec.warmup.is_zero() {
         true => Some(baseline(client.clone(), url.clone(), pid, None).await),
         false => None,
@@ -159,7 +159,7 @@ pub async fn run(args: &RunArgs) -> Result<Report, Error> {
         (None, None) => unreachable!("one of the two baselines is taken"),
     };
     let usage = cpu.stop();
-    let after = scrape(&client, args.target.metrics_url.as_deref()).await;
+    let after = scrape(&client, args.metrics_url.as_deref()).await;
     let mut report = Report::new(settings, &recording, usage, &args.slo);
     if let (Some(before), Some(after)) = (&before, &after) {
         report.server_metrics = Some(ServerSide::between(before, after, &args.target.model));

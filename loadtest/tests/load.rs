@@ -43,12 +43,18 @@ async fn the_open_loop_holds_its_rate() {
     assert_eq!(rec.lag.len(), 200);
 }
 
-#[tokio::test(flavor = "current_thread")]
-async fn a_stall_shows_in_the_corrected_percentiles() {
+/// 100 req/s for 1.5 s to a server that stalls 300 ms once, at its 20th request.
+async fn stalled_open_loop(max_in_flight: usize) -> Recording {
     let server = FakeServer::instant().await;
     server.stall_once(20, Duration::from_millis(300));
-    let rec = open_loop(&server, 100.0, 1.5, 1024).await;
+    let rec = open_loop(&server, 100.0, 1.5, max_in_flight).await;
     assert_eq!(rec.requests, 150);
+    rec
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_stall_shows_in_the_corrected_percentiles() {
+    let rec = stalled_open_loop(1024).await;
     let p99 = rec.latency.value_at_quantile(0.99);
     let p50 = rec.latency.value_at_quantile(0.50);
     assert!(rec.latency.max() >= 250_000, "max {}us", rec.latency.max());
@@ -60,10 +66,7 @@ async fn a_stall_shows_in_the_corrected_percentiles() {
 async fn a_stalled_sender_cannot_hide_the_stall() {
     // One request in flight at most, as a connection-bound generator: the stall holds the sender back, so
     // the requests due meanwhile are sent late and served fast. Their corrected latency still shows it.
-    let server = FakeServer::instant().await;
-    server.stall_once(20, Duration::from_millis(300));
-    let rec = open_loop(&server, 100.0, 1.5, 1).await;
-    assert_eq!(rec.requests, 150);
+    let rec = stalled_open_loop(1).await;
     let corrected_p99 = rec.latency.value_at_quantile(0.99);
     let service_p90 = rec.service.value_at_quantile(0.90);
     assert!(corrected_p99 >= 250_000, "corrected p99 {corrected_p99}us");

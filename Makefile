@@ -22,7 +22,7 @@ TORCH_LIB := third_party/libtorch/lib/libtorch.so
 CONFIG  ?= config/config.properties
 BIN     := target/release/ferroserve
 
-.PHONY: deps tools run build test fmt lint bench bench-backend bench-e2e model fuzz clean
+.PHONY: deps tools run build test fmt lint bench bench-backend bench-e2e soak model fuzz clean
 
 ## deps: install onnxruntime==$(ORT_VERSION) and torch==$(TORCH_VERSION) (once each) and link
 ## third_party/onnxruntime and third_party/libtorch (the wheel's torch folder: lib/ and include/) to them
@@ -83,6 +83,11 @@ bench-backend: deps
 
 bench-e2e: build
 	bash benches/e2e.sh
+
+## soak: 10 minutes at 3x the sustainable rate, open loop: nothing lost, memory flat (not part of make test)
+soak: build
+	cargo build --release --bin ferroserve-loadtest
+	bash benches/soak.sh
 
 ## model: remake models/signnet from its script (installs torch, onnx and onnxruntime in a tools venv)
 $(MODEL_VENV)/.stamp:

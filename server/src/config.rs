@@ -542,6 +542,41 @@ mod tests {
     }
 
     #[test]
+    fn every_key_is_read() {
+        let c = parse(
+            "inference_address=http://127.0.0.1:1\nmanagement_address=http://127.0.0.1:2\n\
+             metrics_address=http://127.0.0.1:3\nmodel_store=/s\nload_models=all\njob_queue_size=3\n\
+             default_workers_per_model=4\nintra_op_threads=5\ndefault_response_timeout=6\nmax_request_size=7\n\
+             max_response_size=8\nbatch_size=9\nmax_batch_delay=10\nnumber_of_netty_threads=11\n\
+             enable_envvars_config=true\nmetrics_latency_buckets_ms=1,2\nts_metric_names=false\n\
+             max_inflight_requests=12\nmax_connections=13\nrequest_read_timeout=14\nshutdown_grace_period=15\n\
+             disable_token_authorization=true\ninference_token_authorization=true\nkey_file=/k.json\n\
+             enable_model_api=true\nallowed_urls=a.*,b\n",
+        )
+        .expect("valid");
+        let addr = |port| SocketAddr::from(([127, 0, 0, 1], port));
+        assert_eq!((c.inference_address, c.management_address, c.metrics_address), (addr(1), addr(2), addr(3)));
+        assert_eq!((c.model_store, c.load_models.clone()), (PathBuf::from("/s"), LoadModels::All));
+        assert_eq!((c.job_queue_size, c.default_workers_per_model, c.intra_op_threads), (3, 4, Some(5)));
+        assert_eq!(
+            (c.default_response_timeout, c.max_request_size, c.max_response_size),
+            (Duration::from_secs(6), 7, 8)
+        );
+        assert_eq!((c.batch_size, c.max_batch_delay, c.io_threads), (9, Duration::from_millis(10), 11));
+        assert!(c.enable_envvars_config && !c.ts_metric_names);
+        assert_eq!(c.latency_buckets, vec![0.001, 0.002]);
+        assert_eq!((c.max_inflight_requests, c.max_connections), (12, 13));
+        assert_eq!(
+            (c.request_read_timeout, c.shutdown_grace_period),
+            (Duration::from_secs(14), Duration::from_secs(15))
+        );
+        assert!(c.disable_token_authorization && c.inference_token_authorization && c.enable_model_api);
+        assert_eq!((c.key_file, c.allowed_urls), (PathBuf::from("/k.json"), vec!["a.*".to_string(), "b".to_string()]));
+        let err = parse("allowed_urls=(unclosed\n").expect_err("bad regex");
+        assert!(err.to_string().contains("`allowed_urls`"), "{err}");
+    }
+
+    #[test]
     fn environment_wins_only_when_enabled() {
         let vars = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
             pairs.iter().map(|(k, v)| ((*k).to_string(), (*v).to_string())).collect()

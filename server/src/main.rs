@@ -47,6 +47,10 @@ fn main() -> anyhow::Result<()> {
         for (name, error) in failed {
             state.set_failure(&name, Some(error.to_string()));
         }
+        // Said once everything is in place: a client that reads these lines can use the key file.
+        for (api, listener) in &listeners {
+            tracing::info!("{} API on http://{}", api.name(), listener.local_addr()?);
+        }
         serve_all(state, listeners).await
     })
 }
@@ -73,7 +77,6 @@ async fn bind_all(config: &Config) -> anyhow::Result<Vec<(Api, tokio::net::TcpLi
     ] {
         let listener =
             tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} ({key})"))?;
-        tracing::info!("{} API on http://{}", api.name(), listener.local_addr()?);
         listeners.push((api, listener));
     }
     Ok(listeners)

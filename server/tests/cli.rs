@@ -55,10 +55,15 @@ struct Server {
 
 impl Server {
     fn start(config: &tempfile::NamedTempFile, args: &[&str]) -> Self {
+        Self::start_with_env(config, args, &[])
+    }
+
+    fn start_with_env(config: &tempfile::NamedTempFile, args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_ferroserve"))
             .arg("--ts-config")
             .arg(config.path())
             .args(args)
+            .envs(env.iter().copied())
             .stderr(Stdio::piped())
             .spawn()
             .expect("start ferroserve");
@@ -227,4 +232,38 @@ fn a_second_signal_exits_at_once() {
     server.signal("-INT");
     let status = server.child.wait().expect("exit");
     assert_eq!(status.code(), Some(130));
+}
+
+/// The models the server loaded, by asking its management API.
+async fn loaded(server: &Server, keys: &tempfile::TempDir) -> Vec<String> {
+    let url = server.url("management", "/models");
+    let (status, body) =
+        send_with_key(&client(), "GET", &url, Bytes::new(), Some(&management_key(keys))).await.expect("answer");
+    assert_eq!(status, StatusCode::OK);
+    body["models"]
+        .as_array()
+        .expect("models")
+        .iter()
+        .map(|m| m["modelName"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn environment_beats_command_line_beats_file() {
+    let keys = tempfile::tempdir().expect("temp dir");
+    // The file asks for `fromfile` (signnet under another name); the command line for `fromcli`.
+    let config = ephemeral_config(&keys, "load_models=fromfile=signnet\n");
+    let file_only = Server::start(&config, &[]);
+    assert_eq!(loaded(&file_only, &keys).await, vec!["fromfile"]);
+    drop(file_only);
+    let cli = Server::start(&config, &["--models", "fromcli=signnet"]);
+    assert_eq!(loaded(&cli, &keys).await, vec!["fromcli"]);
+    drop(cli);
+    let env = [("TS_ENABLE_ENVVARS_CONFIG", "true"), ("TS_LOAD_MODELS", "fromenv=signnet")];
+    let all = Server::start_with_env(&config, &["--models", "fromcli=signnet"], &env);
+    assert_eq!(loaded(&all, &keys).await, vec!["fromenv"]);
+    drop(all);
+    // Without enable_envvars_config, TS_ variables are ignored.
+    let ignored = Server::start_with_env(&config, &[], &[("TS_LOAD_MODELS", "fromenv=signnet")]);
+    assert_eq!(loaded(&ignored, &keys).await, vec!["fromfile"]);
 }

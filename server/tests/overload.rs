@@ -101,7 +101,9 @@ async fn the_connection_limit_answers_503_and_closes() {
     drop(holder);
     let mut served = false;
     for _ in 0..200 {
-        if server.send(Method::GET, "/ping", "").await.status == StatusCode::OK {
+        // A raw exchange: a connection refused with a 503 is expected until the permit comes back.
+        let ping = raw_exchange(server.addr, b"GET /ping HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await;
+        if ping.starts_with("HTTP/1.1 200") {
             served = true;
             break;
         }
@@ -148,19 +150,9 @@ async fn a_batch_past_the_deadline_fails_only_its_request_and_the_worker_recover
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_that_does_not_arrive_in_time_is_a_408() {
     let (server, _fake) = fake_server(Config { request_read_timeout: Duration::from_secs(1), ..test_config(MB) }).await;
-    let addr = server.addr;
-    let answer = tokio::task::spawn_blocking(move || {
-        let mut stream = std::net::TcpStream::connect(addr).expect("connect");
-        stream
-            .write_all(b"POST /predictions/m HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{\"landm")
-            .expect("partial");
-        stream.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
-        let mut answer = String::new();
-        let _ = stream.read_to_string(&mut answer);
-        answer
-    })
-    .await
-    .expect("slow client");
+    let answer =
+        raw_exchange(server.addr, b"POST /predictions/m HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{\"landm")
+            .await;
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains("RequestTimeoutException"), "{answer}");
 }
@@ -175,4 +167,26 @@ async fn absurd_nesting_is_a_400() {
     let reply = server.send(Method::POST, "/v2/models/m/infer", v2).await;
     assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{}", reply.json);
     assert_eq!(server.predict("m", body()).await.status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_http_is_answered_400_and_the_server_goes_on() {
+    let (server, _fake) = fake_server(test_config(MB)).await;
+    let answer = raw_exchange(server.addr, b"GET / HTTP/1.1\r\nbad header without colon\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer:?}");
+    assert_eq!(server.predict("m", body()).await.status, StatusCode::OK);
+}
+
+/// Writes `bytes` on a new connection and reads until the server closes it (20 s at most).
+async fn raw_exchange(addr: std::net::SocketAddr, bytes: &'static [u8]) -> String {
+    tokio::task::spawn_blocking(move || {
+        let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+        stream.write_all(bytes).expect("write");
+        stream.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+        let mut answer = String::new();
+        let _ = stream.read_to_string(&mut answer);
+        answer
+    })
+    .await
+    .expect("raw client")
 }

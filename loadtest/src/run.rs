@@ -18,6 +18,7 @@ use crate::{
     load::{Load, LoadSpec, Mode, Stop},
     metrics::{Scrape, ServerSide},
     progress::{spawn_intervals, spawn_progress},
+    recorder::Recording,
     report::{render, render_spectrum, write_hdr_log, Report, RunSettings},
 };
 
@@ -118,6 +119,15 @@ fn settings(args: &RunArgs, spec: &LoadSpec, target: &Target, bodies: usize) -> 
     }
 }
 
+/// Stops the load on Ctrl-C; requests in flight still finish and are reported.
+fn stop_on_ctrl_c(stop: Stop) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            stop.set();
+        }
+    })
+}
+
 /// Runs one load and writes its reports. Returns the report; its `slo_met` decides the exit status.
 ///
 /// # Errors
@@ -128,14 +138,7 @@ pub async fn run(args: &RunArgs) -> Result<Report, Error> {
     let spec = load_spec(args)?;
     let settings = settings(args, &spec, &target, target.body_count());
     let stop = Stop::default();
-    let ctrl_c = {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                stop.set();
-            }
-        })
-    };
+    let ctrl_c = stop_on_ctrl_c(stop.clone());
     // CPU and the server's counters are read when recording starts, so that neither counts the warm-up; with
     // no warm-up, before the first request.
     let (url, pid) = (args.metrics_url.clone(), args.target.server_pid);
@@ -156,7 +159,8 @@ pub async fn run(args: &RunArgs) -> Result<Report, Error> {
     let (cpu, before) = match (early, later) {
         (Some(early), _) => early,
         (None, Some(task)) => task.await.map_err(|e| Error::Usage(format!("the baseline task failed: {e}")))?,
-        (None, None) => unreachable!("one of the two baselines is taken"),
+        // Not reached: `later` is taken whenever `early` is not.
+        (None, None) => (CpuMeter::start(pid), None),
     };
     let usage = cpu.stop();
     let after = scrape(&client, args.metrics_url.as_deref()).await;
@@ -164,16 +168,21 @@ pub async fn run(args: &RunArgs) -> Result<Report, Error> {
     if let (Some(before), Some(after)) = (&before, &after) {
         report.server_metrics = Some(ServerSide::between(before, after, &args.target.model));
     }
-    print!("{}", render(&report));
+    write_reports(args, &report, &recording, wall_start)?;
+    Ok(report)
+}
+
+/// Prints the report and writes `--json` and `--hdr-log`.
+fn write_reports(args: &RunArgs, report: &Report, recording: &Recording, start: SystemTime) -> Result<(), Error> {
+    print!("{}", render(report));
     if args.percentiles {
-        print!("{}", render_spectrum(&report));
+        print!("{}", render_spectrum(report));
     }
     if let Some(path) = &args.json {
-        let json = serde_json::to_vec_pretty(&report)?;
-        std::fs::write(path, json).map_err(Error::file(path))?;
+        std::fs::write(path, serde_json::to_vec_pretty(report)?).map_err(Error::file(path))?;
     }
     if let Some(path) = &args.hdr_log {
-        write_hdr_log(path, &recording.intervals, wall_start).map_err(Error::file(path))?;
+        write_hdr_log(path, &recording.intervals, start).map_err(Error::file(path))?;
     }
-    Ok(report)
+    Ok(())
 }

@@ -174,12 +174,23 @@ pub async fn tune(args: &TuneArgs) -> Result<TuneReport, Error> {
     };
     let meter = CpuMeter::start(args.target.server_pid);
     let mut settings = Vec::new();
-    for &batch_size in &args.batch_sizes {
-        for &max_batch_delay in &args.delays {
-            let setting = BatchSetting { batch_size, max_batch_delay };
-            management.set(setting).await?;
-            settings.push(tune_setting(&target, args, setting).await);
+    let search = async {
+        for &batch_size in &args.batch_sizes {
+            for &max_batch_delay in &args.delays {
+                let setting = BatchSetting { batch_size, max_batch_delay };
+                management.set(setting).await?;
+                settings.push(tune_setting(&target, args, setting).await);
+            }
         }
+        Ok::<_, Error>(())
+    };
+    let interrupted = tokio::select! {
+        searched = search => { searched?; false }
+        _ = tokio::signal::ctrl_c() => true,
+    };
+    if interrupted {
+        // Leave the server as it was found, and report the settings searched so far.
+        eprintln!("interrupted: restoring the server's batch setting");
     }
     let winner = TuneReport::pick_winner(&settings);
     let cpu = meter.stop();

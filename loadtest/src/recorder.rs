@@ -85,6 +85,8 @@ pub struct Recording {
     pub service: Histogram<u64>,
     /// How late each open-loop request left against its schedule.
     pub lag: Histogram<u64>,
+    /// Open loop: requests due before the end that were never sent (the sender was held back).
+    pub unsent: u64,
     /// Requests finished.
     pub requests: u64,
     /// Of which 2xx.
@@ -148,6 +150,7 @@ impl Recorder {
             latency: new_histogram(),
             service: new_histogram(),
             lag: new_histogram(),
+            unsent: 0,
             requests: 0,
             successes: 0,
             errors: BTreeMap::new(),
@@ -213,6 +216,11 @@ impl Recorder {
     /// Records how late an open-loop request left against its schedule.
     pub fn record_lag(&self, lag: Duration) {
         self.lock().recording.lag.saturating_record(micros(lag));
+    }
+
+    /// Records how many due requests the open loop never sent.
+    pub fn set_unsent(&self, unsent: u64) {
+        self.lock().recording.unsent = unsent;
     }
 
     /// Closes the current interval at `now` and returns it (also kept for the interval log).

@@ -100,3 +100,15 @@ async fn kserve_v2_bodies_come_from_the_metadata() {
     assert_eq!(server.bad_bodies(), 0);
     assert!(report.settings.url.ends_with("/v2/models/signnet/infer"));
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_held_back_sender_stops_at_the_end_and_counts_what_it_never_sent() {
+    let server = FakeServer::instant().await;
+    server.stall_once(1, Duration::from_millis(1500));
+    let started = std::time::Instant::now();
+    let rec = open_loop(&server, 100.0, 0.5, 5).await;
+    assert!(started.elapsed() < Duration::from_secs(4), "the run ends at its duration, then drains");
+    assert_eq!(rec.requests, 5, "five in flight, all stalled");
+    assert_eq!(rec.unsent, 45, "50 were due in half a second");
+    assert!(rec.latency.min() >= 1_000_000, "each waited for the stall");
+}

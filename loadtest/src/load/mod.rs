@@ -117,7 +117,8 @@ impl Load {
                 closed::run(&self.target, &self.recorder, &plan, concurrency).await;
             }
             Mode::Open { rate, max_in_flight } => {
-                open::run(&self.target, &self.recorder, &plan, rate, max_in_flight).await;
+                let unsent = open::run(&self.target, &self.recorder, &plan, rate, max_in_flight).await;
+                self.recorder.set_unsent(unsent);
             }
         }
         let end = plan.end.map_or_else(Instant::now, |e| e.min(Instant::now()));

@@ -187,6 +187,8 @@ pub struct Report {
     pub service_time: Summary,
     /// Open loop: how late requests left against the schedule.
     pub schedule_lag: Option<Summary>,
+    /// Open loop: requests due before the end that were never sent, because `--max-in-flight` held the sender.
+    pub unsent: u64,
     /// The full latency percentile spectrum.
     pub spectrum: Vec<SpectrumPoint>,
     /// The server's timing headers.
@@ -225,6 +227,7 @@ impl Report {
             latency: Summary::of(&rec.latency),
             service_time: Summary::of(&rec.service),
             schedule_lag: open.then(|| Summary::of(&rec.lag)),
+            unsent: rec.unsent,
             spectrum: spectrum(&rec.latency),
             server_headers: HeaderTiming::of(&rec.timing),
             server_metrics: None,

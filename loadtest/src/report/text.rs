@@ -67,13 +67,17 @@ pub fn render(r: &Report) -> String {
         let _ = writeln!(out, "  service    {}  [from the actual send]", summary_line(&r.service_time));
     }
     if let Some(lag) = &r.schedule_lag {
-        let _ = writeln!(
+        let _ = write!(
             out,
             "  schedule   the sender fell behind by p99 {}, max {} (mean {})",
             ms(lag.p99_ms),
             ms(lag.max_ms),
             ms(lag.mean_ms)
         );
+        if r.unsent > 0 {
+            let _ = write!(out, "; {} requests due were never sent (--max-in-flight held the sender)", r.unsent);
+        }
+        out.push('\n');
     }
     if !r.errors.is_empty() {
         let list: Vec<String> = r.errors.iter().map(|(k, v)| format!("{k}: {v}")).collect();

@@ -2,12 +2,13 @@
 //!
 //! A request ([`request::InferRequest`]) enters a model's bounded lock-free queue ([`queue::JobQueue`]); the
 //! model's worker threads ([`scheduler`]) form batches by the policy of [`batcher`] and run them on a synchronous
-//! [`backend::Backend`] (ONNX Runtime, or the always-compiled fake used by tests); every request gets exactly its
-//! own row of the output back through its reply channel. [`registry::Registry`] maps model names and versions to
-//! the running [`model::Model`]s.
+//! [`backend::Backend`] (ONNX Runtime, TorchScript through libtorch, or the always-compiled fake used by tests) on
+//! the device [`device`] selects; every request gets exactly its own row of the output back through its reply
+//! channel. [`registry::Registry`] maps model names and versions to the running [`model::Model`]s.
 
 pub mod backend;
 pub mod batcher;
+pub mod device;
 pub mod error;
 pub mod metrics;
 pub mod model;

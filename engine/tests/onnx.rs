@@ -6,23 +6,18 @@
 
 mod support;
 
-use std::{
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::{path::Path, time::Duration};
 
 use ferroserve_engine::{
     backend::{OnnxFactory, OnnxOptions},
     BackendError, BackendFactory, Model,
 };
-use serde_json::Value;
-use support::{options, policy};
+use support::{
+    options, policy,
+    signnet::{self, assert_matches, assert_rows_match, reference, stacked},
+};
 
 const TOLERANCE: f32 = 1e-4;
-
-fn signnet_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/signnet")
-}
 
 fn onnx_options() -> OnnxOptions {
     OnnxOptions {
@@ -36,55 +31,7 @@ fn load(path: &Path) -> Result<OnnxFactory, BackendError> {
 }
 
 fn signnet() -> OnnxFactory {
-    load(&signnet_dir().join("signnet.onnx")).expect("signnet loads (run `make deps` first)")
-}
-
-fn read_json(name: &str) -> Value {
-    let path = signnet_dir().join(name);
-    let text = std::fs::read_to_string(&path).expect("the bundled model's files are there");
-    serde_json::from_str(&text).expect("valid JSON")
-}
-
-/// One reference sample: its flattened input, the probabilities and the label onnxruntime gave.
-struct Sample {
-    input: Vec<f32>,
-    probabilities: Vec<f32>,
-    label: String,
-}
-
-fn reference() -> Vec<Sample> {
-    let json = read_json("reference.json");
-    let field = |key: &str| json[key].clone();
-    let why = "reference.json has the documented fields";
-    let landmarks: Vec<Vec<Vec<Vec<f32>>>> = serde_json::from_value(field("landmarks")).expect(why);
-    let probabilities: Vec<Vec<f32>> = serde_json::from_value(field("probabilities")).expect(why);
-    let labels: Vec<String> = serde_json::from_value(field("labels")).expect(why);
-    let samples: Vec<_> = landmarks
-        .into_iter()
-        .zip(probabilities)
-        .zip(labels)
-        .map(|((frames, probabilities), label)| Sample {
-            input: frames.into_iter().flatten().flatten().collect(),
-            probabilities,
-            label,
-        })
-        .collect();
-    assert_eq!(samples.len(), 8);
-    samples
-}
-
-/// The label name of the most probable class.
-fn label_of(probabilities: &[f32]) -> String {
-    let best = probabilities.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i).expect("ten classes");
-    read_json("index_to_name.json")[best.to_string()].as_str().expect("every class has a name").to_string()
-}
-
-fn assert_matches(sample: &Sample, got: &[f32]) {
-    assert_eq!(got.len(), sample.probabilities.len());
-    for (i, (g, w)) in got.iter().zip(&sample.probabilities).enumerate() {
-        assert!((g - w).abs() <= TOLERANCE, "{}: class {i} is {g}, onnxruntime gave {w}", sample.label);
-    }
-    assert_eq!(label_of(got), sample.label);
+    load(&signnet::dir().join("signnet.onnx")).expect("signnet loads (run `make deps` first)")
 }
 
 #[test]
@@ -101,19 +48,16 @@ fn one_by_one_matches_the_reference() {
     let mut backend = signnet().create(0).expect("a session");
     for sample in reference() {
         let got = backend.infer(1, &sample.input).expect("inference");
-        assert_matches(&sample, &got);
+        assert_matches(&sample, &got, TOLERANCE);
     }
 }
 
 #[test]
 fn one_batch_of_eight_matches_the_reference() {
     let samples = reference();
-    let input: Vec<f32> = samples.iter().flat_map(|s| s.input.iter().copied()).collect();
     let mut backend = signnet().create(0).expect("a session");
-    let got = backend.infer(samples.len(), &input).expect("inference");
-    for (sample, row) in samples.iter().zip(got.chunks_exact(10)) {
-        assert_matches(sample, row);
-    }
+    let got = backend.infer(samples.len(), &stacked(&samples)).expect("inference");
+    assert_rows_match(&samples, &got, TOLERANCE);
 }
 
 #[test]
@@ -129,7 +73,7 @@ fn concurrent_requests_through_a_model_match_the_reference() {
                     samples.iter().map(|sample| model.submit(sample.input.clone()).expect("accepted")).collect();
                 for (sample, rx) in samples.iter().zip(pending) {
                     let out = rx.blocking_recv().expect("answered").expect("success");
-                    assert_matches(sample, &out.output);
+                    assert_matches(sample, &out.output, TOLERANCE);
                 }
             });
         }
@@ -151,12 +95,12 @@ fn assert_load_error(path: &Path) {
 
 #[test]
 fn a_missing_file_is_a_load_error() {
-    assert_load_error(&signnet_dir().join("no-such-model.onnx"));
+    assert_load_error(&signnet::dir().join("no-such-model.onnx"));
 }
 
 #[test]
 fn a_file_that_is_not_onnx_is_a_load_error() {
-    assert_load_error(&signnet_dir().join("index_to_name.json"));
+    assert_load_error(&signnet::dir().join("index_to_name.json"));
 }
 
 /// `fixtures/int64_identity.onnx` is one Identity node over an int64 `[batch, 3]` tensor, made with the `onnx`

@@ -3,9 +3,14 @@
 
 Everything is seeded, so the same torch/onnx versions give the same files. It writes, beside itself:
   signnet.onnx          input `landmarks` float32 [batch, 30, 21, 3] -> `probabilities` float32 [batch, 10]
+  signnet.pt            the same model as TorchScript (torch.jit.trace), for the tch backend
+  signnet.pt.json       its config: input name and per-sample shape, output name and shape (TorchScript has none)
   index_to_name.json    TorchServe's label map {"0": "hello", ...}
   example.json          one request body (a synthetic "hello")
-  reference.json        a few inputs with the probabilities onnxruntime gives for them (used by the tests)
+  reference.json        a few inputs with the probabilities onnxruntime gives for them (used by the tests); the
+                        TorchScript module must give the same within 1e-5 (checked here and in the tests)
+and, in engine/tests/fixtures, two small files the TorchScript backend must refuse with an export hint: a
+`torch.save(module)` archive and a state_dict pickled in the legacy format.
 
 Run it through `make model` (it installs torch, onnx and onnxruntime into the tools venv first).
 
@@ -185,6 +190,30 @@ def export_onnx(model, path):
     )
 
 
+def export_torchscript(model, path):
+    """Traces the model on a batch of 2 (nothing in its forward depends on the values or the batch size, so the
+    traced graph serves any batch) and writes it with its config."""
+    example = torch.zeros(2, FRAMES, POINTS, 3)
+    with torch.no_grad():
+        traced = torch.jit.trace(model, (example,))
+    torch.jit.save(traced, path)
+    config = {
+        "input": {"name": "landmarks", "shape": [FRAMES, POINTS, 3]},
+        "output": {"name": "probabilities", "shape": [len(SIGNS)]},
+    }
+    write_json(os.path.basename(path) + ".json", config)
+
+
+def write_not_torchscript(folder):
+    """Files that are not TorchScript: torch.save of a whole module (a zip archive of pickles) and a state_dict in
+    the legacy pickle format. A few KB each."""
+    os.makedirs(folder, exist_ok=True)
+    torch.manual_seed(SEED)
+    tiny = nn.Linear(3, 2)
+    torch.save(tiny, os.path.join(folder, "torch_save_module.pt"))
+    torch.save(tiny.state_dict(), os.path.join(folder, "state_dict_legacy.pth"), _use_new_zipfile_serialization=False)
+
+
 def write_json(name, obj):
     with open(os.path.join(HERE, name), "w") as f:
         json.dump(obj, f, separators=(",", ":"))
@@ -204,6 +233,9 @@ def main():
 
     onnx_path = os.path.join(HERE, "signnet.onnx")
     export_onnx(model, onnx_path)
+    ts_path = os.path.join(HERE, "signnet.pt")
+    export_torchscript(model, ts_path)
+    write_not_torchscript(os.path.join(HERE, "..", "..", "engine", "tests", "fixtures"))
     write_json("index_to_name.json", {str(i): name for i, name in enumerate(LABELS)})
 
     example_rng = np.random.default_rng(SEED + 1)
@@ -219,6 +251,12 @@ def main():
     probs = sess.run(None, {"landmarks": inputs})[0]
     torch_probs = model(torch.from_numpy(inputs)).detach().numpy()
     print(f"max |onnx - torch| = {np.abs(probs - torch_probs).max():.2e}")
+    traced = torch.jit.load(ts_path)
+    with torch.no_grad():
+        ts_probs = np.concatenate([traced(torch.from_numpy(inputs[i : i + n])).numpy() for i, n in ((0, 1), (1, 7))])
+    parity = np.abs(probs - ts_probs).max()
+    print(f"max |onnx - torchscript| = {parity:.2e} (batches of 1 and 7)")
+    assert parity < 1e-5, "the TorchScript module and the ONNX model disagree"
     write_json(
         "reference.json",
         {

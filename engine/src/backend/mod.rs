@@ -1,18 +1,23 @@
 //! The synchronous backend trait that runs one batch on one device, and the backends behind it.
 //!
-//! A [`BackendFactory`] is loaded once per model; it makes one [`Backend`] per worker thread (an ONNX Runtime
-//! session cannot run concurrently with itself, so each worker owns one). `infer` is a blocking call made on the
+//! A [`BackendFactory`] is loaded once per model and device; it makes one [`Backend`] per worker thread (an ONNX
+//! Runtime session cannot run concurrently with itself, so each worker owns one; TorchScript workers share one
+//! module). `infer` is a blocking call made on the
 //! worker's own thread, never on the async runtime.
 
 mod fake;
 #[cfg(feature = "onnx")]
 mod onnx;
+#[cfg(feature = "torch")]
+pub mod torch;
 
 use std::{fmt, sync::Arc};
 
 pub use fake::{FakeBackend, FakeMode, FakeScript, FakeStep, Gate};
 #[cfg(feature = "onnx")]
 pub use onnx::{OnnxFactory, OnnxOptions};
+#[cfg(feature = "torch")]
+pub use torch::TorchFactory;
 
 /// The device a backend runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -1,7 +1,10 @@
-//! The ONNX Runtime backend on the CPU (ort, loading `libonnxruntime` at run time).
+//! The ONNX Runtime backend (ort, loading `libonnxruntime` at run time), on the CPU or on CUDA.
 //!
 //! One session per worker: ort's `Session::run` takes `&mut self`. Each session gets `intra_threads` threads, so
 //! that `workers x intra_threads` can be sized to the cores instead of every session spawning one thread per core.
+//! On CUDA, sessions use ONNX Runtime's CUDA execution provider (the onnxruntime-gpu wheel), each with a stream of
+//! its own from libtorch's pool as its compute stream (with the `torch` feature). ONNX Runtime has no MPS
+//! provider: asked for MPS, the model runs on the CPU and says so.
 
 use std::{
     path::{Path, PathBuf},
@@ -10,6 +13,7 @@ use std::{
 
 use ort::{
     environment::Environment,
+    ep::ExecutionProviderDispatch,
     session::{
         builder::{GraphOptimizationLevel, SessionBuilder},
         Session,
@@ -28,12 +32,13 @@ pub struct OnnxOptions {
     pub intra_threads: usize,
 }
 
-/// A loaded ONNX model: its file, spec and the options its sessions are built with.
+/// A loaded ONNX model: its file, spec, device and the options its sessions are built with.
 #[derive(Debug, Clone)]
 pub struct OnnxFactory {
     path: PathBuf,
     options: OnnxOptions,
     spec: ModelSpec,
+    device: Device,
 }
 
 /// The process-wide ONNX Runtime environment; the library can be loaded once per process.
@@ -55,21 +60,64 @@ impl OnnxFactory {
     /// [`BackendError::Load`] when the library or the model cannot be loaded, or when the model does not have
     /// exactly one float input and output whose dimensions, but the first (batch), are fixed.
     pub fn load(path: &Path, options: OnnxOptions) -> Result<Self, BackendError> {
-        let session = open(path, &options)?;
+        Self::load_on(path, options, Device::Cpu)
+    }
+
+    /// Like [`OnnxFactory::load`], for `device`. MPS becomes the CPU (ONNX Runtime has no MPS provider), with a
+    /// warning; [`BackendFactory::device`] then reports the CPU.
+    ///
+    /// # Errors
+    /// As [`OnnxFactory::load`], and when CUDA is asked for and ONNX Runtime cannot use it (the CPU wheel has no
+    /// CUDA provider: `make deps` installs onnxruntime-gpu where `nvidia-smi` finds a GPU).
+    pub fn load_on(path: &Path, options: OnnxOptions, device: Device) -> Result<Self, BackendError> {
+        let device = if device == Device::Mps {
+            tracing::warn!(model = %path.display(), "ONNX Runtime has no MPS provider: this model runs on the CPU");
+            Device::Cpu
+        } else {
+            device
+        };
+        let session = open(path, &options, device)?;
         let spec = spec_of(&session).map_err(|e| BackendError::load(format!("{}: {e}", path.display())))?;
-        Ok(Self { path: path.to_path_buf(), options, spec })
+        Ok(Self { path: path.to_path_buf(), options, spec, device })
     }
 }
 
-fn open(path: &Path, options: &OnnxOptions) -> Result<Session, BackendError> {
+fn open(path: &Path, options: &OnnxOptions, device: Device) -> Result<Session, BackendError> {
     let env = environment(&options.dylib)?;
     let fail = |e: ort::Error| BackendError::load(format!("{}: {e}", path.display()));
+    let providers = match device {
+        Device::Cuda(index) => vec![cuda_provider(index)?],
+        Device::Cpu | Device::Mps => Vec::new(),
+    };
     let configure = |b: SessionBuilder| -> ort::Result<SessionBuilder> {
         Ok(b.with_optimization_level(GraphOptimizationLevel::Level3)?
             .with_intra_threads(options.intra_threads.max(1))?
-            .with_inter_threads(1)?)
+            .with_inter_threads(1)?
+            .with_execution_providers(providers)?)
     };
     configure(Session::builder(&env).map_err(fail)?).map_err(fail)?.commit_from_file(path).map_err(fail)
+}
+
+/// ONNX Runtime's CUDA provider on GPU `index`, computing on a stream of libtorch's pool taken for this session
+/// alone (one session per worker: one stream per worker). Registration failing is an error, never a silent CPU.
+#[cfg(feature = "torch")]
+#[allow(unsafe_code, reason = "ort takes the compute stream as a raw pointer")]
+fn cuda_provider(index: usize) -> Result<ExecutionProviderDispatch, BackendError> {
+    let stream = super::torch::pool_stream(index, false)?;
+    let provider = ort::ep::CUDA::default().with_device_id(gpu_id(index)?);
+    // SAFETY: libtorch never destroys the streams of its pool, so this one outlives the session.
+    let provider = unsafe { provider.with_compute_stream(stream.handle.cast()) };
+    Ok(provider.build().error_on_failure())
+}
+
+/// Without libtorch there is no stream pool: the provider computes on its own stream.
+#[cfg(not(feature = "torch"))]
+fn cuda_provider(index: usize) -> Result<ExecutionProviderDispatch, BackendError> {
+    Ok(ort::ep::CUDA::default().with_device_id(gpu_id(index)?).build().error_on_failure())
+}
+
+fn gpu_id(index: usize) -> Result<i32, BackendError> {
+    i32::try_from(index).map_err(|_| BackendError::load(format!("CUDA device index {index} is out of range")))
 }
 
 /// Reads the per-sample shapes: one f32 input and one f32 output, batch first, every other dimension fixed.
@@ -105,7 +153,7 @@ impl BackendFactory for OnnxFactory {
     }
 
     fn device(&self) -> Device {
-        Device::Cpu
+        self.device
     }
 
     fn runtime(&self) -> &'static str {
@@ -113,7 +161,7 @@ impl BackendFactory for OnnxFactory {
     }
 
     fn create(&self, _worker: usize) -> Result<Box<dyn Backend>, BackendError> {
-        let session = open(&self.path, &self.options)?;
+        let session = open(&self.path, &self.options, self.device)?;
         Ok(Box::new(OnnxBackend { session, spec: self.spec.clone() }))
     }
 }

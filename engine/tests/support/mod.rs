@@ -5,6 +5,8 @@
 //! anything but its own request's values is cross-talk between requests.
 #![allow(dead_code, reason = "each test crate uses a part of these helpers")]
 
+pub(crate) mod signnet;
+
 use std::time::Duration;
 
 use ferroserve_engine::{

@@ -1,7 +1,8 @@
 //! The model store: where a model's files are found and how its labels are read.
 //!
-//! A model is either a folder in the store holding one `.onnx` file and, optionally, TorchServe's
-//! `index_to_name.json`, or a bare `.onnx` file (whose classes are then named by their index).
+//! A model is either a folder in the store holding its model file (`.onnx`, or TorchScript `.pt`/`.pth`; at most one
+//! of each format, so that one model can ship both) and, optionally, TorchServe's `index_to_name.json`, or a bare
+//! model file (whose classes are then named by their index). Which format runs is the server's choice.
 
 use std::path::{Path, PathBuf};
 
@@ -26,22 +27,51 @@ pub enum StoreError {
     },
 }
 
+/// How a model file is serialized, by its extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ModelFormat {
+    /// `.onnx`, run by ONNX Runtime.
+    Onnx,
+    /// `.pt` or `.pth` written by `torch.jit.save`, run by libtorch.
+    TorchScript,
+}
+
+impl ModelFormat {
+    /// The format of a file, by its extension.
+    #[must_use]
+    pub fn of(path: &Path) -> Option<Self> {
+        match path.extension().and_then(|e| e.to_str())? {
+            "onnx" => Some(Self::Onnx),
+            "pt" | "pth" => Some(Self::TorchScript),
+            _ => None,
+        }
+    }
+}
+
 /// The files of one model.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModelFiles {
     /// Model name.
     pub name: String,
-    /// The serialized model.
-    pub model_path: PathBuf,
+    /// The serialized model: one file per format it ships in, sorted by format (ONNX first); never empty.
+    pub models: Vec<(ModelFormat, PathBuf)>,
     /// Class labels by index, when the model ships `index_to_name.json`.
     pub labels: Option<Vec<String>>,
 }
 
-/// Model file extensions the store recognises.
-const MODEL_EXTENSIONS: &[&str] = &["onnx"];
+impl ModelFiles {
+    /// The model's file in `format`, if it ships one.
+    #[must_use]
+    pub fn model(&self, format: ModelFormat) -> Option<&Path> {
+        self.models.iter().find(|(f, _)| *f == format).map(|(_, p)| p.as_path())
+    }
+}
+
+/// What the store says it looks for.
+const MODEL_FILES: &str = ".onnx, .pt or .pth";
 
 fn is_model_file(path: &Path) -> bool {
-    path.is_file() && path.extension().and_then(|e| e.to_str()).is_some_and(|e| MODEL_EXTENSIONS.contains(&e))
+    path.is_file() && ModelFormat::of(path).is_some()
 }
 
 /// Finds model `name` at `entry` (a folder or file, relative to `store` unless absolute).
@@ -54,7 +84,9 @@ pub fn locate(store: &Path, name: &str, entry: &str) -> Result<ModelFiles, Store
     let not_found = |message: String| StoreError::NotFound { name: name.to_string(), message };
     confine(store, &path).map_err(not_found)?;
     let files = locate_unchecked(store, name, entry)?;
-    confine(store, &files.model_path).map_err(not_found)?;
+    for (_, model) in &files.models {
+        confine(store, model).map_err(not_found)?;
+    }
     Ok(files)
 }
 
@@ -73,23 +105,33 @@ fn confine(store: &Path, path: &Path) -> Result<(), String> {
 fn locate_unchecked(store: &Path, name: &str, entry: &str) -> Result<ModelFiles, StoreError> {
     let path = store.join(entry);
     let not_found = |message: String| StoreError::NotFound { name: name.to_string(), message };
-    if is_model_file(&path) {
-        return Ok(ModelFiles { name: name.to_string(), model_path: path, labels: None });
+    if let Some(format) = ModelFormat::of(&path).filter(|_| path.is_file()) {
+        return Ok(ModelFiles { name: name.to_string(), models: vec![(format, path)], labels: None });
     }
     if !path.is_dir() {
-        return Err(not_found(format!("{} is neither a model folder nor an .onnx file", path.display())));
+        return Err(not_found(format!(
+            "{} is neither a model folder nor a model file ({MODEL_FILES})",
+            path.display()
+        )));
     }
     let read = std::fs::read_dir(&path).map_err(|e| not_found(format!("{}: {e}", path.display())))?;
-    let mut models: Vec<PathBuf> = read.filter_map(Result::ok).map(|e| e.path()).filter(|p| is_model_file(p)).collect();
+    let mut models: Vec<(ModelFormat, PathBuf)> = read
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.is_file())
+        .filter_map(|p| Some((ModelFormat::of(&p)?, p)))
+        .collect();
     models.sort();
-    let model_path = match models.as_slice() {
-        [one] => one.clone(),
-        [] => return Err(not_found(format!("{} holds no .onnx file", path.display()))),
-        many => return Err(not_found(format!("{} holds {} .onnx files; keep one", path.display(), many.len()))),
-    };
+    if models.is_empty() {
+        return Err(not_found(format!("{} holds no model file ({MODEL_FILES})", path.display())));
+    }
+    if let Some(pair) = models.windows(2).find(|pair| pair[0].0 == pair[1].0) {
+        let (a, b) = (pair[0].1.display(), pair[1].1.display());
+        return Err(not_found(format!("{} holds {a} and {b} in one format; keep one", path.display())));
+    }
     let labels_path = path.join("index_to_name.json");
     let labels = if labels_path.is_file() { Some(read_labels(&labels_path)?) } else { None };
-    Ok(ModelFiles { name: name.to_string(), model_path, labels })
+    Ok(ModelFiles { name: name.to_string(), models, labels })
 }
 
 /// Every model in the store (for `load_models=all`): `(name, entry)` pairs sorted by name.
@@ -151,7 +193,8 @@ mod tests {
     #[test]
     fn finds_the_bundled_model_and_its_labels() {
         let files = locate(&bundled_store(), "signnet", "signnet").expect("bundled model");
-        assert!(files.model_path.ends_with("signnet/signnet.onnx"));
+        assert!(files.model(ModelFormat::Onnx).expect("ONNX").ends_with("signnet/signnet.onnx"));
+        assert!(files.model(ModelFormat::TorchScript).expect("TorchScript").ends_with("signnet/signnet.pt"));
         let labels = files.labels.expect("labels");
         assert_eq!(labels.len(), 10);
         assert_eq!(labels[0], "hello");
@@ -173,6 +216,29 @@ mod tests {
             assert!(err.to_string().contains("outside the model store"), "{entry}: {err}");
         }
         std::fs::remove_dir_all(&root).ok();
+    }
+
+    #[test]
+    fn torchscript_files_are_models_one_per_format() {
+        let store = std::env::temp_dir().join(format!("fs-formats-{}", std::process::id()));
+        let folder = store.join("m");
+        std::fs::create_dir_all(&folder).expect("folder");
+        for file in ["m/m.onnx", "m/m.pt", "m/m.pt.json", "bare.pth"] {
+            std::fs::write(store.join(file), b"x").expect("write");
+        }
+        let files = locate(&store, "m", "m").expect("both formats");
+        let formats: Vec<_> = files.models.iter().map(|(f, _)| *f).collect();
+        assert_eq!(formats, [ModelFormat::Onnx, ModelFormat::TorchScript]);
+        let bare = locate(&store, "bare", "bare.pth").expect("a bare .pth");
+        assert_eq!(bare.model(ModelFormat::TorchScript), Some(store.join("bare.pth").as_path()));
+        assert_eq!(
+            list(&store).expect("list"),
+            [("bare".to_string(), "bare.pth".to_string()), ("m".into(), "m".into())]
+        );
+        std::fs::write(folder.join("other.pth"), b"x").expect("write");
+        let err = locate(&store, "m", "m").expect_err("two TorchScript files");
+        assert!(err.to_string().contains("in one format; keep one"), "{err}");
+        std::fs::remove_dir_all(&store).ok();
     }
 
     #[test]

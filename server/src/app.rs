@@ -1,11 +1,19 @@
-//! Start-up: turns a [`Config`] into running models in a [`Registry`].
+//! Start-up: turns a [`Config`] into running models in a [`Registry`], each on its device (its `deviceType` and
+//! `deviceIds`, else `TORCH_DEVICE`, else detection: CUDA, MPS, CPU) in the format that suits the device.
 
-use std::{path::PathBuf, sync::Arc};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
+#[cfg(feature = "torch")]
+use ferroserve_engine::backend::torch::{self, TorchFactory};
 use ferroserve_engine::{
     backend::{OnnxFactory, OnnxOptions},
+    device::{self, Availability, DeviceError, DeviceRequest},
     metrics::EngineMetrics,
-    store, BackendFactory, BatchPolicy, Model, ModelOptions, Registry,
+    store::{self, ModelFiles, ModelFormat},
+    BackendError, BackendFactory, BatchPolicy, Device, Model, ModelOptions, Registry,
 };
 
 use crate::config::{Config, LoadModels};
@@ -47,6 +55,41 @@ pub fn ort_dylib() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("libonnxruntime.so"))
 }
 
+/// Workers of a model on a CUDA device when neither `minWorkers` nor `default_workers_per_model` is set: each
+/// holds a CUDA stream of its own, so two keep the GPU busy while one waits for its copies.
+pub const CUDA_WORKERS: usize = 2;
+
+/// The device model `name` at `version` runs on: its `deviceType`/`deviceIds`, else `TORCH_DEVICE`, else the
+/// best there is (CUDA, MPS, CPU).
+///
+/// # Errors
+/// [`LoadError::Backend`] when `TORCH_DEVICE` is not a device, the model's keys make no sense, or the device asked
+/// for is not there: never a silent fall back to the CPU.
+pub fn model_device(config: &Config, name: &str, version: &str) -> Result<Device, LoadError> {
+    let m = config.model_config(name, version);
+    let (device_type, ids) = (m.and_then(|m| m.device_type.as_deref()), m.and_then(|m| m.device_ids.as_deref()));
+    let fail = |message: String| LoadError::Backend { name: name.to_string(), source: BackendError::load(message) };
+    let default = torch_device().map_err(|e| fail(format!("TORCH_DEVICE: {e}")))?;
+    let request = DeviceRequest::for_model(default, device_type, ids).map_err(|e| fail(e.to_string()))?;
+    let origin = if device_type.is_some() || ids.is_some() { "deviceType/deviceIds" } else { "TORCH_DEVICE" };
+    device::select(request, Availability::detect()).map_err(|e| fail(format!("{origin} asks for {request}: {e}")))
+}
+
+/// `TORCH_DEVICE` (`cpu`, `cuda`, `cuda:N`, `mps`), or detection when it is not set.
+fn torch_device() -> Result<DeviceRequest, DeviceError> {
+    std::env::var("TORCH_DEVICE").map_or(Ok(DeviceRequest::Auto), |value| value.parse())
+}
+
+/// `default_workers_per_model`, or [`CUDA_WORKERS`] for a model on CUDA while that key is left at its default
+/// (the number of cores, which suits CPU workers only).
+fn default_workers(config: &Config, name: &str, version: &str) -> usize {
+    let left_default = config.default_workers_per_model == Config::default().default_workers_per_model;
+    match model_device(config, name, version) {
+        Ok(Device::Cuda(_)) if left_default => CUDA_WORKERS,
+        _ => config.default_workers_per_model,
+    }
+}
+
 /// The run options of model `name` at `version`: its `models` entry over the top-level defaults.
 #[must_use]
 pub fn model_options(config: &Config, name: &str, version: &str) -> ModelOptions {
@@ -55,7 +98,7 @@ pub fn model_options(config: &Config, name: &str, version: &str) -> ModelOptions
     ModelOptions {
         name: name.to_string(),
         version: version.to_string(),
-        workers: m.min_workers.unwrap_or(config.default_workers_per_model),
+        workers: m.min_workers.unwrap_or_else(|| default_workers(config, name, version)),
         queue_size: m.job_queue_size.unwrap_or(config.job_queue_size),
         policy: BatchPolicy { max_batch_size: m.batch_size.unwrap_or(config.batch_size), max_delay },
         response_timeout: m.response_timeout.map_or(config.default_response_timeout, std::time::Duration::from_secs),
@@ -81,11 +124,11 @@ pub fn load_model_with(
 ) -> Result<Model, LoadError> {
     let name = options.name.clone();
     let files = store::locate(&config.model_store, &name, entry)?;
-    let onnx = OnnxOptions { dylib: ort_dylib(), intra_threads: intra_threads(config, options.workers) };
+    let device = model_device(config, &name, &options.version)?;
     let backend = |source| LoadError::Backend { name: name.clone(), source };
-    let factory = OnnxFactory::load(&files.model_path, onnx).map_err(backend)?;
+    let factory = open_factory(&files, device, intra_threads(config, options.workers)).map_err(backend)?;
     let outputs = factory.spec().output_len();
-    let model = Model::start_with(Arc::new(factory), options, metrics).map_err(backend)?;
+    let model = Model::start_with(factory, options, metrics).map_err(backend)?;
     match files.labels {
         Some(labels) if labels.len() != outputs => Err(LoadError::Mismatch {
             name,
@@ -93,6 +136,40 @@ pub fn load_model_with(
         }),
         Some(labels) => Ok(model.with_labels(labels)),
         None => Ok(model),
+    }
+}
+
+/// The file a model runs from on `device`: when it ships both formats, ONNX on the CPU and TorchScript on a GPU
+/// (ONNX Runtime has no MPS provider, and TorchScript's CUDA path is the one with per-worker streams and pinned
+/// staging; without the `torch` feature, ONNX everywhere); else the format it has.
+fn choose_format(files: &ModelFiles, device: Device) -> Option<(ModelFormat, &Path)> {
+    let order = if device != Device::Cpu && cfg!(feature = "torch") {
+        [ModelFormat::TorchScript, ModelFormat::Onnx]
+    } else {
+        [ModelFormat::Onnx, ModelFormat::TorchScript]
+    };
+    order.into_iter().find_map(|format| Some((format, files.model(format)?)))
+}
+
+/// Opens the model's file in the format [`choose_format`] picks, on `device`, with `threads` intra-op threads
+/// (per ONNX Runtime session; for libtorch, once per process).
+fn open_factory(files: &ModelFiles, device: Device, threads: usize) -> Result<Arc<dyn BackendFactory>, BackendError> {
+    let no_file = || BackendError::load(format!("model \"{}\" has no model file", files.name));
+    match choose_format(files, device).ok_or_else(no_file)? {
+        (ModelFormat::Onnx, path) => {
+            let onnx = OnnxOptions { dylib: ort_dylib(), intra_threads: threads };
+            Ok(Arc::new(OnnxFactory::load_on(path, onnx, device)?))
+        }
+        #[cfg(feature = "torch")]
+        (ModelFormat::TorchScript, path) => {
+            torch::set_intra_op_threads(threads);
+            Ok(Arc::new(TorchFactory::load(path, device)?))
+        }
+        #[cfg(not(feature = "torch"))]
+        (ModelFormat::TorchScript, path) => Err(BackendError::load(format!(
+            "{}: this build has no TorchScript backend (cargo feature `torch`)",
+            path.display()
+        ))),
     }
 }
 
@@ -119,7 +196,8 @@ pub type Loaded = (Arc<Registry>, Vec<(String, LoadError)>);
 /// loaded is logged and returned with its error; the others are served.
 ///
 /// # Errors
-/// Only when `load_models=all` and the model store cannot be listed.
+/// When `load_models=all` and the model store cannot be listed, or when a model asks for a device that is not
+/// there (or `TORCH_DEVICE` is not a device).
 pub fn load_all(config: &Config, metrics: &EngineMetrics) -> Result<Loaded, LoadError> {
     let registry = Arc::new(Registry::new());
     let entries = match &config.load_models {
@@ -127,6 +205,10 @@ pub fn load_all(config: &Config, metrics: &EngineMetrics) -> Result<Loaded, Load
         LoadModels::All => store::list(&config.model_store)?,
         LoadModels::List(list) => list.clone(),
     };
+    // A device that is not there stops start-up (unlike a model file that fails to load).
+    for (name, _) in &entries {
+        model_device(config, name, &config.version_of(name))?;
+    }
     let mut failed = Vec::new();
     for (name, entry) in entries {
         let loaded = load_model(config, &name, &entry, metrics).and_then(|model| {

@@ -9,6 +9,7 @@ use std::{
     time::Duration,
 };
 
+use ferroserve_engine::device::DeviceRequest;
 use serde::Deserialize;
 
 /// A configuration that cannot be used.
@@ -66,9 +67,10 @@ pub struct ModelConfig {
     pub default_version: Option<bool>,
     /// The file or folder in the model store to load (TorchServe's archive name).
     pub mar_name: Option<String>,
-    /// `cpu` or `gpu`; this build runs models on the CPU only, so `gpu` is refused at start-up.
+    /// `cpu` or `gpu` (CUDA, else Apple's MPS); unset: `TORCH_DEVICE`, else detection. A GPU that is not there
+    /// stops start-up.
     pub device_type: Option<String>,
-    /// GPU ids for `deviceType: gpu`.
+    /// CUDA device ids for `deviceType: gpu`; the model runs on the first (one model, one device).
     pub device_ids: Option<Vec<usize>>,
     /// Every other key, warned about at start-up.
     #[serde(flatten)]
@@ -442,11 +444,10 @@ fn check_model_config(config: &ModelConfig) -> Result<(), String> {
             return Err(format!("maxWorkers {max} is below minWorkers {min}"));
         }
     }
-    match config.device_type.as_deref() {
-        None | Some("cpu") => Ok(()),
-        Some("gpu") => Err("deviceType gpu: this build runs models on the CPU only".into()),
-        Some(other) => Err(format!("deviceType `{other}` is not cpu or gpu")),
-    }
+    // Whether the device is there is checked when the model loads; here, only that the keys make sense.
+    let keys =
+        DeviceRequest::for_model(DeviceRequest::Auto, config.device_type.as_deref(), config.device_ids.as_deref());
+    keys.map(drop).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
@@ -598,12 +599,21 @@ mod tests {
         for (text, key) in [
             ("metrics_latency_buckets_ms=5,1\n", "metrics_latency_buckets_ms"),
             ("enable_envvars_config=yes\n", "enable_envvars_config"),
-            ("models={\"m\": {\"1.0\": {\"deviceType\": \"gpu\"}}}\n", "models"),
+            ("models={\"m\": {\"1.0\": {\"deviceType\": \"tpu\"}}}\n", "models"),
+            ("models={\"m\": {\"1.0\": {\"deviceType\": \"cpu\", \"deviceIds\": [0]}}}\n", "models"),
             ("models={\"m\": {\"1.0\": {\"minWorkers\": 4, \"maxWorkers\": 2}}}\n", "models"),
         ] {
             let msg = parse(text).expect_err(text).to_string();
             assert!(msg.contains(&format!("`{key}`")), "{text:?} -> {msg}");
         }
+    }
+
+    #[test]
+    fn gpu_models_parse_and_their_device_is_checked_at_load() {
+        let c =
+            parse("models={\"m\": {\"1.0\": {\"deviceType\": \"gpu\", \"deviceIds\": [1, 0]}}}\n").expect("gpu keys");
+        let m = c.model_config("m", "1.0").expect("model entry");
+        assert_eq!((m.device_type.as_deref(), m.device_ids.as_deref()), (Some("gpu"), Some(&[1, 0][..])));
     }
 
     #[test]

@@ -14,6 +14,10 @@ SUSTAINABLE=${SUSTAINABLE:-9400}
 RATE=${RATE:-$((3 * SUSTAINABLE))}
 WORKERS=${WORKERS:-2}
 TIMEOUT=${TIMEOUT:-10s}
+# Above the server's in-flight limit (1024), so that its admission control answers, and below its connection
+# limit and the kernel's accept queue (somaxconn, 4096 here): with HTTP/1.1 each request in flight is a connection,
+# and connections past the accept queue are dropped by the kernel before the server sees them.
+MAX_IN_FLIGHT=${MAX_IN_FLIGHT:-3000}
 SERVER=target/release/ferroserve
 LOADTEST=target/release/ferroserve-loadtest
 [ -x "$SERVER" ] && [ -x "$LOADTEST" ] || { echo "build first: make build" >&2; exit 1; }
@@ -63,14 +67,20 @@ sampler_pid=$!
 
 echo "soak: $RATE requests/s open loop for $DURATION against http://$inference (sustainable about $SUSTAINABLE)" >&2
 "$LOADTEST" --target "http://$inference" --model signnet --body models/signnet/example.json \
-    --rate "$RATE" --duration "$DURATION" --timeout "$TIMEOUT" \
+    --rate "$RATE" --duration "$DURATION" --timeout "$TIMEOUT" --max-in-flight "$MAX_IN_FLIGHT" \
     --metrics-url "http://$metrics/metrics" --json "$work/soak.json" > "$work/loadtest.txt" || true
 cat "$work/loadtest.txt"
+curl -s "http://$metrics/metrics" > "$work/metrics.txt" || true
 
-python3 - "$work/soak.json" "$work/rss.txt" <<'PY'
-import json, sys
+python3 - "$work/soak.json" "$work/rss.txt" "$work/metrics.txt" <<'PY'
+import json, re, sys
 report = json.load(open(sys.argv[1]))
 rss = [tuple(map(int, line.split())) for line in open(sys.argv[2])]
+served = {}
+for line in open(sys.argv[3]):
+    m = re.match(r'ferroserve_http_responses_total\{api="inference",class="(\w+)"\} (\d+)', line)
+    if m:
+        served[m.group(1)] = int(m.group(2))
 errors = report["errors"]
 lost = sum(errors.get(k, 0) for k in ("timeout", "io"))
 rejected = {k: v for k, v in errors.items() if k not in ("timeout", "io")}
@@ -80,6 +90,7 @@ print(f"sent and finished : {report['requests']}")
 print(f"answered 2xx      : {report['successes']}")
 print(f"rejected by cause : {rejected}")
 print(f"lost (no answer)  : {lost}")
+print(f"server's answers  : {served} (total {sum(served.values())})")
 print(f"server RSS        : peak in the first minute {first / 1024:.1f} MiB, peak after it {later / 1024:.1f} MiB, last {rss[-1][1] / 1024:.1f} MiB")
 print(f"generator lag     : {report.get('schedule_lag')}")
 ok = lost == 0 and later <= first * 1.10 + 8 * 1024

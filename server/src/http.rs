@@ -125,18 +125,27 @@ pub async fn serve(
     Ok(())
 }
 
-/// Answers a connection over `max_connections` with a 503 and closes it, without reading its request.
+/// How long a refused connection may keep sending before it is closed.
+const LINGER: Duration = Duration::from_secs(2);
+
+/// Answers a connection over `max_connections` with a 503 and closes it, without parsing its request. What the
+/// client still sends is read and dropped for a moment (a lingering close), so that closing with unread data
+/// does not reset the connection before the client has read the 503.
 async fn refuse_connection(mut stream: tokio::net::TcpStream) {
-    use tokio::io::AsyncWriteExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let body = ApiError::unavailable("too many open connections, retry later").body();
     let head = format!(
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\n\
          connection: close\r\ncontent-length: {}\r\n\r\n",
         body.len()
     );
-    let _ = stream.write_all(head.as_bytes()).await;
-    let _ = stream.write_all(&body).await;
+    if stream.write_all(head.as_bytes()).await.is_err() || stream.write_all(&body).await.is_err() {
+        return;
+    }
     let _ = stream.shutdown().await;
+    let mut sink = [0u8; 16 * 1024];
+    let _ =
+        tokio::time::timeout(LINGER, async { while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {} }).await;
 }
 
 /// Routes to the API's handlers, then applies what holds for every response: the in-flight limit of inference
@@ -155,7 +164,11 @@ async fn dispatch(req: Request<Incoming>, state: &Arc<AppState>, api: Api) -> Re
                     state.metrics.refuse(api, "too_many_requests");
                     let limit = state.config.max_inflight_requests;
                     let e = ApiError::too_many_requests(format!("{limit} requests are in flight already, retry later"));
-                    if req.uri().path().starts_with("/v2/") {
+                    let v2 = req.uri().path().starts_with("/v2/");
+                    // Read the body before answering: closing a connection with unread data resets it, and the
+                    // client would never see the 429.
+                    let _ = read_body_timed(req, &state.config).await;
+                    if v2 {
                         crate::kserve::error(&e)
                     } else {
                         error_reply(&e)

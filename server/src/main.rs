@@ -76,10 +76,20 @@ async fn bind_all(config: &Config) -> anyhow::Result<Vec<(Api, tokio::net::TcpLi
         (Api::Metrics, config.metrics_address, "metrics_address"),
     ] {
         let listener =
-            tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} ({key})"))?;
+            listen(addr, config.max_connections).with_context(|| format!("cannot listen on {addr} ({key})"))?;
         listeners.push((api, listener));
     }
     Ok(listeners)
+}
+
+/// A listener whose accept queue holds up to `backlog` connections (the kernel caps it at somaxconn), so that a
+/// burst of new connections waits to be accepted (and answered, 503 past `max_connections`) instead of being
+/// dropped by the kernel.
+fn listen(addr: std::net::SocketAddr, backlog: usize) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(u32::try_from(backlog).unwrap_or(u32::MAX))
 }
 
 /// Serves the listeners until a shutdown signal, then shuts down in order.

@@ -216,6 +216,10 @@ pub struct TuneArgs {
     /// Write every trial as JSON.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
+    /// Instead of searching, print the table of a search saved with --json (and redraw --plot, rewrite
+    /// --write-config from it).
+    #[arg(long, value_name = "FILE")]
+    pub replay: Option<PathBuf>,
 }
 
 #[cfg(test)]

@@ -115,4 +115,19 @@ async fn the_tuner_picks_the_known_best_setting() {
         r.settings.iter().map(|s| s.best_rate).collect()
     };
     assert_eq!(rates(&parsed), rates(&report));
+
+    let replot = dir.path().join("replay.svg");
+    let replay = support::cli(&[
+        "tune",
+        "--slo",
+        "p99=50ms",
+        "--replay",
+        json.to_str().expect("utf-8 path"),
+        "--plot",
+        replot.to_str().expect("utf-8 path"),
+    ]);
+    let Some(Command::Tune(args)) = replay.command else { panic!("tune") };
+    let replayed = ferroserve_loadtest::tune::tune(&args).await.expect("replay without a server");
+    assert_eq!(replayed.winner, report.winner);
+    assert!(std::fs::read_to_string(&replot).expect("plot").contains("batch 4, 1ms"));
 }

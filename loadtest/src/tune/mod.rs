@@ -67,6 +67,13 @@ pub struct TuneReport {
 }
 
 impl TuneReport {
+    /// The winner as a batch setting.
+    pub fn winning_setting(&self) -> Option<BatchSetting> {
+        let s = self.settings.get(self.winner?)?;
+        let max_batch_delay = std::time::Duration::try_from_secs_f64(s.max_batch_delay_ms / 1e3).ok()?;
+        Some(BatchSetting { batch_size: s.batch_size, max_batch_delay })
+    }
+
     /// Picks the winner among the settings.
     pub fn pick_winner(settings: &[SettingResult]) -> Option<usize> {
         let key = |s: &SettingResult| (s.best_rate.unwrap_or(0.0), -s.best.as_ref().map_or(0.0, |t| t.latency.p99_ms));
@@ -155,6 +162,9 @@ async fn tune_setting(target: &Arc<Target>, args: &TuneArgs, setting: BatchSetti
 /// # Errors
 /// Setup failures, a refused management call, or files that cannot be written.
 pub async fn tune(args: &TuneArgs) -> Result<TuneReport, Error> {
+    if let Some(path) = &args.replay {
+        return replay(args, path);
+    }
     let client = http_client();
     let target = Arc::new(build_target(&args.target, &client).await?);
     let keys = Keys::resolve(args.target.key_file.as_deref(), args.management_key.as_deref(), None)?;
@@ -195,19 +205,22 @@ pub async fn tune(args: &TuneArgs) -> Result<TuneReport, Error> {
     let winner = TuneReport::pick_winner(&settings);
     let cpu = meter.stop();
     let report = TuneReport { slo: args.slo.iter().map(Slo::to_string).collect(), settings, winner, cpu };
-    let winning = winner.map(|i| {
-        let s = &report.settings[i];
-        BatchSetting {
-            batch_size: s.batch_size,
-            max_batch_delay: std::time::Duration::from_secs_f64(s.max_batch_delay_ms / 1e3),
-        }
-    });
+    let winning = report.winning_setting();
     let restore = if args.keep_winner { winning.or(original) } else { original };
     if let Some(setting) = restore {
         management.set(setting).await?;
     }
     print!("{}", table::render(&report));
     write_outputs(args, &report, winning)?;
+    Ok(report)
+}
+
+/// Prints and writes the outputs of a search saved with `--json`, without touching any server.
+fn replay(args: &TuneArgs, path: &std::path::Path) -> Result<TuneReport, Error> {
+    let text = std::fs::read(path).map_err(Error::file(path))?;
+    let report: TuneReport = serde_json::from_slice(&text)?;
+    print!("{}", table::render(&report));
+    write_outputs(args, &report, report.winning_setting())?;
     Ok(report)
 }
 

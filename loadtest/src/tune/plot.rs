@@ -1,6 +1,6 @@
-//! `--plot FILE.svg`: latency percentiles against throughput, one colour per batch setting (p99 as a line
-//! through the trials in the order of offered rate, a dot where the rate held and a cross where it did not;
-//! p50 as rings), with the SLO limit drawn across. Drawn with plotters' SVG backend, whose text needs no font
+//! `--plot FILE.svg`: latency percentiles against throughput, one colour per batch setting: p99 as a line
+//! through the rates that held, a cross for each rate that missed (clipped at the top of the chart), p50 as
+//! rings, and the SLO limit drawn across. Drawn with plotters' SVG backend, whose text needs no font
 //! files.
 
 use std::path::Path;
@@ -46,7 +46,11 @@ fn draw_inner(
         .x_label_area_size(48)
         .y_label_area_size(64)
         .build_cartesian_2d(0.0..x_max, 0.0..y_max)?;
-    chart.configure_mesh().x_desc("throughput (requests/s)").y_desc("latency (ms): p99 line, p50 dots").draw()?;
+    chart
+        .configure_mesh()
+        .x_desc("throughput (requests/s)")
+        .y_desc("latency (ms): p99 of rates that hold (line), that miss (x); p50 (rings)")
+        .draw()?;
     if let Some(limit) = limit_ms {
         chart
             .draw_series(LineSeries::new([(0.0, limit), (x_max, limit)], RED.stroke_width(1)))?
@@ -56,16 +60,17 @@ fn draw_inner(
     for (i, setting) in settings.iter().enumerate() {
         let colour = Palette99::pick(i).to_rgba();
         let p99 = points(&setting.trials, |t| t.latency.p99_ms, y_max);
+        let held: Vec<(f64, f64)> = p99.iter().filter(|p| p.2).map(|&(x, y, _)| (x, y)).collect();
         chart
-            .draw_series(LineSeries::new(p99.iter().map(|&(x, y, _)| (x, y)), colour.stroke_width(2)))?
+            .draw_series(LineSeries::new(held.iter().copied(), colour.stroke_width(2)))?
             .label(setting.label())
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], colour.stroke_width(2)));
-        let held = p99.iter().filter(|p| p.2).map(|&(x, y, _)| Circle::new((x, y), 3, colour.filled()));
-        chart.draw_series(held)?;
-        let missed = p99.iter().filter(|p| !p.2).map(|&(x, y, _)| Cross::new((x, y), 4, colour.stroke_width(2)));
+        chart.draw_series(held.iter().map(|&p| Circle::new(p, 3, colour.filled())))?;
+        let missed = p99.iter().filter(|p| !p.2).map(|&(x, y, _)| Cross::new((x, y), 4, colour.stroke_width(1)));
         chart.draw_series(missed)?;
         let p50 = points(&setting.trials, |t| t.latency.p50_ms, y_max);
-        chart.draw_series(p50.iter().map(|&(x, y, _)| Circle::new((x, y), 2, colour.stroke_width(1))))?;
+        let p50_held = p50.iter().filter(|p| p.2).map(|&(x, y, _)| Circle::new((x, y), 2, colour.stroke_width(1)));
+        chart.draw_series(p50_held)?;
     }
     chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;
     root.present()?;

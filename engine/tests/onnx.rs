@@ -14,7 +14,7 @@ use ferroserve_engine::{
 };
 use support::{
     options, policy,
-    signnet::{self, assert_matches, assert_rows_match, reference, stacked},
+    signnet::{self, assert_concurrent_rounds_match, assert_matches, assert_rows_match, reference, stacked},
 };
 
 const TOLERANCE: f32 = 1e-4;
@@ -62,24 +62,8 @@ fn one_batch_of_eight_matches_the_reference() {
 
 #[test]
 fn concurrent_requests_through_a_model_match_the_reference() {
-    const ROUNDS: usize = 4;
-    let samples = reference();
     let model = Model::start(&signnet(), options(2, policy(8, Duration::from_millis(2)))).expect("two sessions");
-    std::thread::scope(|s| {
-        for _ in 0..ROUNDS {
-            let (model, samples) = (&model, &samples);
-            s.spawn(move || {
-                let pending: Vec<_> =
-                    samples.iter().map(|sample| model.submit(sample.input.clone()).expect("accepted")).collect();
-                for (sample, rx) in samples.iter().zip(pending) {
-                    let out = rx.blocking_recv().expect("answered").expect("success");
-                    assert_matches(sample, &out.output, TOLERANCE);
-                }
-            });
-        }
-    });
-    let stats = model.stats();
-    assert_eq!((stats.batched, stats.failed_batches), ((ROUNDS * samples.len()) as u64, 0));
+    assert_concurrent_rounds_match(&model, 4, TOLERANCE);
     model.shutdown();
 }
 

@@ -9,18 +9,16 @@ mod support;
 
 use std::{
     path::{Path, PathBuf},
-    sync::Arc,
     time::Duration,
 };
 
 use ferroserve_engine::{
     backend::torch::{config_path, TorchFactory},
-    metrics::EngineMetrics,
     BackendError, BackendFactory, Device, Model,
 };
 use support::{
     options, policy,
-    signnet::{self, assert_matches, assert_rows_match, reference, stacked},
+    signnet::{self, assert_concurrent_rounds_match, assert_matches, assert_rows_match, reference, stacked},
 };
 
 const TOLERANCE: f32 = 1e-4;
@@ -99,28 +97,9 @@ fn torchscript_and_onnx_give_the_same_probabilities() {
 
 #[test]
 fn two_workers_share_one_module_and_match_the_reference() {
-    const ROUNDS: usize = 4;
-    let samples = reference();
-    let factory = Arc::new(signnet());
-    let options = options(2, policy(8, Duration::from_millis(2)));
-    let model = Model::start_with(factory, options, &EngineMetrics::detached()).expect("two workers");
-    std::thread::scope(|s| {
-        for _ in 0..ROUNDS {
-            let (model, samples) = (&model, &samples);
-            s.spawn(move || {
-                let pending: Vec<_> =
-                    samples.iter().map(|x| model.submit(x.input.clone()).expect("accepted")).collect();
-                for (sample, rx) in samples.iter().zip(pending) {
-                    let out = rx.blocking_recv().expect("answered").expect("success");
-                    assert_eq!(out.device, Device::Cpu);
-                    assert_matches(sample, &out.output, TOLERANCE);
-                }
-            });
-        }
-    });
-    let stats = model.stats();
-    assert_eq!((stats.batched, stats.failed_batches), ((ROUNDS * samples.len()) as u64, 0));
-    assert_eq!(model.runtime(), "torchscript");
+    let model = Model::start(&signnet(), options(2, policy(8, Duration::from_millis(2)))).expect("two workers");
+    assert_eq!((model.runtime(), model.device()), ("torchscript", Device::Cpu));
+    assert_concurrent_rounds_match(&model, 4, TOLERANCE);
     model.shutdown();
 }
 

@@ -213,7 +213,8 @@ pub fn load_all(config: &Config, metrics: &EngineMetrics) -> Result<Loaded, Load
     for (name, entry) in entries {
         let loaded = load_model(config, &name, &entry, metrics).and_then(|model| {
             tracing::info!(
-                model = %name, version = model.version(), device = %model.device(), workers = model.options().workers,
+                model = %name, version = model.version(), runtime = model.runtime(), device = %model.device(),
+                workers = model.options().workers,
                 batch_size = model.policy().max_batch_size, max_batch_delay = ?model.policy().max_delay, "model loaded"
             );
             registry.register(model).map_err(|_| LoadError::Duplicate(name.clone()))

@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use ferroserve_engine::Model;
 use serde_json::Value;
 
 /// Classes signnet scores.
@@ -73,4 +74,26 @@ pub(crate) fn assert_rows_match(samples: &[Sample], got: &[f32], tolerance: f32)
     for (sample, row) in samples.iter().zip(got.chunks_exact(CLASSES)) {
         assert_matches(sample, row, tolerance);
     }
+}
+
+/// Submits every reference sample from `rounds` threads at once through `model`, checks each answer (within
+/// `tolerance`, from the model's device), then that every request ran and no batch failed.
+pub(crate) fn assert_concurrent_rounds_match(model: &Model, rounds: usize, tolerance: f32) {
+    let samples = reference();
+    std::thread::scope(|s| {
+        for _ in 0..rounds {
+            let samples = &samples;
+            s.spawn(move || {
+                let pending: Vec<_> =
+                    samples.iter().map(|x| model.submit(x.input.clone()).expect("accepted")).collect();
+                for (sample, rx) in samples.iter().zip(pending) {
+                    let out = rx.blocking_recv().expect("answered").expect("success");
+                    assert_eq!(out.device, model.device());
+                    assert_matches(sample, &out.output, tolerance);
+                }
+            });
+        }
+    });
+    let stats = model.stats();
+    assert_eq!((stats.batched, stats.failed_batches), ((rounds * samples.len()) as u64, 0));
 }

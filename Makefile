@@ -22,7 +22,7 @@ TORCH_LIB := third_party/libtorch/lib/libtorch.so
 CONFIG  ?= config/config.properties
 BIN     := target/release/ferroserve
 
-.PHONY: deps tools run build test fmt lint bench bench-backend bench-e2e soak model fuzz clean
+.PHONY: deps tools run build test fmt lint bench bench-backend bench-e2e soak loadtest tune model fuzz clean
 
 ## deps: install onnxruntime==$(ORT_VERSION) and torch==$(TORCH_VERSION) (once each) and link
 ## third_party/onnxruntime and third_party/libtorch (the wheel's torch folder: lib/ and include/) to them
@@ -83,6 +83,21 @@ bench-backend: deps
 
 bench-e2e: build
 	bash benches/e2e.sh
+
+LT := target/release/ferroserve-loadtest
+
+## loadtest: 10 s of closed-loop load (64 connections) against the server `make run` started, with its side of the
+## story (metrics) and both CPU times
+loadtest:
+	cargo build --release --bin ferroserve-loadtest
+	$(LT) --model signnet --concurrency 64 --duration 10s --warmup 2s \
+		--metrics-url http://127.0.0.1:8082/metrics --server-pid $$(pgrep -x ferroserve)
+
+## tune: the batch-size search against the server `make run` started (about 10 minutes)
+tune:
+	cargo build --release --bin ferroserve-loadtest
+	$(LT) tune --model signnet --slo p99=25ms --batch-sizes 1,2,4,8,16,32 --delays 1ms,5ms \
+		--key-file key_file.json --server-pid $$(pgrep -x ferroserve) --plot loadtest/docs/tune-signnet.svg
 
 ## soak: 10 minutes at 3x the sustainable rate, open loop: nothing lost, memory flat (not part of make test)
 soak: build

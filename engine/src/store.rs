@@ -102,11 +102,19 @@ fn confine(store: &Path, path: &Path) -> Result<(), String> {
     }
 }
 
+fn same_dir(a: &Path, b: &Path) -> bool {
+    matches!((a.canonicalize(), b.canonicalize()), (Ok(a), Ok(b)) if a == b)
+}
+
 fn locate_unchecked(store: &Path, name: &str, entry: &str) -> Result<ModelFiles, StoreError> {
     let path = store.join(entry);
     let not_found = |message: String| StoreError::NotFound { name: name.to_string(), message };
     if let Some(format) = ModelFormat::of(&path).filter(|_| path.is_file()) {
-        return Ok(ModelFiles { name: name.to_string(), models: vec![(format, path)], labels: None });
+        // A file inside a model folder (`signnet/signnet.pt`, to pick one format) keeps the folder's labels.
+        let folder = path.parent().filter(|dir| !same_dir(dir, store));
+        let labels_path = folder.map(|dir| dir.join("index_to_name.json")).filter(|p| p.is_file());
+        let labels = labels_path.map(|p| read_labels(&p)).transpose()?;
+        return Ok(ModelFiles { name: name.to_string(), models: vec![(format, path)], labels });
     }
     if !path.is_dir() {
         return Err(not_found(format!(
@@ -231,6 +239,11 @@ mod tests {
         assert_eq!(formats, [ModelFormat::Onnx, ModelFormat::TorchScript]);
         let bare = locate(&store, "bare", "bare.pth").expect("a bare .pth");
         assert_eq!(bare.model(ModelFormat::TorchScript), Some(store.join("bare.pth").as_path()));
+        std::fs::write(store.join("index_to_name.json"), r#"{"0": "store-wide"}"#).expect("write");
+        std::fs::write(folder.join("index_to_name.json"), r#"{"0": "m's"}"#).expect("write");
+        assert_eq!(locate(&store, "bare", "bare.pth").expect("bare").labels, None, "labels belong to folders");
+        let picked = locate(&store, "m", "m/m.pt").expect("one format of a folder");
+        assert_eq!((picked.models.len(), picked.labels), (1, Some(vec!["m's".to_string()])));
         assert_eq!(
             list(&store).expect("list"),
             [("bare".to_string(), "bare.pth".to_string()), ("m".into(), "m".into())]

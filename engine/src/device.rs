@@ -3,7 +3,7 @@
 //! rule, so that every case can be tested with injected availability on a machine without a GPU.
 //!
 //! Detection follows the seed's order: CUDA, then MPS, then the CPU. Asking for a device that is not there is an
-//! error, never a silent fall back to the CPU.
+//! error, never a silent fall back to the CPU. Errors say what is missing; the caller says who asked.
 
 use std::{fmt, str::FromStr, sync::OnceLock};
 
@@ -32,10 +32,10 @@ pub enum DeviceError {
     #[error("`{0}` is not a device: use cpu, cuda, cuda:N or mps")]
     Unknown(String),
     /// CUDA was asked for and there is none.
-    #[error("{0} asks for CUDA, but no CUDA device is available")]
+    #[error("no CUDA device is available")]
     NoCuda(DeviceRequest),
     /// A GPU index beyond the ones there are.
-    #[error("{request} asks for GPU {index}, but only {count} CUDA device(s) are available")]
+    #[error("there is no GPU {index}: {count} CUDA device(s) are available")]
     NoSuchGpu {
         /// What was asked.
         request: DeviceRequest,
@@ -45,10 +45,10 @@ pub enum DeviceError {
         count: usize,
     },
     /// MPS was asked for and is not available.
-    #[error("{0} asks for Apple's MPS, but it is not available")]
+    #[error("Apple's MPS is not available")]
     NoMps(DeviceRequest),
     /// A GPU was asked for and there is neither CUDA nor MPS.
-    #[error("{0} asks for a GPU, but neither CUDA nor MPS is available")]
+    #[error("neither CUDA nor MPS is available")]
     NoGpu(DeviceRequest),
     /// `deviceType` or `deviceIds` of a model that make no sense together.
     #[error("{0}")]
@@ -234,7 +234,7 @@ mod tests {
         assert_eq!(select(parse("cuda"), CPU), Err(DeviceError::NoCuda(DeviceRequest::Cuda(None))));
         assert_eq!(select(parse("cuda:0"), MAC), Err(DeviceError::NoCuda(DeviceRequest::Cuda(Some(0)))));
         let err = select(parse("cuda:2"), TWO_GPUS).expect_err("no third GPU");
-        assert_eq!(err.to_string(), "cuda:2 asks for GPU 2, but only 2 CUDA device(s) are available");
+        assert_eq!(err.to_string(), "there is no GPU 2: 2 CUDA device(s) are available");
         assert_eq!(select(parse("mps"), ONE_GPU), Err(DeviceError::NoMps(DeviceRequest::Mps)));
         assert_eq!(select(DeviceRequest::Gpu, CPU), Err(DeviceError::NoGpu(DeviceRequest::Gpu)));
     }

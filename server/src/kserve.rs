@@ -143,6 +143,7 @@ fn model_metadata(model: &Model) -> Reply {
     };
     let platform = match model.runtime() {
         "onnx" => "onnxruntime_onnx",
+        "torchscript" => "pytorch_libtorch",
         other => other,
     };
     json_value(

@@ -74,7 +74,7 @@ pub fn parse(body: &mut [u8], shape: LandmarkShape) -> Result<LandmarkRequest, A
     for (f, frame) in frames.iter().enumerate() {
         read_frame(frame, f, shape, &mut raw)?;
     }
-    Ok(LandmarkRequest { input: resample(&raw, frames.len(), shape.frames, frame_len), topk })
+    Ok(LandmarkRequest { input: resample(raw, frames.len(), shape.frames, frame_len), topk })
 }
 
 fn parse_topk(value: Json<'_, '_>) -> Result<usize, ApiError> {
@@ -108,11 +108,12 @@ fn read_frame(frame: Json<'_, '_>, f: usize, shape: LandmarkShape, out: &mut Vec
     Ok(())
 }
 
-/// Resamples `n` frames of `frame_len` values to `target` frames by linear interpolation in time.
+/// Resamples `n` frames of `frame_len` values to `target` frames by linear interpolation in time; a sequence
+/// that already has `target` frames is returned as it is, without a copy.
 #[must_use]
-pub fn resample(raw: &[f32], n: usize, target: usize, frame_len: usize) -> Vec<f32> {
+pub fn resample(raw: Vec<f32>, n: usize, target: usize, frame_len: usize) -> Vec<f32> {
     if n == target || n == 0 {
-        return raw.to_vec();
+        return raw;
     }
     let mut out = Vec::with_capacity(target * frame_len);
     #[allow(clippy::cast_precision_loss)]
@@ -204,12 +205,12 @@ mod tests {
     #[test]
     fn frame_counts_are_resampled_linearly() {
         // 2 frames of one value each, 0 and 3, to 4 frames: 0, 1, 2, 3.
-        assert_eq!(resample(&[0.0, 3.0], 2, 4, 1), vec![0.0, 1.0, 2.0, 3.0]);
+        assert_eq!(resample(vec![0.0, 3.0], 2, 4, 1), vec![0.0, 1.0, 2.0, 3.0]);
         // 7 frames to 4: every second frame.
         let raw: Vec<f32> = (0..7).map(|i| i as f32).collect();
-        assert_eq!(resample(&raw, 7, 4, 1), vec![0.0, 2.0, 4.0, 6.0]);
+        assert_eq!(resample(raw, 7, 4, 1), vec![0.0, 2.0, 4.0, 6.0]);
         // One frame is repeated.
-        assert_eq!(resample(&[5.0, 6.0], 1, 3, 2), vec![5.0, 6.0, 5.0, 6.0, 5.0, 6.0]);
+        assert_eq!(resample(vec![5.0, 6.0], 1, 3, 2), vec![5.0, 6.0, 5.0, 6.0, 5.0, 6.0]);
         let mut bytes = body(9).into_bytes();
         assert_eq!(parse(&mut bytes, SHAPE).expect("9 frames").input.len(), 24);
     }

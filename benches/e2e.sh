@@ -32,32 +32,15 @@ wrk.body = f:read("*a")
 f:close()
 LUA
 
-start_server() { # $1 = batch size
-    cat > "$work/config.properties" <<CFG
-inference_address=http://127.0.0.1:0
-management_address=http://127.0.0.1:0
-metrics_address=http://127.0.0.1:0
-model_store=models
-load_models=signnet
-default_workers_per_model=$WORKERS
-job_queue_size=1000
-batch_size=$1
-max_batch_delay=$DELAY_MS
-CFG
-    "$BIN" --ts-config "$work/config.properties" 2> "$work/server.log" &
-    server_pid=$!
-    for _ in $(seq 100); do
-        addr=$(sed -n 's/.*inference API on http:\/\///p' "$work/server.log")
-        [ -n "$addr" ] && return 0
-        sleep 0.1
-    done
-    cat "$work/server.log" >&2
-    exit 1
-}
+source benches/server.sh
 
 printf '%-10s %-12s %12s %10s %10s %10s\n' batchSize concurrency "req/s" p50 p99 errors
 for batch in $BATCH_SIZES; do
-    start_server "$batch"
+    start_server "$work" "$BIN" "default_workers_per_model=$WORKERS
+job_queue_size=1000
+batch_size=$batch
+max_batch_delay=$DELAY_MS"
+    addr=$inference
     wrk -t1 -c16 -d2s -s "$work/post.lua" "http://$addr/predictions/signnet" >/dev/null # warm-up
     for c in $CONCURRENCY; do
         out=$(wrk -t1 -c"$c" -d"$DURATION" --latency -s "$work/post.lua" "http://$addr/predictions/signnet")

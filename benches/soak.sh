@@ -32,27 +32,11 @@ cleanup() {
 }
 trap cleanup EXIT
 
-cat > "$work/config.properties" <<CFG
-inference_address=http://127.0.0.1:0
-management_address=http://127.0.0.1:0
-metrics_address=http://127.0.0.1:0
-model_store=models
-load_models=signnet
-default_workers_per_model=$WORKERS
+source benches/server.sh
+start_server "$work" "$SERVER" "default_workers_per_model=$WORKERS
 job_queue_size=100
 batch_size=16
-max_batch_delay=2
-key_file=$work/key_file.json
-CFG
-"$SERVER" --ts-config "$work/config.properties" 2> "$work/server.log" &
-server_pid=$!
-for _ in $(seq 100); do
-    grep -q "metrics API on" "$work/server.log" && break
-    sleep 0.1
-done
-addr() { sed -n "s/.*$1 API on http:\/\///p" "$work/server.log"; }
-inference=$(addr inference)
-metrics=$(addr metrics)
+max_batch_delay=2"
 
 # The server's resident memory every 5 s: seconds since start, kB.
 (

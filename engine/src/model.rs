@@ -90,6 +90,8 @@ impl Model {
             device,
             target_workers: AtomicUsize::new(0),
             live_workers: AtomicUsize::new(0),
+            #[cfg(test)]
+            panic_after_batches: AtomicUsize::new(0),
         });
         let model = Self {
             runtime: factory.runtime(),
@@ -185,7 +187,8 @@ impl Model {
     ///
     /// # Errors
     /// [`EngineError::InvalidInput`] when the sample has the wrong number of values, [`EngineError::QueueFull`]
-    /// when the queue is full (at once), [`EngineError::ShuttingDown`] once the model is closed.
+    /// when the queue is full (at once), [`EngineError::NoWorkers`] when every worker died and none could be
+    /// restarted, [`EngineError::ShuttingDown`] once the model is closed.
     pub fn submit(&self, input: Vec<f32>) -> Result<oneshot::Receiver<InferResult>, EngineError> {
         self.submit_within(input, None)
     }
@@ -208,6 +211,11 @@ impl Model {
                 self.shared.spec.input_shape,
                 input.len()
             )));
+        }
+        if self.shared.live_workers.load(Ordering::Acquire) == 0
+            && self.shared.target_workers.load(Ordering::Acquire) > 0
+        {
+            return Err(EngineError::NoWorkers(self.options.name.clone()));
         }
         let (reply, rx) = oneshot::channel();
         let arrived = Instant::now();
@@ -311,5 +319,101 @@ impl Model {
 impl Drop for Model {
     fn drop(&mut self) {
         self.close();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The supervisor, through the fault that only unit tests can inject: a worker that dies outside the backend
+    //! call (the backend call itself is caught per batch, see `tests/failures.rs`).
+
+    use std::sync::atomic::Ordering;
+
+    use super::*;
+    use crate::backend::{FakeBackend, FakeMode};
+
+    fn echo_model(workers: usize) -> (FakeBackend, Model) {
+        let spec =
+            ModelSpec { input_name: "x".into(), input_shape: vec![2], output_name: "y".into(), output_shape: vec![2] };
+        let fake = FakeBackend::new(spec, FakeMode::Echo);
+        let options = ModelOptions {
+            name: "m".into(),
+            version: "1.0".into(),
+            workers,
+            queue_size: 16,
+            policy: BatchPolicy { max_batch_size: 1, max_delay: Duration::ZERO },
+            response_timeout: Duration::from_secs(60),
+        };
+        let model = Model::start(&fake, options).expect("the fake starts");
+        (fake, model)
+    }
+
+    fn ask(model: &Model, value: f32) -> InferResult {
+        let rx = model.submit(vec![value, -value]).expect("accepted");
+        rx.blocking_recv().expect("answered, never dropped")
+    }
+
+    /// Waits until `done` holds: the loop ends when the supervisor acts. The bound only turns a supervisor that
+    /// never acts into a failure instead of a hung test; it says nothing about speed.
+    fn wait_until(done: impl Fn() -> bool) {
+        let give_up = Instant::now() + Duration::from_secs(60);
+        while !done() {
+            assert!(Instant::now() < give_up, "the supervisor never acted");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    #[test]
+    fn a_worker_that_dies_outside_the_backend_is_restarted_with_a_new_backend() {
+        let (fake, model) = echo_model(1);
+        model.shared.panic_after_batches.store(1, Ordering::Release);
+        // The request is answered before its worker dies; the worker's replacement answers the next one.
+        assert_eq!(ask(&model, 1.0).expect("first answer").output, vec![1.0, -1.0]);
+        wait_until(|| model.stats().restarts == 1);
+        assert_eq!(ask(&model, 2.0).expect("answer after the restart").output, vec![2.0, -2.0]);
+        assert_eq!(fake.created.load(Ordering::Acquire), 2, "one backend at start, one for the restart");
+        assert_eq!(model.workers(), (1, 1));
+        model.shutdown();
+    }
+
+    #[test]
+    fn a_worker_that_cannot_be_restarted_leaves_and_the_model_refuses_at_once() {
+        let (fake, model) = echo_model(1);
+        fake.failing_creates.store(1, Ordering::Release);
+        model.shared.panic_after_batches.store(1, Ordering::Release);
+        assert!(ask(&model, 1.0).is_ok());
+        wait_until(|| model.workers().1 == 0);
+        assert_eq!(model.stats().restarts, 1);
+        match model.submit(vec![3.0, 3.0]) {
+            Err(EngineError::NoWorkers(name)) => assert_eq!(name, "m"),
+            other => panic!("expected NoWorkers, got {other:?}"),
+        }
+        // Scaling up again makes a worker, and the model serves again.
+        model.scale(1).expect("a new worker");
+        assert_eq!(ask(&model, 4.0).expect("served again").output, vec![4.0, -4.0]);
+        model.shutdown();
+    }
+
+    #[test]
+    fn requests_queued_when_the_last_worker_is_lost_are_answered_at_once() {
+        let (fake, model) = echo_model(1);
+        fake.failing_creates.store(1, Ordering::Release);
+        fake.gate.close();
+        model.shared.panic_after_batches.store(1, Ordering::Release);
+        let first = model.submit(vec![1.0, 1.0]).expect("accepted");
+        fake.gate.wait_arrived(1);
+        // Queued behind the batch whose worker will die.
+        let queued: Vec<_> = (0..3).map(|i| model.submit(vec![i as f32, 0.0]).expect("accepted")).collect();
+        fake.gate.open();
+        assert!(first.blocking_recv().expect("answered").is_ok());
+        for rx in queued {
+            match rx.blocking_recv().expect("answered, not left to its deadline") {
+                Err(EngineError::Backend(BackendError::Load(message))) => {
+                    assert!(message.contains("no worker is left") && message.contains("cannot be made"), "{message}");
+                }
+                other => panic!("expected the restart's error, got {other:?}"),
+            }
+        }
+        model.shutdown();
     }
 }

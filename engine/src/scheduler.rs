@@ -41,6 +41,10 @@ pub(crate) struct Shared {
     pub(crate) target_workers: AtomicUsize,
     /// How many are running.
     pub(crate) live_workers: AtomicUsize,
+    /// Unit tests' fault: this many of the next batches are followed by a panic of their worker outside the
+    /// backend call, where nothing but the supervisor catches it.
+    #[cfg(test)]
+    pub(crate) panic_after_batches: AtomicUsize,
 }
 
 impl Shared {
@@ -54,6 +58,15 @@ impl Shared {
             }
         }
         false
+    }
+}
+
+#[cfg(test)]
+impl Shared {
+    /// Panics when a unit test asked for it (see `panic_after_batches`).
+    fn inject_panic(&self) {
+        let pending = self.panic_after_batches.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+        assert!(pending.is_err(), "injected fault: the worker dies outside the backend call");
     }
 }
 
@@ -94,7 +107,9 @@ impl Source for WorkerSource<'_> {
 }
 
 /// Runs a worker and, should it die of a panic outside the backend call (which is caught per batch), restarts it
-/// with a new backend, so that a model never silently loses a worker.
+/// with a new backend, so that a model never silently loses a worker. When the new backend cannot be made, the
+/// worker is gone; if it was the last one, the requests left in the queue are answered with the reason at once
+/// rather than at their deadline (and the model refuses new ones, see `Model::submit_within`).
 pub(crate) fn supervise(backend: Box<dyn Backend>, shared: &Shared, factory: &dyn BackendFactory, id: usize) {
     let mut backend = Some(backend);
     while let Some(current) = backend.take() {
@@ -107,7 +122,12 @@ pub(crate) fn supervise(backend: Box<dyn Backend>, shared: &Shared, factory: &dy
             Ok(fresh) => backend = Some(fresh),
             Err(error) => {
                 tracing::error!(%error, worker = id, "cannot restart the worker");
-                shared.live_workers.fetch_sub(1, Ordering::AcqRel);
+                if shared.live_workers.fetch_sub(1, Ordering::AcqRel) == 1 {
+                    let error = EngineError::Backend(BackendError::load(format!("no worker is left: {error}")));
+                    while let Ok(request) = shared.rx.try_recv() {
+                        let _ = request.reply.send(Err(error.clone()));
+                    }
+                }
             }
         }
     }
@@ -123,7 +143,11 @@ fn worker_loop(mut backend: Box<dyn Backend>, shared: &Shared) {
             collect_with(policy, &source, |request, why| answer_skipped(request, why, shared))
         };
         match batch {
-            Some(batch) => run_batch(backend.as_mut(), batch, shared),
+            Some(batch) => {
+                run_batch(backend.as_mut(), batch, shared);
+                #[cfg(test)]
+                shared.inject_panic();
+            }
             None if source.retired.get() => break,
             None => {
                 // The queue is closed and drained.

@@ -101,7 +101,7 @@ impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> Self {
         let message = e.to_string();
         let (status, kind) = match e {
-            EngineError::QueueFull { .. } | EngineError::ShuttingDown(_) => {
+            EngineError::QueueFull { .. } | EngineError::ShuttingDown(_) | EngineError::NoWorkers(_) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailableException")
             }
             EngineError::InvalidInput(_) => (StatusCode::BAD_REQUEST, "BadRequestException"),

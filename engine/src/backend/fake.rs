@@ -3,7 +3,10 @@
 
 use std::{
     collections::VecDeque,
-    sync::{Arc, Condvar, Mutex, PoisonError},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Condvar, Mutex, PoisonError,
+    },
     time::Duration,
 };
 
@@ -109,13 +112,25 @@ pub struct FakeBackend {
     pub gate: Gate,
     /// Sizes of the batches run, in order.
     pub batches: Arc<Mutex<Vec<usize>>>,
+    /// Backends made so far (one per worker, and one per restart).
+    pub created: Arc<AtomicUsize>,
+    /// The next this-many backends fail to be made, as a model whose file went missing would.
+    pub failing_creates: Arc<AtomicUsize>,
 }
 
 impl FakeBackend {
     /// A fake with this spec and mode, an empty script and an open gate.
     #[must_use]
     pub fn new(spec: ModelSpec, mode: FakeMode) -> Self {
-        Self { spec, mode, script: FakeScript::default(), gate: Gate::default(), batches: Arc::default() }
+        Self {
+            spec,
+            mode,
+            script: FakeScript::default(),
+            gate: Gate::default(),
+            batches: Arc::default(),
+            created: Arc::default(),
+            failing_creates: Arc::default(),
+        }
     }
 
     /// The sizes of the batches run so far.
@@ -168,7 +183,11 @@ impl BackendFactory for FakeBackend {
         "fake"
     }
 
-    fn create(&self, _worker: usize) -> Result<Box<dyn Backend>, BackendError> {
+    fn create(&self, worker: usize) -> Result<Box<dyn Backend>, BackendError> {
+        if self.failing_creates.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1)).is_ok() {
+            return Err(BackendError::load(format!("scripted: the backend of worker {worker} cannot be made")));
+        }
+        self.created.fetch_add(1, Ordering::AcqRel);
         Ok(Box::new(self.clone()))
     }
 }

@@ -6,6 +6,7 @@
 //! the device [`device`] selects; every request gets exactly its own row of the output back through its reply
 //! channel. [`registry::Registry`] maps model names and versions to the running [`model::Model`]s.
 
+pub mod archive;
 pub mod backend;
 pub mod batcher;
 pub mod device;

@@ -13,6 +13,7 @@ use crossbeam_channel::Sender;
 use tokio::sync::oneshot;
 
 use crate::{
+    archive::Unpacked,
     backend::{BackendError, BackendFactory, Device, ModelSpec},
     batcher::BatchPolicy,
     error::EngineError,
@@ -54,6 +55,9 @@ pub struct Model {
     source: (String, bool),
     /// TorchServe's `maxWorkers`: recorded and reported; workers never exceed what `scale` sets.
     max_workers: AtomicUsize,
+    /// The folder a `.mar` was unpacked into, removed when the model is dropped (workers started later, by
+    /// scaling or a restart, open the model file again).
+    _unpacked: Option<Unpacked>,
 }
 
 impl Model {
@@ -102,6 +106,7 @@ impl Model {
             labels: None,
             source: (options.name.clone(), false),
             max_workers: AtomicUsize::new(options.workers.max(1)),
+            _unpacked: None,
             options,
         };
         model.scale(model.options.workers)?;
@@ -150,6 +155,13 @@ impl Model {
     #[must_use]
     pub fn with_labels(mut self, labels: Vec<String>) -> Self {
         self.labels = Some(labels.into());
+        self
+    }
+
+    /// Keeps the folder its `.mar` was unpacked into for as long as the model lives.
+    #[must_use]
+    pub fn keeping(mut self, unpacked: Unpacked) -> Self {
+        self._unpacked = Some(unpacked);
         self
     }
 

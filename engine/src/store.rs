@@ -2,9 +2,13 @@
 //!
 //! A model is either a folder in the store holding its model file (`.onnx`, or TorchScript `.pt`/`.pth`; at most one
 //! of each format, so that one model can ship both) and, optionally, TorchServe's `index_to_name.json`, or a bare
-//! model file (whose classes are then named by their index). Which format runs is the server's choice.
+//! model file (whose classes are then named by their index), or a TorchServe model archive ([`crate::archive`]: a
+//! `.mar` file or a no-archive folder), whose manifest names the model file. Which format runs is the server's
+//! choice.
 
 use std::path::{Path, PathBuf};
+
+use crate::archive::{self, Manifest, Unpacked};
 
 /// A model that cannot be found or read.
 #[derive(Debug, thiserror::Error)]
@@ -15,6 +19,15 @@ pub enum StoreError {
         /// Model name.
         name: String,
         /// What was looked for.
+        message: String,
+    },
+    /// A model archive that cannot be used: not a zip, an unsafe entry, a missing or malformed manifest, or a
+    /// serialized file that is missing or of a format ferroserve does not run.
+    #[error("model \"{name}\": {message}")]
+    Archive {
+        /// Model name.
+        name: String,
+        /// What is wrong with the archive.
         message: String,
     },
     /// `index_to_name.json` is unreadable or malformed.
@@ -57,6 +70,10 @@ pub struct ModelFiles {
     pub models: Vec<(ModelFormat, PathBuf)>,
     /// Class labels by index, when the model ships `index_to_name.json`.
     pub labels: Option<Vec<String>>,
+    /// The manifest, when the model is a TorchServe archive.
+    pub manifest: Option<Manifest>,
+    /// Where a `.mar` was unpacked: keep it (or a clone) as long as the model's files are used.
+    pub unpacked: Option<Unpacked>,
 }
 
 impl ModelFiles {
@@ -68,7 +85,7 @@ impl ModelFiles {
 }
 
 /// What the store says it looks for.
-const MODEL_FILES: &str = ".onnx, .pt or .pth";
+const MODEL_FILES: &str = ".onnx, .pt, .pth or a .mar archive";
 
 fn is_model_file(path: &Path) -> bool {
     path.is_file() && ModelFormat::of(path).is_some()
@@ -84,10 +101,37 @@ pub fn locate(store: &Path, name: &str, entry: &str) -> Result<ModelFiles, Store
     let not_found = |message: String| StoreError::NotFound { name: name.to_string(), message };
     confine(store, &path).map_err(not_found)?;
     let files = locate_unchecked(store, name, entry)?;
-    for (_, model) in &files.models {
+    // An unpacked archive's files are in its own folder, which `archive::unpack` confines.
+    for (_, model) in files.models.iter().filter(|_| files.unpacked.is_none()) {
         confine(store, model).map_err(not_found)?;
     }
     Ok(files)
+}
+
+/// The manifest of the archive at `entry` (a `.mar` file or a no-archive folder), read without unpacking it;
+/// `None` for any other entry, or an archive whose manifest cannot be read (loading it then says why).
+#[must_use]
+pub fn peek_manifest(store: &Path, entry: &str) -> Option<Manifest> {
+    let path = store.join(entry);
+    let is_archive = (path.is_file() && archive::is_archive_file(&path)) || archive::is_archive_folder(&path);
+    is_archive.then(|| archive::read_manifest(&path).ok()).flatten()
+}
+
+/// The files of the archive whose root folder is `root` (a no-archive folder, or where a `.mar` was unpacked).
+fn archive_files(root: &Path, name: &str, unpacked: Option<Unpacked>) -> Result<ModelFiles, StoreError> {
+    let bad = |message: String| StoreError::Archive { name: name.to_string(), message };
+    let manifest = archive::read_manifest(root).map_err(bad)?;
+    let model = archive::serialized_file(root, &manifest).map_err(bad)?;
+    let file = model.strip_prefix(root).unwrap_or(&model).display().to_string();
+    let format = ModelFormat::of(&model)
+        .ok_or_else(|| bad(format!("its serializedFile {file} is not .onnx, .pt or .pth: ferroserve cannot run it")))?;
+    if !model.is_file() {
+        return Err(bad(format!("the archive has no {file}, the serializedFile of its manifest")));
+    }
+    let labels_path = root.join("index_to_name.json");
+    let labels = if labels_path.is_file() { Some(read_labels(&labels_path)?) } else { None };
+    let models = vec![(format, model)];
+    Ok(ModelFiles { name: name.to_string(), models, labels, manifest: Some(manifest), unpacked })
 }
 
 /// Refuses a path that resolves outside the store (through `..` or a symbolic link).
@@ -114,7 +158,16 @@ fn locate_unchecked(store: &Path, name: &str, entry: &str) -> Result<ModelFiles,
         let folder = path.parent().filter(|dir| !same_dir(dir, store));
         let labels_path = folder.map(|dir| dir.join("index_to_name.json")).filter(|p| p.is_file());
         let labels = labels_path.map(|p| read_labels(&p)).transpose()?;
-        return Ok(ModelFiles { name: name.to_string(), models: vec![(format, path)], labels });
+        let models = vec![(format, path)];
+        return Ok(ModelFiles { name: name.to_string(), models, labels, manifest: None, unpacked: None });
+    }
+    if path.is_file() && archive::is_archive_file(&path) {
+        let unpacked = archive::unpack(&path).map_err(|message| StoreError::Archive { name: name.into(), message })?;
+        let root = unpacked.path().to_path_buf();
+        return archive_files(&root, name, Some(unpacked));
+    }
+    if archive::is_archive_folder(&path) {
+        return archive_files(&path, name, None);
     }
     if !path.is_dir() {
         return Err(not_found(format!(
@@ -139,7 +192,7 @@ fn locate_unchecked(store: &Path, name: &str, entry: &str) -> Result<ModelFiles,
     }
     let labels_path = path.join("index_to_name.json");
     let labels = if labels_path.is_file() { Some(read_labels(&labels_path)?) } else { None };
-    Ok(ModelFiles { name: name.to_string(), models, labels })
+    Ok(ModelFiles { name: name.to_string(), models, labels, manifest: None, unpacked: None })
 }
 
 /// Every model in the store (for `load_models=all`): `(name, entry)` pairs sorted by name.
@@ -158,7 +211,8 @@ pub fn list(store: &Path) -> Result<Vec<(String, String)>, StoreError> {
             continue;
         };
         let name = file.split_once('.').map_or(file.as_str(), |(stem, _)| stem).to_string();
-        if is_model_file(&path) || (path.is_dir() && locate(store, &name, &file).is_ok()) {
+        let archive = path.is_file() && archive::is_archive_file(&path);
+        if is_model_file(&path) || archive || (path.is_dir() && locate(store, &name, &file).is_ok()) {
             found.push((name, file));
         }
     }

@@ -16,7 +16,7 @@ use ferroserve_engine::{
     BackendError, BackendFactory, BatchPolicy, Device, Model, ModelOptions, Registry,
 };
 
-use crate::config::{Config, LoadModels};
+use crate::config::{model_name_of, Config, LoadModels};
 
 /// Why a model could not be loaded at start-up.
 #[derive(Debug, thiserror::Error)]
@@ -112,23 +112,53 @@ pub fn intra_threads(config: &Config, workers: usize) -> usize {
     config.intra_op_threads.unwrap_or((cores / workers.max(1)).max(1))
 }
 
-/// Loads one model from the store with `options` and starts its workers, recording into `metrics`.
+/// The name and version the store entry `entry` is served under. The name: the one given (`load_models`'s
+/// `NAME=FILE`, the register call's `model_name`), else the archive's `modelName`, else the file's name without
+/// its extension. The version: the one `models` configures for that name, else the archive's `modelVersion`,
+/// else 1.0.
+#[must_use]
+pub fn identity(config: &Config, given: Option<&str>, entry: &str) -> (String, String) {
+    let manifest = store::peek_manifest(&config.model_store, entry);
+    let name = given
+        .map(str::to_string)
+        .or_else(|| manifest.as_ref().map(|m| m.model_name.clone()))
+        .unwrap_or_else(|| model_name_of(entry));
+    let version = if config.models.contains_key(&name) {
+        config.version_of(&name)
+    } else {
+        manifest.and_then(|m| m.model_version).unwrap_or_else(|| config.version_of(&name))
+    };
+    (name, version)
+}
+
+/// Loads a model from its `files` with `options` and starts its workers, recording into `metrics`.
 ///
 /// # Errors
 /// [`LoadError`] naming the model.
 pub fn load_model_with(
     config: &Config,
-    entry: &str,
+    files: ModelFiles,
     options: ModelOptions,
     metrics: &EngineMetrics,
 ) -> Result<Model, LoadError> {
     let name = options.name.clone();
-    let files = store::locate(&config.model_store, &name, entry)?;
+    // A custom handler is Python code the model's author expects to run: say loudly that it does not.
+    match files.manifest.as_ref().and_then(|m| m.handler.as_deref()) {
+        Some(custom) if custom.ends_with(".py") || custom.contains(':') => tracing::warn!(
+            model = %name, handler = custom,
+            "the archive's Python handler is not run: ferroserve answers with its own (landmarks, KServe v2)"
+        ),
+        Some(builtin) => tracing::info!(model = %name, handler = builtin, "built-in handler replaced by ferroserve's"),
+        None => {}
+    }
     let device = model_device(config, &name, &options.version)?;
     let backend = |source| LoadError::Backend { name: name.clone(), source };
     let factory = open_factory(&files, device, intra_threads(config, options.workers)).map_err(backend)?;
     let outputs = factory.spec().output_len();
-    let model = Model::start_with(factory, options, metrics).map_err(backend)?;
+    let mut model = Model::start_with(factory, options, metrics).map_err(backend)?;
+    if let Some(unpacked) = files.unpacked {
+        model = model.keeping(unpacked);
+    }
     match files.labels {
         Some(labels) if labels.len() != outputs => Err(LoadError::Mismatch {
             name,
@@ -173,16 +203,21 @@ fn open_factory(files: &ModelFiles, device: Device, threads: usize) -> Result<Ar
     }
 }
 
-/// Loads model `name` from `entry` in the store with its configured settings (the `models` JSON over the
-/// top-level defaults), recording into `metrics`.
+/// Loads model `name` at `version` from `entry` in the store with its configured settings (the `models` JSON over
+/// the top-level defaults; its `marName` replaces `entry`), recording into `metrics`.
 ///
 /// # Errors
 /// [`LoadError`] naming the model.
-pub fn load_model(config: &Config, name: &str, entry: &str, metrics: &EngineMetrics) -> Result<Model, LoadError> {
-    let version = config.version_of(name);
-    let settings = config.model_config(name, &version);
+pub fn load_model(
+    config: &Config,
+    (name, version): (&str, &str),
+    entry: &str,
+    metrics: &EngineMetrics,
+) -> Result<Model, LoadError> {
+    let settings = config.model_config(name, version);
     let entry = settings.and_then(|m| m.mar_name.as_deref()).unwrap_or(entry);
-    let model = load_model_with(config, entry, model_options(config, name, &version), metrics)?;
+    let files = store::locate(&config.model_store, name, entry)?;
+    let model = load_model_with(config, files, model_options(config, name, version), metrics)?;
     if let Some(max) = settings.and_then(|m| m.max_workers) {
         model.set_max_workers(max);
     }
@@ -200,18 +235,20 @@ pub type Loaded = (Arc<Registry>, Vec<(String, LoadError)>);
 /// there (or `TORCH_DEVICE` is not a device).
 pub fn load_all(config: &Config, metrics: &EngineMetrics) -> Result<Loaded, LoadError> {
     let registry = Arc::new(Registry::new());
-    let entries = match &config.load_models {
+    let entries: Vec<(Option<String>, String)> = match &config.load_models {
         LoadModels::None => Vec::new(),
-        LoadModels::All => store::list(&config.model_store)?,
+        LoadModels::All => store::list(&config.model_store)?.into_iter().map(|(_, entry)| (None, entry)).collect(),
         LoadModels::List(list) => list.clone(),
     };
+    let entries: Vec<_> =
+        entries.into_iter().map(|(given, entry)| (identity(config, given.as_deref(), &entry), entry)).collect();
     // A device that is not there stops start-up (unlike a model file that fails to load).
-    for (name, _) in &entries {
-        model_device(config, name, &config.version_of(name))?;
+    for ((name, version), _) in &entries {
+        model_device(config, name, version)?;
     }
     let mut failed = Vec::new();
-    for (name, entry) in entries {
-        let loaded = load_model(config, &name, &entry, metrics).and_then(|model| {
+    for ((name, version), entry) in entries {
+        let loaded = load_model(config, (&name, &version), &entry, metrics).and_then(|model| {
             tracing::info!(
                 model = %name, version = model.version(), runtime = model.runtime(), device = %model.device(),
                 workers = model.options().workers,

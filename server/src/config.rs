@@ -43,8 +43,9 @@ pub enum LoadModels {
     None,
     /// Everything in the model store.
     All,
-    /// These entries: a model name and the file or folder in the model store it is loaded from.
-    List(Vec<(String, String)>),
+    /// These entries: the model name when one is given (`NAME=FILE`), and the file or folder in the model store
+    /// it is loaded from. Without a name, the archive's `modelName` or the file's name names the model.
+    List(Vec<(Option<String>, String)>),
 }
 
 /// Per-model, per-version settings from the `models={...}` JSON (TorchServe's names).
@@ -396,10 +397,10 @@ fn parse_load_models(value: &str) -> Result<LoadModels, String> {
     let mut list = Vec::new();
     for item in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         let (name, file) = match item.split_once('=') {
-            Some((name, file)) => (name.trim().to_string(), file.trim().to_string()),
-            None => (model_name_of(item), item.to_string()),
+            Some((name, file)) => (Some(name.trim().to_string()), file.trim().to_string()),
+            None => (None, item.to_string()),
         };
-        if name.is_empty() || file.is_empty() {
+        if name.as_ref().is_some_and(String::is_empty) || file.is_empty() {
             return Err(format!("`{item}` must be NAME, FILE or NAME=FILE"));
         }
         list.push((name, file));
@@ -486,7 +487,7 @@ mod tests {
         assert_eq!(c.model_store, PathBuf::from("/tmp/store"));
         assert_eq!(
             c.load_models,
-            LoadModels::List(vec![("signnet".into(), "signnet".into()), ("other".into(), "other.onnx".into())])
+            LoadModels::List(vec![(None, "signnet".into()), (Some("other".into()), "other.onnx".into())])
         );
         assert_eq!((c.job_queue_size, c.default_workers_per_model, c.batch_size), (7, 3, 4));
         assert_eq!(c.max_batch_delay, Duration::from_micros(2_500));
@@ -517,7 +518,7 @@ mod tests {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config");
         for file in ["config.properties", "config.example.properties"] {
             let c = Config::from_file(&dir.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
-            assert_eq!(c.load_models, LoadModels::List(vec![("signnet".into(), "signnet".into())]), "{file}");
+            assert_eq!(c.load_models, LoadModels::List(vec![(None, "signnet".into())]), "{file}");
             assert_eq!(c.model_config("signnet", "1.0").and_then(|m| m.batch_size), Some(16), "{file}");
         }
     }

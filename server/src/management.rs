@@ -13,7 +13,7 @@ use serde_json::json;
 
 use crate::{
     app::{self, LoadError},
-    config::{delay_ms, model_name_of},
+    config::delay_ms,
     error::ApiError,
     http::{error_reply, json_value, query, Reply},
     inference::find_model,
@@ -212,8 +212,7 @@ async fn register(state: &Arc<AppState>, params: &HashMap<String, String>) -> Re
     let url = params.get("url").ok_or_else(|| ApiError::bad_request("Parameter url is required."))?.clone();
     check_url(&url)?;
     check_allowed(&state.config.allowed_urls, &url)?;
-    let name = params.get("model_name").cloned().unwrap_or_else(|| model_name_of(&url));
-    let version = state.config.version_of(&name);
+    let (name, version) = app::identity(&state.config, params.get("model_name").map(String::as_str), &url);
     if state.registry.get(&name, Some(&version)).is_some() {
         return Err(ApiError::conflict(format!("Model version {version} is already registered for model {name}")));
     }
@@ -226,12 +225,17 @@ async fn register(state: &Arc<AppState>, params: &HashMap<String, String>) -> Re
         options.response_timeout = std::time::Duration::from_secs(seconds as u64);
     }
     let synchronous = flag(params, "synchronous")?;
-    // Fail fast on a URL that is not in the store, even when loading goes on in the background.
-    ferroserve_engine::store::locate(&state.config.model_store, &name, &url).map_err(|e| load_error(e.into()))?;
+    // Find the files (and unpack a .mar) off the async threads, and before answering: a URL that is not in the
+    // store, or a broken archive, fails here even when loading goes on in the background.
+    let (store, located) = (state.config.model_store.clone(), (name.clone(), url.clone()));
+    let files = tokio::task::spawn_blocking(move || ferroserve_engine::store::locate(&store, &located.0, &located.1))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(|e| load_error(e.into()))?;
     let workers = options.workers;
     let (config, metrics, registry) = (state.config.clone(), state.metrics.engine.clone(), Arc::clone(&state.registry));
     let task = tokio::task::spawn_blocking(move || {
-        let model = app::load_model_with(&config, &url, options, &metrics)?.with_source(url, false);
+        let model = app::load_model_with(&config, files, options, &metrics)?.with_source(url, false);
         registry.register(model).map(drop).map_err(|m| LoadError::Duplicate(m.name().to_string()))
     });
     if !synchronous {
@@ -260,7 +264,7 @@ fn load_error(e: LoadError) -> ApiError {
     match e {
         LoadError::Store(StoreError::NotFound { .. }) => ApiError::model_not_found(e.to_string()),
         LoadError::Duplicate(_) => ApiError::conflict(e.to_string()),
-        LoadError::Store(StoreError::Labels { .. }) | LoadError::Mismatch { .. } => {
+        LoadError::Store(StoreError::Labels { .. } | StoreError::Archive { .. }) | LoadError::Mismatch { .. } => {
             ApiError::bad_request(e.to_string())
         }
         LoadError::Backend { .. } => ApiError::internal(e.to_string()),

@@ -295,7 +295,8 @@ pub async fn signnet_server(batch_size: &str) -> TestServer {
         ])
         .expect("valid settings");
     let metrics = metrics_for(&config);
-    let model = ferroserve::app::load_model(&config, "signnet", "signnet", &metrics.engine).expect("signnet loads");
+    let model =
+        ferroserve::app::load_model(&config, ("signnet", "1.0"), "signnet", &metrics.engine).expect("signnet loads");
     let registry = Arc::new(Registry::new());
     assert!(registry.register(model).is_ok());
     TestServer::start_state(Arc::new(AppState::new(registry, config, metrics))).await

@@ -7,6 +7,9 @@
 #   3. the backend bench at batch 1, 8 and 32 on cuda:0, then on the CPU for the in-process comparison;
 #   4. the server end to end with TORCH_DEVICE=cuda: the answer says "device":"cuda", x-device says cuda:0 and the
 #      metrics carry device="cuda".
+# Needs: an NVIDIA GPU, a Rust toolchain, and the network (make deps, the crates) or, with SKIP_DEPS=1, torch 2.13
+# and onnxruntime-gpu 1.31.1 linked under third_party/ and the crates fetched beforehand. The workplace's lent GPU
+# machine has none of these (torch 2.11, no cargo, no registry, 64 MiB per call): see the README.
 # Usage: bash scripts/gpu-check.sh   (from anywhere; SKIP_DEPS=1 when third_party/ is linked already,
 #        SKIP_BENCH=1 to skip step 3). Logs and bench output go to $OUT (default target/gpu-check).
 set -euo pipefail

@@ -1,16 +1,29 @@
 //! Token authorisation, compatible with TorchServe's: at start-up the server writes `key_file.json` (owner-only)
-//! with a management key and an inference key, and a request must carry `Authorization: Bearer <key>`. On by
+//! with a management key and an inference key, each with its expiration time (`token_expiration_min`, 60 minutes
+//! by default), and an API key that does not expire; a request must carry `Authorization: Bearer <key>`. On by
 //! default for the management API; the inference API asks for its key only with
-//! `inference_token_authorization=true`; `disable_token_authorization=true` turns it off. Keys are compared in
-//! constant time and never logged.
+//! `inference_token_authorization=true`; `disable_token_authorization=true` turns it off.
+//!
+//! `GET /token?type=management|inference` on the management API, with the API key, replaces that key with a new
+//! one that lives `token_expiration_min` more minutes, and rewrites the key file. Keys are compared in constant
+//! time and never logged.
 
-use std::{io::Write, path::Path};
+use std::{
+    io::Write,
+    path::Path,
+    sync::{PoisonError, RwLock},
+    time::{Duration, SystemTime},
+};
 
-use hyper::{body::Incoming, header::AUTHORIZATION, Request};
+use hyper::{body::Incoming, header::AUTHORIZATION, Request, StatusCode};
 use serde_json::json;
 use subtle::ConstantTimeEq;
 
-use crate::{error::ApiError, http::Api};
+use crate::{
+    error::ApiError,
+    http::{self, Api, Reply},
+    state::AppState,
+};
 
 /// The keys in force.
 #[derive(Clone, PartialEq, Eq)]
@@ -19,14 +32,33 @@ pub struct Keys {
     pub management: String,
     /// For the inference API.
     pub inference: String,
+    /// For the token API (`GET /token`): it never expires.
+    pub api: String,
     /// Whether the inference API asks for its key.
     pub inference_required: bool,
+    /// When the management key stops being accepted.
+    pub management_expires: SystemTime,
+    /// When the inference key stops being accepted.
+    pub inference_expires: SystemTime,
 }
 
 impl std::fmt::Debug for Keys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Keys").field("inference_required", &self.inference_required).finish_non_exhaustive()
+        f.debug_struct("Keys")
+            .field("inference_required", &self.inference_required)
+            .field("management_expires", &self.management_expires)
+            .field("inference_expires", &self.inference_expires)
+            .finish_non_exhaustive()
     }
+}
+
+/// Which key the token API replaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyKind {
+    /// The management key.
+    Management,
+    /// The inference key.
+    Inference,
 }
 
 /// A fresh random key: 24 bytes from the operating system, as 48 hex digits.
@@ -39,13 +71,38 @@ pub fn random_key() -> std::io::Result<String> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
+fn expiry(lifetime: Duration) -> SystemTime {
+    SystemTime::now().checked_add(lifetime).unwrap_or(SystemTime::UNIX_EPOCH + Duration::from_secs(u64::from(u32::MAX)))
+}
+
 impl Keys {
-    /// New random keys.
+    /// New random keys; the management and inference keys live `lifetime`.
     ///
     /// # Errors
     /// When the operating system gives no randomness.
-    pub fn generate(inference_required: bool) -> std::io::Result<Self> {
-        Ok(Self { management: random_key()?, inference: random_key()?, inference_required })
+    pub fn generate(inference_required: bool, lifetime: Duration) -> std::io::Result<Self> {
+        Ok(Self {
+            management: random_key()?,
+            inference: random_key()?,
+            api: random_key()?,
+            inference_required,
+            management_expires: expiry(lifetime),
+            inference_expires: expiry(lifetime),
+        })
+    }
+
+    /// Replaces the `kind` key with a new one that lives `lifetime`.
+    ///
+    /// # Errors
+    /// When the operating system gives no randomness.
+    pub fn regenerate(&mut self, kind: KeyKind, lifetime: Duration) -> std::io::Result<()> {
+        let (key, expires) = match kind {
+            KeyKind::Management => (&mut self.management, &mut self.management_expires),
+            KeyKind::Inference => (&mut self.inference, &mut self.inference_expires),
+        };
+        *key = random_key()?;
+        *expires = expiry(lifetime);
+        Ok(())
     }
 
     /// Writes TorchServe's `key_file.json` at `path`, readable by its owner only.
@@ -53,9 +110,11 @@ impl Keys {
     /// # Errors
     /// When the file cannot be written.
     pub fn write(&self, path: &Path) -> std::io::Result<()> {
+        let when = |t: SystemTime| humantime::format_rfc3339_millis(t).to_string();
         let body = json!({
-            "management": { "key": self.management },
-            "inference": { "key": self.inference },
+            "management": { "key": self.management, "expiration time": when(self.management_expires) },
+            "inference": { "key": self.inference, "expiration time": when(self.inference_expires) },
+            "API": { "key": self.api },
         });
         let mut options = std::fs::OpenOptions::new();
         options.write(true).create(true).truncate(true);
@@ -65,34 +124,156 @@ impl Keys {
         file.write_all(serde_json::to_string_pretty(&body).unwrap_or_default().as_bytes())
     }
 
-    /// Checks a request to `api`; health checks and the metrics API need no key.
+    /// Checks a request to `api` now; health checks and the metrics API need no key.
     ///
     /// # Errors
-    /// 401 when the key is missing or wrong.
+    /// 401 when the key is missing, wrong or expired.
     pub fn check(&self, api: Api, req: &Request<Incoming>) -> Result<(), ApiError> {
-        let path = req.uri().path();
-        let expected = match api {
-            Api::Management => &self.management,
-            Api::Inference if self.inference_required && !is_health(path) => &self.inference,
+        self.check_at(api, req.uri().path(), bearer(req), SystemTime::now())
+    }
+
+    /// Checks a request to `api` for `path` that carries the `Authorization: Bearer` token `given`, at `now`.
+    ///
+    /// # Errors
+    /// 401 when the key is missing, wrong or expired.
+    pub fn check_at(&self, api: Api, path: &str, given: Option<&str>, now: SystemTime) -> Result<(), ApiError> {
+        let (expected, expires) = match api {
+            Api::Management => (&self.management, self.management_expires),
+            Api::Inference if self.inference_required && !is_health(path) => (&self.inference, self.inference_expires),
             Api::Inference | Api::Metrics => return Ok(()),
         };
-        let given = req
-            .headers()
-            .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim);
-        match given {
-            Some(token) if bool::from(token.as_bytes().ct_eq(expected.as_bytes())) => Ok(()),
-            Some(_) => Err(ApiError::unauthorized(format!("Token Authorization failed: wrong {} key", api.name()))),
-            None => Err(ApiError::unauthorized(format!(
-                "Token Authorization failed: send `Authorization: Bearer <{} key>` (see key_file.json)",
-                api.name()
-            ))),
+        let which = format!("{} key", api.name());
+        check_key(expected, given, &which)?;
+        if now >= expires {
+            let renew = if api == Api::Management { "management" } else { "inference" };
+            return Err(ApiError::unauthorized(format!(
+                "Token Authorization failed: the {which} expired at {}; get a new one with \
+                 GET /token?type={renew} on the management API and the API key (see key_file.json)",
+                humantime::format_rfc3339_seconds(expires)
+            )));
         }
+        Ok(())
+    }
+}
+
+/// The token of `Authorization: Bearer <token>`.
+fn bearer(req: &Request<Incoming>) -> Option<&str> {
+    req.headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+}
+
+/// Compares `given` with `expected` in constant time.
+fn check_key(expected: &str, given: Option<&str>, which: &str) -> Result<(), ApiError> {
+    match given {
+        Some(token) if bool::from(token.as_bytes().ct_eq(expected.as_bytes())) => Ok(()),
+        Some(_) => Err(ApiError::unauthorized(format!("Token Authorization failed: wrong {which}"))),
+        None => Err(ApiError::unauthorized(format!(
+            "Token Authorization failed: send `Authorization: Bearer <{which}>` (see key_file.json)"
+        ))),
     }
 }
 
 fn is_health(path: &str) -> bool {
     path == "/ping" || path.starts_with("/v2/health/")
+}
+
+/// Checks `req` against the keys in force (see [`Keys::check`]).
+///
+/// # Errors
+/// 401 when the key is missing, wrong or expired.
+pub fn check(keys: &RwLock<Keys>, api: Api, req: &Request<Incoming>) -> Result<(), ApiError> {
+    keys.read().unwrap_or_else(PoisonError::into_inner).check(api, req)
+}
+
+/// `GET /token?type=management|inference` with the API key: replaces that key, rewrites the key file and answers
+/// 200 (the new key is in the file, never in the answer). A wrong API key is a 401, a missing or unknown `type`
+/// a 400.
+pub fn token_api(req: &Request<Incoming>, state: &AppState, keys: &RwLock<Keys>) -> Reply {
+    let answer = (|| {
+        if req.method() != hyper::Method::GET {
+            return Err(ApiError::method_not_allowed());
+        }
+        let api_key = keys.read().unwrap_or_else(PoisonError::into_inner).api.clone();
+        check_key(&api_key, bearer(req), "API key")?;
+        let kind = match http::query(req).get("type").map(String::as_str) {
+            Some("management") => KeyKind::Management,
+            Some("inference") => KeyKind::Inference,
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "Parameter type must be management or inference, got {other:?}"
+                )))
+            }
+        };
+        let mut keys = keys.write().unwrap_or_else(PoisonError::into_inner);
+        let mut renewed = keys.clone();
+        renewed.regenerate(kind, state.config.token_expiration).map_err(|e| ApiError::internal(e.to_string()))?;
+        renewed
+            .write(&state.config.key_file)
+            .map_err(|e| ApiError::internal(format!("cannot write {}: {e}", state.config.key_file.display())))?;
+        // The old key stays in force until the file holds the new one.
+        *keys = renewed;
+        let which = if kind == KeyKind::Management { "management" } else { "inference" };
+        tracing::info!(key = which, "token key regenerated");
+        Ok(which)
+    })();
+    match answer {
+        Ok(which) => {
+            let status = format!("A new {which} key is in {}", state.config.key_file.display());
+            http::json(StatusCode::OK, json!({ "status": status }).to_string().into_bytes())
+        }
+        Err(e) => http::error_reply(&e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    #[test]
+    fn keys_expire_after_their_lifetime_and_a_new_one_lives_on() {
+        let mut keys = Keys::generate(true, HOUR).expect("keys");
+        let now = SystemTime::now();
+        let management = keys.management.clone();
+        assert!(keys.check_at(Api::Management, "/models", Some(&management), now).is_ok());
+        let later = now + HOUR + Duration::from_secs(1);
+        let expired = keys.check_at(Api::Management, "/models", Some(&management), later).expect_err("expired");
+        assert_eq!(expired.status, StatusCode::UNAUTHORIZED);
+        assert!(expired.message.contains("expired") && expired.message.contains("type=management"), "{expired:?}");
+        assert!(!expired.message.contains(&management), "the key is never echoed");
+        // A wrong key is refused as wrong, whether or not the right one has expired.
+        let wrong = keys.check_at(Api::Management, "/models", Some("nope"), later).expect_err("wrong");
+        assert!(wrong.message.contains("wrong management key"), "{wrong:?}");
+
+        let inference = keys.inference.clone();
+        keys.regenerate(KeyKind::Management, 2 * HOUR).expect("regenerated");
+        assert_ne!(keys.management, management);
+        assert!(keys.check_at(Api::Management, "/models", Some(&keys.management), later).is_ok());
+        assert!(keys.check_at(Api::Management, "/models", Some(&management), now).is_err(), "the old key is gone");
+        assert_eq!(keys.inference, inference, "only the key asked for changes");
+        assert!(keys.check_at(Api::Inference, "/predictions/m", Some(&inference), later).is_err());
+        assert!(keys.check_at(Api::Inference, "/ping", None, later).is_ok(), "health checks need no key");
+        assert!(keys.check_at(Api::Metrics, "/metrics", None, later).is_ok());
+    }
+
+    #[test]
+    fn the_key_file_has_torchserves_fields() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("key_file.json");
+        let keys = Keys::generate(false, HOUR).expect("keys");
+        keys.write(&path).expect("written");
+        let file: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).expect("read")).expect("JSON");
+        assert_eq!(file["management"]["key"], keys.management.as_str());
+        assert_eq!(file["inference"]["key"], keys.inference.as_str());
+        assert_eq!(file["API"]["key"], keys.api.as_str());
+        let expires = file["management"]["expiration time"].as_str().expect("expiration time");
+        let parsed = humantime::parse_rfc3339(expires).expect("RFC 3339");
+        let lifetime = parsed.duration_since(SystemTime::now()).expect("in the future");
+        assert!(lifetime <= HOUR && lifetime > HOUR - Duration::from_secs(600), "{expires}");
+    }
 }

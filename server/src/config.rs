@@ -112,6 +112,9 @@ pub struct Config {
     pub inference_token_authorization: bool,
     /// Where the keys are written (`key_file`, ferroserve's key, default `key_file.json` in the working folder).
     pub key_file: PathBuf,
+    /// How long a management or inference key lives before `GET /token` must renew it (`token_expiration_min`,
+    /// TorchServe's key, default 60 minutes).
+    pub token_expiration: Duration,
     /// Whether models can be registered and unregistered through the management API (`enable_model_api`,
     /// TorchServe's key, default false).
     pub enable_model_api: bool,
@@ -159,6 +162,7 @@ impl Default for Config {
             disable_token_authorization: false,
             inference_token_authorization: false,
             key_file: PathBuf::from("key_file.json"),
+            token_expiration: Duration::from_secs(60 * 60),
             enable_model_api: false,
             allowed_urls: Vec::new(),
             max_inflight_requests: 1024,
@@ -252,6 +256,7 @@ impl Config {
             "disable_token_authorization" => self.disable_token_authorization = parse_bool(value)?,
             "inference_token_authorization" => self.inference_token_authorization = parse_bool(value)?,
             "key_file" => self.key_file = PathBuf::from(value),
+            "token_expiration_min" => self.token_expiration = minutes(value)?,
             "enable_model_api" => self.enable_model_api = parse_bool(value)?,
             "allowed_urls" => self.allowed_urls = parse_patterns(value)?,
             "max_inflight_requests" => self.max_inflight_requests = positive(value)?,
@@ -332,6 +337,15 @@ fn parse_patterns(value: &str) -> Result<Vec<String>, String> {
     let patterns: Vec<String> = value.split(',').map(str::trim).filter(|p| !p.is_empty()).map(String::from).collect();
     regex::RegexSet::new(patterns.iter().map(|p| format!("^(?:{p})$"))).map_err(|e| e.to_string())?;
     Ok(patterns)
+}
+
+/// A positive number of minutes (fractions allowed).
+fn minutes(value: &str) -> Result<Duration, String> {
+    let minutes: f64 = value.parse().map_err(|_| format!("`{value}` is not a number of minutes"))?;
+    if !(minutes.is_finite() && minutes > 0.0) {
+        return Err(format!("`{value}`: give a positive number of minutes"));
+    }
+    Duration::try_from_secs_f64(minutes * 60.0).map_err(|e| format!("`{value}`: {e}"))
 }
 
 fn parse_bool(value: &str) -> Result<bool, String> {
@@ -553,7 +567,7 @@ mod tests {
              enable_envvars_config=true\nmetrics_latency_buckets_ms=1,2\nts_metric_names=false\n\
              max_inflight_requests=12\nmax_connections=13\nrequest_read_timeout=14\nshutdown_grace_period=15\n\
              disable_token_authorization=true\ninference_token_authorization=true\nkey_file=/k.json\n\
-             enable_model_api=true\nallowed_urls=a.*,b\n",
+             enable_model_api=true\nallowed_urls=a.*,b\ntoken_expiration_min=0.5\n",
         )
         .expect("valid");
         let addr = |port| SocketAddr::from(([127, 0, 0, 1], port));
@@ -574,8 +588,12 @@ mod tests {
         );
         assert!(c.disable_token_authorization && c.inference_token_authorization && c.enable_model_api);
         assert_eq!((c.key_file, c.allowed_urls), (PathBuf::from("/k.json"), vec!["a.*".to_string(), "b".to_string()]));
+        assert_eq!(c.token_expiration, Duration::from_secs(30));
         let err = parse("allowed_urls=(unclosed\n").expect_err("bad regex");
         assert!(err.to_string().contains("`allowed_urls`"), "{err}");
+        for bad in ["0", "-1", "soon", "inf"] {
+            assert!(parse(&format!("token_expiration_min={bad}\n")).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -152,7 +152,12 @@ async fn refuse_connection(mut stream: tokio::net::TcpStream) {
 /// requests, the `max_response_size` limit, `Retry-After` on overload answers, and the count of responses by
 /// status class.
 async fn dispatch(req: Request<Incoming>, state: &Arc<AppState>, api: Api) -> Reply {
-    if let Some(Err(e)) = state.keys.as_ref().map(|keys| keys.check(api, &req)) {
+    if let (Api::Management, "/token", Some(keys)) = (api, req.uri().path(), &state.keys) {
+        let reply = crate::auth::token_api(&req, state, keys);
+        state.metrics.count_response(api, reply.status());
+        return reply;
+    }
+    if let Some(Err(e)) = state.keys.as_ref().map(|keys| crate::auth::check(keys, api, &req)) {
         state.metrics.count_response(api, e.status);
         return if req.uri().path().starts_with("/v2/") { crate::kserve::error(&e) } else { error_reply(&e) };
     }

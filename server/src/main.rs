@@ -61,7 +61,8 @@ fn token_keys(config: &Config) -> anyhow::Result<Option<Keys>> {
         tracing::warn!("token authorisation is disabled: anyone who reaches the management API controls the models");
         return Ok(None);
     }
-    let keys = Keys::generate(config.inference_token_authorization).context("cannot generate the token keys")?;
+    let keys = Keys::generate(config.inference_token_authorization, config.token_expiration)
+        .context("cannot generate the token keys")?;
     keys.write(&config.key_file).with_context(|| format!("cannot write {} (key_file)", config.key_file.display()))?;
     tracing::info!("token authorisation is on; the keys are in {}", config.key_file.display());
     Ok(Some(keys))

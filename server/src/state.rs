@@ -29,8 +29,8 @@ pub struct AppState {
     ready: AtomicBool,
     /// Models that failed to load, with the reason, until a later registration of the name succeeds.
     failed: RwLock<BTreeMap<String, String>>,
-    /// The token keys, when token authorisation is on.
-    pub keys: Option<Keys>,
+    /// The token keys, when token authorisation is on (the token API replaces them).
+    pub keys: Option<RwLock<Keys>>,
 }
 
 impl AppState {
@@ -60,7 +60,7 @@ impl AppState {
     /// Requires `keys` on the APIs they protect (see [`crate::auth`]).
     #[must_use]
     pub fn with_keys(mut self, keys: Option<Keys>) -> Self {
-        self.keys = keys;
+        self.keys = keys.map(RwLock::new);
         self
     }
 

@@ -18,7 +18,7 @@ async fn secured(config: Config) -> (TestServer, Option<Keys>) {
     let registry = Arc::new(Registry::new());
     add_fake(&registry, FakeMode::Echo, options("m", 1, 10, 1, Duration::ZERO));
     let keys = (!config.disable_token_authorization)
-        .then(|| Keys::generate(config.inference_token_authorization).expect("keys"));
+        .then(|| Keys::generate(config.inference_token_authorization, config.token_expiration).expect("keys"));
     let metrics = metrics_for(&config);
     let state = AppState::new(registry, config, metrics).with_keys(keys.clone());
     (TestServer::start_state(Arc::new(state)).await, keys)
@@ -103,7 +103,7 @@ fn the_key_file_is_for_its_owner_only() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().expect("dir");
     let path = dir.path().join("key_file.json");
-    let keys = Keys::generate(false).expect("keys");
+    let keys = Keys::generate(false, Duration::from_secs(60)).expect("keys");
     keys.write(&path).expect("write");
     let mode = std::fs::metadata(&path).expect("metadata").permissions().mode();
     assert_eq!(mode & 0o777, 0o600);
@@ -113,4 +113,61 @@ fn the_key_file_is_for_its_owner_only() {
     assert_ne!(keys.management, keys.inference);
     assert_eq!(keys.management.len(), 48);
     assert!(!format!("{keys:?}").contains(&keys.management), "Debug never shows a key");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_api_replaces_a_key_with_the_api_key_only() {
+    let dir = tempfile::tempdir().expect("dir");
+    let key_file = dir.path().join("key_file.json");
+    let config = Config { key_file: key_file.clone(), inference_token_authorization: true, ..defaults() };
+    let (server, keys) = secured(config).await;
+    let keys = keys.expect("keys");
+    let get = |path: &'static str, key: String| {
+        let server = &server;
+        async move {
+            let auth = bearer(&key);
+            server.send_raw_to(server.management, Method::GET, path, &[("authorization", auth.as_str())]).await
+        }
+    };
+    let from_file = |kind: &str| -> String {
+        let text = std::fs::read_to_string(&key_file).expect("the token API wrote the key file");
+        let json: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+        json[kind]["key"].as_str().expect("key").to_string()
+    };
+
+    let renew = "/token?type=management";
+    assert_eq!(get(renew, keys.management.clone()).await, StatusCode::UNAUTHORIZED, "the management key is not enough");
+    assert_eq!(server.manage(Method::GET, renew).await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(get("/token?type=everything", keys.api.clone()).await, StatusCode::BAD_REQUEST);
+    assert_eq!(get("/token", keys.api.clone()).await, StatusCode::BAD_REQUEST);
+    let posted = [("authorization", bearer(&keys.api))];
+    let posted: Vec<(&str, &str)> = posted.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    assert_eq!(
+        server.send_raw_to(server.management, Method::POST, renew, &posted).await,
+        StatusCode::METHOD_NOT_ALLOWED
+    );
+
+    assert_eq!(get(renew, keys.api.clone()).await, StatusCode::OK);
+    let management = from_file("management");
+    assert_ne!(management, keys.management);
+    assert_eq!(get("/models", keys.management.clone()).await, StatusCode::UNAUTHORIZED, "the old key is gone");
+    assert_eq!(get("/models", management.clone()).await, StatusCode::OK);
+    assert_eq!(from_file("inference"), keys.inference, "only the key asked for changes");
+
+    assert_eq!(get("/token?type=inference", keys.api.clone()).await, StatusCode::OK);
+    let inference = from_file("inference");
+    assert_ne!(inference, keys.inference);
+    let body = landmark_body(&[0.5; 18]);
+    for (key, status) in [(&keys.inference, StatusCode::UNAUTHORIZED), (&inference, StatusCode::OK)] {
+        let auth = bearer(key);
+        let reply = server.send_with_header(Method::POST, "/predictions/m", body.clone(), "authorization", &auth).await;
+        assert_eq!(reply.status, status);
+    }
+    assert_eq!(from_file("management"), management);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_token_authorisation_there_is_no_token_api() {
+    let (server, _) = secured(Config { disable_token_authorization: true, ..defaults() }).await;
+    assert_eq!(server.manage(Method::GET, "/token?type=management").await.status, StatusCode::NOT_FOUND);
 }

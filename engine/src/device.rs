@@ -184,6 +184,46 @@ pub fn select(request: DeviceRequest, available: Availability) -> Result<Device,
     }
 }
 
+/// Every device `request` can mean on a machine with `available`, for spreading a model's workers: all CUDA GPUs
+/// for `Auto`, `Gpu` and `cuda` without an index (TorchServe spreads workers over every GPU), else the one device
+/// [`select`] picks.
+///
+/// # Errors
+/// As [`select`].
+pub fn select_all(request: DeviceRequest, available: Availability) -> Result<Vec<Device>, DeviceError> {
+    let first = select(request, available)?;
+    let every_gpu = matches!(request, DeviceRequest::Auto | DeviceRequest::Gpu | DeviceRequest::Cuda(None));
+    Ok(if every_gpu && matches!(first, Device::Cuda(_)) {
+        (0..available.cuda_devices).map(Device::Cuda).collect()
+    } else {
+        vec![first]
+    })
+}
+
+/// The devices a model's workers run on, worker `w` on the `w % n`-th: its `deviceIds` when given (each must be
+/// there; repeats count once), else every device its `request` ([`DeviceRequest::for_model`]) can mean
+/// ([`select_all`]).
+///
+/// # Errors
+/// As [`select`].
+pub fn select_for_model(
+    request: DeviceRequest,
+    device_ids: Option<&[usize]>,
+    available: Availability,
+) -> Result<Vec<Device>, DeviceError> {
+    let Some(ids) = device_ids else {
+        return select_all(request, available);
+    };
+    let mut devices = Vec::with_capacity(ids.len());
+    for &id in ids {
+        let device = select(DeviceRequest::Cuda(Some(id)), available)?;
+        if !devices.contains(&device) {
+            devices.push(device);
+        }
+    }
+    Ok(devices)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -265,6 +305,34 @@ mod tests {
         let second = DeviceRequest::for_model(DeviceRequest::Auto, Some("gpu"), Some(&[1])).expect("valid keys");
         assert_eq!(select(second, TWO_GPUS), Ok(Device::Cuda(1)));
         assert!(matches!(select(second, ONE_GPU), Err(DeviceError::NoSuchGpu { index: 1, count: 1, .. })));
+    }
+
+    #[test]
+    fn workers_spread_over_every_gpu_a_request_can_mean() {
+        let both = vec![Device::Cuda(0), Device::Cuda(1)];
+        assert_eq!(select_all(DeviceRequest::Auto, TWO_GPUS), Ok(both.clone()));
+        assert_eq!(select_all(parse("cuda"), TWO_GPUS), Ok(both.clone()));
+        assert_eq!(select_all(DeviceRequest::Gpu, TWO_GPUS), Ok(both.clone()));
+        assert_eq!(select_all(parse("cuda:1"), TWO_GPUS), Ok(vec![Device::Cuda(1)]));
+        assert_eq!(select_all(parse("cpu"), TWO_GPUS), Ok(vec![Device::Cpu]));
+        assert_eq!(select_all(DeviceRequest::Auto, MAC), Ok(vec![Device::Mps]));
+        assert_eq!(select_all(DeviceRequest::Auto, CPU), Ok(vec![Device::Cpu]));
+        assert_eq!(select_all(parse("cuda"), CPU), Err(DeviceError::NoCuda(DeviceRequest::Cuda(None))));
+    }
+
+    #[test]
+    fn device_ids_name_the_gpus_in_order() {
+        let model = |ty: Option<&str>, ids: Option<&[usize]>, available| {
+            select_for_model(DeviceRequest::for_model(DeviceRequest::Auto, ty, ids)?, ids, available)
+        };
+        assert_eq!(model(Some("gpu"), Some(&[1, 0]), TWO_GPUS), Ok(vec![Device::Cuda(1), Device::Cuda(0)]));
+        assert_eq!(model(None, Some(&[1, 1]), TWO_GPUS), Ok(vec![Device::Cuda(1)]));
+        assert_eq!(model(Some("gpu"), None, TWO_GPUS), Ok(vec![Device::Cuda(0), Device::Cuda(1)]));
+        assert_eq!(model(Some("cpu"), None, TWO_GPUS), Ok(vec![Device::Cpu]));
+        assert!(matches!(model(None, Some(&[0, 2]), TWO_GPUS), Err(DeviceError::NoSuchGpu { index: 2, .. })));
+        assert!(matches!(model(Some("cpu"), Some(&[0]), TWO_GPUS), Err(DeviceError::ModelKeys(_))));
+        let pinned = select_for_model(parse("cuda:1"), None, TWO_GPUS);
+        assert_eq!(pinned, Ok(vec![Device::Cuda(1)]), "TORCH_DEVICE=cuda:N keeps a model on that GPU");
     }
 
     #[test]

@@ -298,10 +298,16 @@ impl Model {
         &self.shared.spec
     }
 
-    /// The device its workers run on.
+    /// The device its workers run on (the first, when they are spread over several).
     #[must_use]
     pub fn device(&self) -> Device {
         self.shared.device
+    }
+
+    /// The device worker `worker` runs on.
+    #[must_use]
+    pub fn worker_device(&self, worker: usize) -> Device {
+        self.factory.worker_device(worker)
     }
 
     /// The batch policy in force.

@@ -1,4 +1,4 @@
-//! The worker threads of one model on one device: each collects a batch when it is free (one collector at a
+//! The worker threads of one model (on one device, or spread over several): each collects a batch when it is free (one collector at a
 //! time, so that batches fill up instead of being split between idle workers), runs it on its own backend and
 //! answers every request with its own row. The number of workers can change live: surplus workers retire
 //! between batches, never with a request in hand.
@@ -111,9 +111,10 @@ impl Source for WorkerSource<'_> {
 /// worker is gone; if it was the last one, the requests left in the queue are answered with the reason at once
 /// rather than at their deadline (and the model refuses new ones, see `Model::submit_within`).
 pub(crate) fn supervise(backend: Box<dyn Backend>, shared: &Shared, factory: &dyn BackendFactory, id: usize) {
+    let device = factory.worker_device(id);
     let mut backend = Some(backend);
     while let Some(current) = backend.take() {
-        if catch_unwind(AssertUnwindSafe(|| worker_loop(current, shared))).is_ok() {
+        if catch_unwind(AssertUnwindSafe(|| worker_loop(current, shared, device))).is_ok() {
             return;
         }
         ModelStats::bump(&shared.stats.restarts);
@@ -134,7 +135,7 @@ pub(crate) fn supervise(backend: Box<dyn Backend>, shared: &Shared, factory: &dy
 }
 
 /// Runs one worker until the queue is closed and drained, or until it retires.
-fn worker_loop(mut backend: Box<dyn Backend>, shared: &Shared) {
+fn worker_loop(mut backend: Box<dyn Backend>, shared: &Shared, device: Device) {
     let source = WorkerSource { shared, retired: Cell::new(false) };
     while !shared.try_retire() {
         let batch = {
@@ -144,7 +145,7 @@ fn worker_loop(mut backend: Box<dyn Backend>, shared: &Shared) {
         };
         match batch {
             Some(batch) => {
-                run_batch(backend.as_mut(), batch, shared);
+                run_batch(backend.as_mut(), batch, shared, device);
                 #[cfg(test)]
                 shared.inject_panic();
             }
@@ -176,7 +177,7 @@ fn answer_skipped(request: InferRequest, why: Skip, shared: &Shared) {
 }
 
 /// Stacks the batch into one buffer (one copy per request), runs it, and answers each request with its row.
-fn run_batch(backend: &mut dyn Backend, batch: Vec<InferRequest>, shared: &Shared) {
+fn run_batch(backend: &mut dyn Backend, batch: Vec<InferRequest>, shared: &Shared, device: Device) {
     let n = batch.len();
     let dispatched = Instant::now();
     let mut input = Vec::with_capacity(n * shared.spec.input_len());
@@ -194,7 +195,7 @@ fn run_batch(backend: &mut dyn Backend, batch: Vec<InferRequest>, shared: &Share
             let rows = output.chunks_exact(shared.spec.output_len().max(1));
             for (request, row) in batch.into_iter().zip(rows) {
                 let timing = Timing { queue: dispatched - request.arrived, inference, batch_size: n };
-                let answer = InferOutput { output: row.to_vec(), device: shared.device, timing };
+                let answer = InferOutput { output: row.to_vec(), device, timing };
                 let _ = request.reply.send(Ok(answer));
             }
         }

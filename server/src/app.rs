@@ -9,7 +9,7 @@ use std::{
 #[cfg(feature = "torch")]
 use ferroserve_engine::backend::torch::{self, TorchFactory};
 use ferroserve_engine::{
-    backend::{OnnxFactory, OnnxOptions},
+    backend::{MultiDevice, OnnxFactory, OnnxOptions},
     device::{self, Availability, DeviceError, DeviceRequest},
     metrics::EngineMetrics,
     store::{self, ModelFiles, ModelFormat},
@@ -59,20 +59,34 @@ pub fn ort_dylib() -> PathBuf {
 /// holds a CUDA stream of its own, so two keep the GPU busy while one waits for its copies.
 pub const CUDA_WORKERS: usize = 2;
 
-/// The device model `name` at `version` runs on: its `deviceType`/`deviceIds`, else `TORCH_DEVICE`, else the
-/// best there is (CUDA, MPS, CPU).
+/// The devices model `name` at `version` runs on, its workers spread over them in turn: its `deviceIds`, else
+/// what its `deviceType`, `TORCH_DEVICE` or detection (CUDA, MPS, CPU) ask for, every GPU when they ask for CUDA
+/// without naming one (as TorchServe spreads workers over the GPUs).
 ///
 /// # Errors
-/// [`LoadError::Backend`] when `TORCH_DEVICE` is not a device, the model's keys make no sense, or the device asked
+/// [`LoadError::Backend`] when `TORCH_DEVICE` is not a device, the model's keys make no sense, or a device asked
 /// for is not there: never a silent fall back to the CPU.
-pub fn model_device(config: &Config, name: &str, version: &str) -> Result<Device, LoadError> {
+pub fn model_devices(config: &Config, name: &str, version: &str) -> Result<Vec<Device>, LoadError> {
+    devices_on(config, name, version, Availability::detect())
+}
+
+/// [`model_devices`] on a machine that has `available`.
+///
+/// # Errors
+/// As [`model_devices`].
+pub fn devices_on(
+    config: &Config,
+    name: &str,
+    version: &str,
+    available: Availability,
+) -> Result<Vec<Device>, LoadError> {
     let m = config.model_config(name, version);
     let (device_type, ids) = (m.and_then(|m| m.device_type.as_deref()), m.and_then(|m| m.device_ids.as_deref()));
     let fail = |message: String| LoadError::Backend { name: name.to_string(), source: BackendError::load(message) };
     let default = torch_device().map_err(|e| fail(format!("TORCH_DEVICE: {e}")))?;
     let request = DeviceRequest::for_model(default, device_type, ids).map_err(|e| fail(e.to_string()))?;
     let origin = if device_type.is_some() || ids.is_some() { "deviceType/deviceIds" } else { "TORCH_DEVICE" };
-    device::select(request, Availability::detect()).map_err(|e| fail(format!("{origin} asks for {request}: {e}")))
+    device::select_for_model(request, ids, available).map_err(|e| fail(format!("{origin} asks for {request}: {e}")))
 }
 
 /// `TORCH_DEVICE` (`cpu`, `cuda`, `cuda:N`, `mps`), or detection when it is not set.
@@ -80,12 +94,12 @@ fn torch_device() -> Result<DeviceRequest, DeviceError> {
     std::env::var("TORCH_DEVICE").map_or(Ok(DeviceRequest::Auto), |value| value.parse())
 }
 
-/// `default_workers_per_model`, or [`CUDA_WORKERS`] for a model on CUDA while that key is left at its default
-/// (the number of cores, which suits CPU workers only).
-fn default_workers(config: &Config, name: &str, version: &str) -> usize {
+/// `default_workers_per_model`, or [`CUDA_WORKERS`] per GPU for a model on CUDA while that key is left at its
+/// default (the number of cores, which suits CPU workers only).
+fn default_workers(config: &Config, devices: Result<&[Device], &LoadError>) -> usize {
     let left_default = config.default_workers_per_model == Config::default().default_workers_per_model;
-    match model_device(config, name, version) {
-        Ok(Device::Cuda(_)) if left_default => CUDA_WORKERS,
+    match devices {
+        Ok(gpus @ [Device::Cuda(_), ..]) if left_default => CUDA_WORKERS * gpus.len(),
         _ => config.default_workers_per_model,
     }
 }
@@ -93,12 +107,19 @@ fn default_workers(config: &Config, name: &str, version: &str) -> usize {
 /// The run options of model `name` at `version`: its `models` entry over the top-level defaults.
 #[must_use]
 pub fn model_options(config: &Config, name: &str, version: &str) -> ModelOptions {
+    options_on(config, name, version, Availability::detect())
+}
+
+/// [`model_options`] on a machine that has `available`.
+#[must_use]
+pub fn options_on(config: &Config, name: &str, version: &str, available: Availability) -> ModelOptions {
     let m = config.model_config(name, version).cloned().unwrap_or_default();
+    let devices = devices_on(config, name, version, available);
     let max_delay = m.max_batch_delay.and_then(|ms| crate::config::delay_ms(ms).ok()).unwrap_or(config.max_batch_delay);
     ModelOptions {
         name: name.to_string(),
         version: version.to_string(),
-        workers: m.min_workers.unwrap_or_else(|| default_workers(config, name, version)),
+        workers: m.min_workers.unwrap_or_else(|| default_workers(config, devices.as_deref())),
         queue_size: m.job_queue_size.unwrap_or(config.job_queue_size),
         policy: BatchPolicy { max_batch_size: m.batch_size.unwrap_or(config.batch_size), max_delay },
         response_timeout: m.response_timeout.map_or(config.default_response_timeout, std::time::Duration::from_secs),
@@ -151,9 +172,19 @@ pub fn load_model_with(
         Some(builtin) => tracing::info!(model = %name, handler = builtin, "built-in handler replaced by ferroserve's"),
         None => {}
     }
-    let device = model_device(config, &name, &options.version)?;
+    let devices = model_devices(config, &name, &options.version)?;
     let backend = |source| LoadError::Backend { name: name.clone(), source };
-    let factory = open_factory(&files, device, intra_threads(config, options.workers)).map_err(backend)?;
+    let threads = intra_threads(config, options.workers);
+    let mut factories: Vec<_> = devices
+        .iter()
+        .map(|&device| open_factory(&files, device, threads))
+        .collect::<Result<_, _>>()
+        .map_err(backend)?;
+    let factory = if factories.len() == 1 {
+        factories.remove(0)
+    } else {
+        Arc::new(MultiDevice::new(factories).map_err(backend)?)
+    };
     let outputs = factory.spec().output_len();
     let mut model = Model::start_with(factory, options, metrics).map_err(backend)?;
     if let Some(unpacked) = files.unpacked {
@@ -244,7 +275,7 @@ pub fn load_all(config: &Config, metrics: &EngineMetrics) -> Result<Loaded, Load
         entries.into_iter().map(|(given, entry)| (identity(config, given.as_deref(), &entry), entry)).collect();
     // A device that is not there stops start-up (unlike a model file that fails to load).
     for ((name, version), _) in &entries {
-        model_device(config, name, version)?;
+        model_devices(config, name, version)?;
     }
     let mut failed = Vec::new();
     for ((name, version), entry) in entries {
@@ -262,4 +293,42 @@ pub fn load_all(config: &Config, metrics: &EngineMetrics) -> Result<Loaded, Load
         }
     }
     Ok((registry, failed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TWO_GPUS: Availability = Availability { cuda_devices: 2, mps: false };
+
+    fn config(models: &str) -> Config {
+        let mut config = Config::default();
+        config.apply(vec![("models".into(), models.into(), None)]).expect("valid models");
+        config
+    }
+
+    #[test]
+    fn a_model_spreads_over_every_gpu_with_two_workers_each() {
+        // TORCH_DEVICE is not set in the tests: detection, here injected.
+        let c = config(r#"{"pinned": {"1.0": {"deviceIds": [1]}}, "cpu": {"1.0": {"deviceType": "cpu"}}}"#);
+        let both = vec![Device::Cuda(0), Device::Cuda(1)];
+        assert_eq!(devices_on(&c, "any", "1.0", TWO_GPUS).expect("devices"), both);
+        assert_eq!(options_on(&c, "any", "1.0", TWO_GPUS).workers, 2 * CUDA_WORKERS);
+        assert_eq!(devices_on(&c, "pinned", "1.0", TWO_GPUS).expect("devices"), vec![Device::Cuda(1)]);
+        assert_eq!(options_on(&c, "pinned", "1.0", TWO_GPUS).workers, CUDA_WORKERS);
+        assert_eq!(devices_on(&c, "cpu", "1.0", TWO_GPUS).expect("devices"), vec![Device::Cpu]);
+        assert_eq!(options_on(&c, "cpu", "1.0", TWO_GPUS).workers, c.default_workers_per_model);
+        assert_eq!(options_on(&c, "any", "1.0", Availability::cpu_only()).workers, c.default_workers_per_model);
+    }
+
+    #[test]
+    fn configured_workers_win_and_missing_gpus_are_errors() {
+        let mut c =
+            config(r#"{"m": {"1.0": {"minWorkers": 3, "deviceIds": [0, 1]}}, "far": {"1.0": {"deviceIds": [5]}}}"#);
+        assert_eq!(options_on(&c, "m", "1.0", TWO_GPUS).workers, 3);
+        c.default_workers_per_model = 7;
+        assert_eq!(options_on(&c, "other", "1.0", TWO_GPUS).workers, 7, "an explicit default wins on GPUs too");
+        let err = devices_on(&c, "far", "1.0", TWO_GPUS).expect_err("no GPU 5").to_string();
+        assert!(err.contains("deviceType/deviceIds asks for cuda:5") && err.contains("no GPU 5"), "{err}");
+    }
 }

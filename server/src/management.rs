@@ -153,8 +153,8 @@ fn description(model: &Model) -> Description {
             .map(|i| Worker {
                 id: format!("{}", 9000 + i),
                 status: "READY",
-                device: model.device().to_string(),
-                gpu: model.device().kind() != "cpu",
+                device: model.worker_device(i).to_string(),
+                gpu: model.worker_device(i).kind() != "cpu",
                 pid: std::process::id(),
             })
             .collect(),

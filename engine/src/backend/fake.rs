@@ -106,6 +106,7 @@ impl Gate {
 pub struct FakeBackend {
     spec: ModelSpec,
     mode: FakeMode,
+    device: Device,
     /// The per-batch script.
     pub script: FakeScript,
     /// Held batches wait here.
@@ -125,12 +126,21 @@ impl FakeBackend {
         Self {
             spec,
             mode,
+            device: Device::Cpu,
             script: FakeScript::default(),
             gate: Gate::default(),
             batches: Arc::default(),
             created: Arc::default(),
             failing_creates: Arc::default(),
         }
+    }
+
+    /// The same fake, reporting `device` as the one it runs on (it still computes on the CPU): for tests of how
+    /// workers are spread over devices.
+    #[must_use]
+    pub fn on(mut self, device: Device) -> Self {
+        self.device = device;
+        self
     }
 
     /// The sizes of the batches run so far.
@@ -176,7 +186,7 @@ impl BackendFactory for FakeBackend {
     }
 
     fn device(&self) -> Device {
-        Device::Cpu
+        self.device
     }
 
     fn runtime(&self) -> &'static str {

@@ -124,6 +124,66 @@ pub trait BackendFactory: Send + Sync {
     /// # Errors
     /// [`BackendError::Load`] when the runtime cannot open the model.
     fn create(&self, worker: usize) -> Result<Box<dyn Backend>, BackendError>;
+    /// The device worker `worker`'s backend runs on: [`BackendFactory::device`] unless the model is spread over
+    /// several ([`MultiDevice`]).
+    fn worker_device(&self, _worker: usize) -> Device {
+        self.device()
+    }
+}
+
+/// One model loaded on several devices (one factory each: TorchScript loads one module per device), its workers
+/// spread over them in turn: worker `w` runs on the `w % n`-th, as TorchServe assigns GPUs to workers.
+pub struct MultiDevice {
+    factories: Vec<Arc<dyn BackendFactory>>,
+}
+
+impl MultiDevice {
+    /// Spreads workers over `factories`, in order.
+    ///
+    /// # Errors
+    /// [`BackendError::Load`] when there is none, or when they disagree on the model's shapes or runtime.
+    pub fn new(factories: Vec<Arc<dyn BackendFactory>>) -> Result<Self, BackendError> {
+        let first = factories.first().ok_or_else(|| BackendError::load("a model needs at least one device"))?;
+        if let Some(other) = factories.iter().find(|f| f.spec() != first.spec() || f.runtime() != first.runtime()) {
+            return Err(BackendError::load(format!(
+                "the model on {} and on {} differ: {:?} ({}) and {:?} ({})",
+                first.device(),
+                other.device(),
+                first.spec(),
+                first.runtime(),
+                other.spec(),
+                other.runtime()
+            )));
+        }
+        Ok(Self { factories })
+    }
+
+    fn of(&self, worker: usize) -> &dyn BackendFactory {
+        self.factories[worker % self.factories.len()].as_ref()
+    }
+}
+
+impl BackendFactory for MultiDevice {
+    fn spec(&self) -> &ModelSpec {
+        self.factories[0].spec()
+    }
+
+    /// The first device.
+    fn device(&self) -> Device {
+        self.factories[0].device()
+    }
+
+    fn runtime(&self) -> &'static str {
+        self.factories[0].runtime()
+    }
+
+    fn create(&self, worker: usize) -> Result<Box<dyn Backend>, BackendError> {
+        self.of(worker).create(worker)
+    }
+
+    fn worker_device(&self, worker: usize) -> Device {
+        self.of(worker).device()
+    }
 }
 
 /// Checks what a backend returned against what the batch needs, so that a wrong-sized output never reaches a

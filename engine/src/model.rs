@@ -57,7 +57,7 @@ pub struct Model {
     max_workers: AtomicUsize,
     /// The folder a `.mar` was unpacked into, removed when the model is dropped (workers started later, by
     /// scaling or a restart, open the model file again).
-    _unpacked: Option<Unpacked>,
+    unpacked: Option<Unpacked>,
 }
 
 impl Model {
@@ -94,6 +94,7 @@ impl Model {
             device,
             target_workers: AtomicUsize::new(0),
             live_workers: AtomicUsize::new(0),
+            name: options.name.clone(),
             #[cfg(test)]
             panic_after_batches: AtomicUsize::new(0),
         });
@@ -106,7 +107,7 @@ impl Model {
             labels: None,
             source: (options.name.clone(), false),
             max_workers: AtomicUsize::new(options.workers.max(1)),
-            _unpacked: None,
+            unpacked: None,
             options,
         };
         model.scale(model.options.workers)?;
@@ -161,8 +162,14 @@ impl Model {
     /// Keeps the folder its `.mar` was unpacked into for as long as the model lives.
     #[must_use]
     pub fn keeping(mut self, unpacked: Unpacked) -> Self {
-        self._unpacked = Some(unpacked);
+        self.unpacked = Some(unpacked);
         self
+    }
+
+    /// The folder its `.mar` was unpacked into, while the model lives.
+    #[must_use]
+    pub fn archive_folder(&self) -> Option<&std::path::Path> {
+        self.unpacked.as_ref().map(Unpacked::path)
     }
 
     /// Records where the model came from (a path in the model store) and whether it was loaded at start-up.
@@ -224,20 +231,24 @@ impl Model {
                 input.len()
             )));
         }
-        if self.shared.live_workers.load(Ordering::Acquire) == 0
-            && self.shared.target_workers.load(Ordering::Acquire) > 0
-        {
+        let tx = self.tx.read().unwrap_or_else(PoisonError::into_inner);
+        let closed = || EngineError::ShuttingDown(self.options.name.clone());
+        let tx = tx.as_ref().ok_or_else(closed)?;
+        if self.shared.has_no_worker() {
             return Err(EngineError::NoWorkers(self.options.name.clone()));
         }
         let (reply, rx) = oneshot::channel();
         let arrived = Instant::now();
         let timeout = timeout.map_or(self.options.response_timeout, |t| t.min(self.options.response_timeout));
         let request = InferRequest { input, reply, arrived, deadline: arrived + timeout };
-        let tx = self.tx.read().unwrap_or_else(PoisonError::into_inner);
-        let closed = || EngineError::ShuttingDown(self.options.name.clone());
-        match queue::push(tx.as_ref().ok_or_else(closed)?, request) {
+        match queue::push(tx, request) {
             Ok(()) => {
                 ModelStats::bump(&self.shared.stats.accepted);
+                // The last worker may have gone, and drained the queue, between the check above and the push:
+                // then nobody would take this request, so answer it (and any other) now.
+                if self.shared.has_no_worker() {
+                    self.shared.drain_without_workers();
+                }
                 Ok(rx)
             }
             Err(PushError::Full(_)) => {
@@ -406,6 +417,7 @@ mod tests {
             Err(EngineError::NoWorkers(name)) => assert_eq!(name, "m"),
             other => panic!("expected NoWorkers, got {other:?}"),
         }
+
         // Scaling up again makes a worker, and the model serves again.
         model.scale(1).expect("a new worker");
         assert_eq!(ask(&model, 4.0).expect("served again").output, vec![4.0, -4.0]);
@@ -426,10 +438,8 @@ mod tests {
         assert!(first.blocking_recv().expect("answered").is_ok());
         for rx in queued {
             match rx.blocking_recv().expect("answered, not left to its deadline") {
-                Err(EngineError::Backend(BackendError::Load(message))) => {
-                    assert!(message.contains("no worker is left") && message.contains("cannot be made"), "{message}");
-                }
-                other => panic!("expected the restart's error, got {other:?}"),
+                Err(EngineError::NoWorkers(name)) => assert_eq!(name, "m"),
+                other => panic!("expected NoWorkers, got {other:?}"),
             }
         }
         model.shutdown();

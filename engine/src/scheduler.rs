@@ -41,6 +41,8 @@ pub(crate) struct Shared {
     pub(crate) target_workers: AtomicUsize,
     /// How many are running.
     pub(crate) live_workers: AtomicUsize,
+    /// The model's name, for the errors the workers answer with.
+    pub(crate) name: String,
     /// Unit tests' fault: this many of the next batches are followed by a panic of their worker outside the
     /// backend call, where nothing but the supervisor catches it.
     #[cfg(test)]
@@ -48,6 +50,18 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// Whether every worker died and none could be restarted (scaling down never goes below one worker).
+    pub(crate) fn has_no_worker(&self) -> bool {
+        self.live_workers.load(Ordering::Acquire) == 0 && self.target_workers.load(Ordering::Acquire) > 0
+    }
+
+    /// Answers every queued request [`EngineError::NoWorkers`]: nothing would ever run them.
+    pub(crate) fn drain_without_workers(&self) {
+        while let Ok(request) = self.rx.try_recv() {
+            let _ = request.reply.send(Err(EngineError::NoWorkers(self.name.clone())));
+        }
+    }
+
     /// Claims one retirement when more workers run than wanted; the caller must then exit.
     fn try_retire(&self) -> bool {
         let mut live = self.live_workers.load(Ordering::Acquire);
@@ -108,8 +122,8 @@ impl Source for WorkerSource<'_> {
 
 /// Runs a worker and, should it die of a panic outside the backend call (which is caught per batch), restarts it
 /// with a new backend, so that a model never silently loses a worker. When the new backend cannot be made, the
-/// worker is gone; if it was the last one, the requests left in the queue are answered with the reason at once
-/// rather than at their deadline (and the model refuses new ones, see `Model::submit_within`).
+/// worker is gone; if it was the last one, the requests left in the queue are answered at once rather than at
+/// their deadline, and the model refuses new ones (`EngineError::NoWorkers`) until it is scaled again.
 pub(crate) fn supervise(backend: Box<dyn Backend>, shared: &Shared, factory: &dyn BackendFactory, id: usize) {
     let device = factory.worker_device(id);
     let mut backend = Some(backend);
@@ -122,12 +136,10 @@ pub(crate) fn supervise(backend: Box<dyn Backend>, shared: &Shared, factory: &dy
         match factory.create(id) {
             Ok(fresh) => backend = Some(fresh),
             Err(error) => {
-                tracing::error!(%error, worker = id, "cannot restart the worker");
+                tracing::error!(%error, worker = id, model = %shared.name, "cannot restart the worker");
                 if shared.live_workers.fetch_sub(1, Ordering::AcqRel) == 1 {
-                    let error = EngineError::Backend(BackendError::load(format!("no worker is left: {error}")));
-                    while let Ok(request) = shared.rx.try_recv() {
-                        let _ = request.reply.send(Err(error.clone()));
-                    }
+                    tracing::error!(model = %shared.name, "no worker is left: requests are refused until it is scaled");
+                    shared.drain_without_workers();
                 }
             }
         }

@@ -71,6 +71,34 @@ impl Manifest {
     }
 }
 
+/// The start of the name of every folder a `.mar` is unpacked into, followed by the process id and `-`.
+const PREFIX: &str = "ferroserve-mar-";
+
+/// Removes the folders that servers no longer running left in `temp` (the system's temporary folder for the
+/// server): a server that was killed, or exited on a second signal, did not remove what it unpacked. A folder is
+/// left alone while the process named in it runs. Returns how many were removed. Linux only (it asks `/proc`);
+/// elsewhere it removes nothing.
+pub fn sweep_stale(temp: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(temp) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.filter_map(Result::ok) {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix(PREFIX)).and_then(|rest| rest.split_once('-')) else {
+            continue;
+        };
+        let Ok(pid) = pid.0.parse::<u32>() else {
+            continue;
+        };
+        let gone = cfg!(target_os = "linux") && !Path::new("/proc").join(pid.to_string()).exists();
+        if gone && entry.file_type().is_ok_and(|t| t.is_dir()) && std::fs::remove_dir_all(entry.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
+
 /// Whether `path` names a model archive file (`.mar`).
 #[must_use]
 pub fn is_archive_file(path: &Path) -> bool {
@@ -138,7 +166,8 @@ fn unpack_within(path: &Path, limit: u64) -> Result<Unpacked, String> {
     let fail = |message: String| format!("{}: {message}", path.display());
     let mut zip = open(path)?;
     let mut builder = tempfile::Builder::new();
-    builder.prefix("ferroserve-mar-");
+    let prefix = format!("{PREFIX}{}-", std::process::id());
+    builder.prefix(&prefix);
     #[cfg(unix)]
     builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700));
     let dir = builder.tempdir().map_err(|e| fail(e.to_string()))?;
@@ -253,6 +282,22 @@ mod tests {
         assert!(root.exists(), "a clone keeps it");
         drop(clone);
         assert!(!root.exists(), "removed with the last handle");
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn folders_of_servers_no_longer_running_are_swept() {
+        let temp = tempfile::tempdir().expect("dir");
+        // Above the kernel's largest pid (4194304): never a running process.
+        let stale = temp.path().join(format!("{PREFIX}4999999-abc"));
+        let ours = temp.path().join(format!("{PREFIX}{}-abc", std::process::id()));
+        let other = temp.path().join("ferroserve-mar-notapid-abc");
+        for dir in [&stale, &ours, &other] {
+            std::fs::create_dir_all(dir.join("inside")).expect("dir");
+        }
+        assert_eq!(sweep_stale(temp.path()), 1);
+        assert!(!stale.exists() && ours.exists() && other.exists());
+        assert_eq!(sweep_stale(&temp.path().join("missing")), 0);
     }
 
     #[test]

@@ -113,6 +113,7 @@ pub fn locate(store: &Path, name: &str, entry: &str) -> Result<ModelFiles, Store
 #[must_use]
 pub fn peek_manifest(store: &Path, entry: &str) -> Option<Manifest> {
     let path = store.join(entry);
+    confine(store, &path).ok()?;
     let is_archive = (path.is_file() && archive::is_archive_file(&path)) || archive::is_archive_folder(&path);
     is_archive.then(|| archive::read_manifest(&path).ok()).flatten()
 }

@@ -133,10 +133,11 @@ pub fn intra_threads(config: &Config, workers: usize) -> usize {
     config.intra_op_threads.unwrap_or((cores / workers.max(1)).max(1))
 }
 
-/// The name and version the store entry `entry` is served under. The name: the one given (`load_models`'s
-/// `NAME=FILE`, the register call's `model_name`), else the archive's `modelName`, else the file's name without
-/// its extension. The version: the one `models` configures for that name, else the archive's `modelVersion`,
-/// else 1.0.
+/// The name and version the store entry `entry` is served under, as TorchServe names them. The name: the one
+/// given (`load_models`'s `NAME=FILE`, the register call's `model_name`), else the archive's `modelName`, else
+/// the file's name without its extension. The version: the archive's `modelVersion`, else the one `models`
+/// configures for that name (its `defaultVersion`), else 1.0; the settings are then those of `models` for that
+/// version. Reads the archive's manifest: call it off the async threads.
 #[must_use]
 pub fn identity(config: &Config, given: Option<&str>, entry: &str) -> (String, String) {
     let manifest = store::peek_manifest(&config.model_store, entry);
@@ -144,11 +145,7 @@ pub fn identity(config: &Config, given: Option<&str>, entry: &str) -> (String, S
         .map(str::to_string)
         .or_else(|| manifest.as_ref().map(|m| m.model_name.clone()))
         .unwrap_or_else(|| model_name_of(entry));
-    let version = if config.models.contains_key(&name) {
-        config.version_of(&name)
-    } else {
-        manifest.and_then(|m| m.model_version).unwrap_or_else(|| config.version_of(&name))
-    };
+    let version = manifest.and_then(|m| m.model_version).unwrap_or_else(|| config.version_of(&name));
     (name, version)
 }
 

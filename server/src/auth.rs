@@ -105,7 +105,9 @@ impl Keys {
         Ok(())
     }
 
-    /// Writes TorchServe's `key_file.json` at `path`, readable by its owner only.
+    /// Writes TorchServe's `key_file.json` at `path`, readable by its owner only: a new file (created owner-only)
+    /// renamed over the old one, so that a reader never sees half a file and an old file's looser permissions do
+    /// not carry over.
     ///
     /// # Errors
     /// When the file cannot be written.
@@ -116,12 +118,11 @@ impl Keys {
             "inference": { "key": self.inference, "expiration time": when(self.inference_expires) },
             "API": { "key": self.api },
         });
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let mut file = options.open(path)?;
-        file.write_all(serde_json::to_string_pretty(&body).unwrap_or_default().as_bytes())
+        let folder = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let mut file = tempfile::NamedTempFile::new_in(folder)?;
+        file.write_all(serde_json::to_string_pretty(&body).unwrap_or_default().as_bytes())?;
+        file.as_file().sync_all()?;
+        file.persist(path).map(drop).map_err(|e| e.error)
     }
 
     /// Checks a request to `api` now; health checks and the metrics API need no key.
@@ -180,47 +181,75 @@ fn is_health(path: &str) -> bool {
     path == "/ping" || path.starts_with("/v2/health/")
 }
 
-/// Checks `req` against the keys in force (see [`Keys::check`]).
-///
-/// # Errors
-/// 401 when the key is missing, wrong or expired.
-pub fn check(keys: &RwLock<Keys>, api: Api, req: &Request<Incoming>) -> Result<(), ApiError> {
-    keys.read().unwrap_or_else(PoisonError::into_inner).check(api, req)
+/// The keys in force, and the lock that makes renewals one at a time.
+pub struct Tokens {
+    current: RwLock<Keys>,
+    renewing: tokio::sync::Mutex<()>,
+}
+
+impl Tokens {
+    /// Puts `keys` in force.
+    #[must_use]
+    pub fn new(keys: Keys) -> Self {
+        Self { current: RwLock::new(keys), renewing: tokio::sync::Mutex::new(()) }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Keys> {
+        self.current.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Checks `req` against the keys in force (see [`Keys::check`]).
+    ///
+    /// # Errors
+    /// 401 when the key is missing, wrong or expired.
+    pub fn check(&self, api: Api, req: &Request<Incoming>) -> Result<(), ApiError> {
+        self.read().check(api, req)
+    }
+
+    /// Replaces the `kind` key: the new keys are written to `path` (on the blocking pool) before they are put in
+    /// force, so that the file never holds a key the server refuses; the keys stay readable meanwhile.
+    ///
+    /// # Errors
+    /// When the key file cannot be written: the old key stays in force.
+    pub async fn renew(&self, kind: KeyKind, lifetime: Duration, path: &Path) -> Result<(), ApiError> {
+        let _one_at_a_time = self.renewing.lock().await;
+        let mut renewed = self.read().clone();
+        renewed.regenerate(kind, lifetime).map_err(|e| ApiError::internal(e.to_string()))?;
+        let (written, path) = (renewed.clone(), path.to_path_buf());
+        tokio::task::spawn_blocking(move || written.write(&path).map_err(|e| format!("{}: {e}", path.display())))
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?
+            .map_err(|e| ApiError::internal(format!("cannot write the key file {e}")))?;
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = renewed;
+        Ok(())
+    }
 }
 
 /// `GET /token?type=management|inference` with the API key: replaces that key, rewrites the key file and answers
 /// 200 (the new key is in the file, never in the answer). A wrong API key is a 401, a missing or unknown `type`
 /// a 400.
-pub fn token_api(req: &Request<Incoming>, state: &AppState, keys: &RwLock<Keys>) -> Reply {
-    let answer = (|| {
+pub async fn token_api(req: &Request<Incoming>, state: &AppState, tokens: &Tokens) -> Reply {
+    let kind = (|| {
         if req.method() != hyper::Method::GET {
             return Err(ApiError::method_not_allowed());
         }
-        let api_key = keys.read().unwrap_or_else(PoisonError::into_inner).api.clone();
-        check_key(&api_key, bearer(req), "API key")?;
-        let kind = match http::query(req).get("type").map(String::as_str) {
-            Some("management") => KeyKind::Management,
-            Some("inference") => KeyKind::Inference,
+        check_key(&tokens.read().api, bearer(req), "API key")?;
+        match http::query(req).get("type").map(String::as_str) {
+            Some("management") => Ok(KeyKind::Management),
+            Some("inference") => Ok(KeyKind::Inference),
             other => {
-                return Err(ApiError::bad_request(format!(
-                    "Parameter type must be management or inference, got {other:?}"
-                )))
+                Err(ApiError::bad_request(format!("Parameter type must be management or inference, got {other:?}")))
             }
-        };
-        let mut keys = keys.write().unwrap_or_else(PoisonError::into_inner);
-        let mut renewed = keys.clone();
-        renewed.regenerate(kind, state.config.token_expiration).map_err(|e| ApiError::internal(e.to_string()))?;
-        renewed
-            .write(&state.config.key_file)
-            .map_err(|e| ApiError::internal(format!("cannot write {}: {e}", state.config.key_file.display())))?;
-        // The old key stays in force until the file holds the new one.
-        *keys = renewed;
-        let which = if kind == KeyKind::Management { "management" } else { "inference" };
-        tracing::info!(key = which, "token key regenerated");
-        Ok(which)
+        }
     })();
-    match answer {
-        Ok(which) => {
+    let renewed = match kind {
+        Ok(kind) => tokens.renew(kind, state.config.token_expiration, &state.config.key_file).await.map(|()| kind),
+        Err(e) => Err(e),
+    };
+    match renewed {
+        Ok(kind) => {
+            let which = if kind == KeyKind::Management { "management" } else { "inference" };
+            tracing::info!(key = which, "token key regenerated");
             let status = format!("A new {which} key is in {}", state.config.key_file.display());
             http::json(StatusCode::OK, json!({ "status": status }).to_string().into_bytes())
         }

@@ -339,11 +339,14 @@ fn parse_patterns(value: &str) -> Result<Vec<String>, String> {
     Ok(patterns)
 }
 
-/// A positive number of minutes (fractions allowed).
+/// The longest `token_expiration_min`: ten years.
+const MAX_MINUTES: f64 = 10.0 * 365.0 * 24.0 * 60.0;
+
+/// A positive number of minutes (fractions allowed), at most ten years.
 fn minutes(value: &str) -> Result<Duration, String> {
     let minutes: f64 = value.parse().map_err(|_| format!("`{value}` is not a number of minutes"))?;
-    if !(minutes.is_finite() && minutes > 0.0) {
-        return Err(format!("`{value}`: give a positive number of minutes"));
+    if !(minutes.is_finite() && minutes > 0.0 && minutes <= MAX_MINUTES) {
+        return Err(format!("`{value}`: give a positive number of minutes, at most {MAX_MINUTES} (ten years)"));
     }
     Duration::try_from_secs_f64(minutes * 60.0).map_err(|e| format!("`{value}`: {e}"))
 }
@@ -591,7 +594,7 @@ mod tests {
         assert_eq!(c.token_expiration, Duration::from_secs(30));
         let err = parse("allowed_urls=(unclosed\n").expect_err("bad regex");
         assert!(err.to_string().contains("`allowed_urls`"), "{err}");
-        for bad in ["0", "-1", "soon", "inf"] {
+        for bad in ["0", "-1", "soon", "inf", "5256001", "1e300"] {
             assert!(parse(&format!("token_expiration_min={bad}\n")).is_err(), "{bad}");
         }
     }

@@ -153,11 +153,11 @@ async fn refuse_connection(mut stream: tokio::net::TcpStream) {
 /// status class.
 async fn dispatch(req: Request<Incoming>, state: &Arc<AppState>, api: Api) -> Reply {
     if let (Api::Management, "/token", Some(keys)) = (api, req.uri().path(), &state.keys) {
-        let reply = crate::auth::token_api(&req, state, keys);
+        let reply = crate::auth::token_api(&req, state, keys).await;
         state.metrics.count_response(api, reply.status());
         return reply;
     }
-    if let Some(Err(e)) = state.keys.as_ref().map(|keys| crate::auth::check(keys, api, &req)) {
+    if let Some(Err(e)) = state.keys.as_ref().map(|keys| keys.check(api, &req)) {
         state.metrics.count_response(api, e.status);
         return if req.uri().path().starts_with("/v2/") { crate::kserve::error(&e) } else { error_reply(&e) };
     }

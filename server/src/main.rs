@@ -33,6 +33,10 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let config = load_config(&cli)?;
     let metrics = Arc::new(ServerMetrics::new(&config).context("cannot set up the metrics")?);
+    let swept = ferroserve_engine::archive::sweep_stale(&std::env::temp_dir());
+    if swept > 0 {
+        tracing::info!(folders = swept, "removed the unpacked archives of servers no longer running");
+    }
     let (registry, failed) = app::load_all(&config, &metrics.engine).context("cannot load the models")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.io_threads)

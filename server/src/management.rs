@@ -212,7 +212,9 @@ async fn register(state: &Arc<AppState>, params: &HashMap<String, String>) -> Re
     let url = params.get("url").ok_or_else(|| ApiError::bad_request("Parameter url is required."))?.clone();
     check_url(&url)?;
     check_allowed(&state.config.allowed_urls, &url)?;
-    let (name, version) = app::identity(&state.config, params.get("model_name").map(String::as_str), &url);
+    // The manifest is read, and a .mar unpacked, off the async threads.
+    let (config, given, entry) = (state.config.clone(), params.get("model_name").cloned(), url.clone());
+    let (name, version) = blocking(move || app::identity(&config, given.as_deref(), &entry)).await?;
     if state.registry.get(&name, Some(&version)).is_some() {
         return Err(ApiError::conflict(format!("Model version {version} is already registered for model {name}")));
     }
@@ -225,12 +227,11 @@ async fn register(state: &Arc<AppState>, params: &HashMap<String, String>) -> Re
         options.response_timeout = std::time::Duration::from_secs(seconds as u64);
     }
     let synchronous = flag(params, "synchronous")?;
-    // Find the files (and unpack a .mar) off the async threads, and before answering: a URL that is not in the
-    // store, or a broken archive, fails here even when loading goes on in the background.
+    // Before answering: a URL that is not in the store, or a broken archive, fails here even when loading goes
+    // on in the background.
     let (store, located) = (state.config.model_store.clone(), (name.clone(), url.clone()));
-    let files = tokio::task::spawn_blocking(move || ferroserve_engine::store::locate(&store, &located.0, &located.1))
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))?
+    let files = blocking(move || ferroserve_engine::store::locate(&store, &located.0, &located.1))
+        .await?
         .map_err(|e| load_error(e.into()))?;
     let workers = options.workers;
     let (config, metrics, registry) = (state.config.clone(), state.metrics.engine.clone(), Arc::clone(&state.registry));
@@ -258,6 +259,11 @@ async fn register(state: &Arc<AppState>, params: &HashMap<String, String>) -> Re
     state.set_failure(&name, None);
     let message = format!("Model \"{name}\" Version: {version} registered with {workers} initial workers");
     Ok(status(StatusCode::OK, message))
+}
+
+/// Runs file work on the blocking pool.
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(work).await.map_err(|e| ApiError::internal(e.to_string()))
 }
 
 fn load_error(e: LoadError) -> ApiError {

@@ -11,7 +11,11 @@ use std::{
 use ferroserve_engine::Registry;
 use tokio::sync::Semaphore;
 
-use crate::{auth::Keys, config::Config, metrics::ServerMetrics};
+use crate::{
+    auth::{Keys, Tokens},
+    config::Config,
+    metrics::ServerMetrics,
+};
 
 /// The server's shared state.
 pub struct AppState {
@@ -30,7 +34,7 @@ pub struct AppState {
     /// Models that failed to load, with the reason, until a later registration of the name succeeds.
     failed: RwLock<BTreeMap<String, String>>,
     /// The token keys, when token authorisation is on (the token API replaces them).
-    pub keys: Option<RwLock<Keys>>,
+    pub keys: Option<Tokens>,
 }
 
 impl AppState {
@@ -60,7 +64,7 @@ impl AppState {
     /// Requires `keys` on the APIs they protect (see [`crate::auth`]).
     #[must_use]
     pub fn with_keys(mut self, keys: Option<Keys>) -> Self {
-        self.keys = keys.map(RwLock::new);
+        self.keys = keys.map(Tokens::new);
         self
     }
 

@@ -103,8 +103,15 @@ async fn archives_register_through_the_management_api() {
     assert_serves_signnet(&server, "sign-folder").await;
     assert_eq!(server.manage(Method::GET, "/models/sign-folder").await.json[0]["modelVersion"], "3.0");
 
+    let unpacked =
+        server.state.registry.get("sign-mar", None).expect("registered").archive_folder().map(Path::to_path_buf);
+    let unpacked = unpacked.expect("a .mar is served from where it was unpacked");
+    assert!(unpacked.join("signnet.onnx").is_file());
     assert_eq!(server.manage(Method::DELETE, "/models/sign-mar").await.status, StatusCode::OK);
     assert_eq!(server.predict("sign-mar", "{}").await.status, StatusCode::NOT_FOUND);
+    assert!(!unpacked.exists(), "unregistering removes the unpacked archive");
+    let folder_model = server.state.registry.get("sign-folder", None).expect("registered");
+    assert_eq!(folder_model.archive_folder(), None, "a no-archive folder is read in place");
     assert_serves_signnet(&server, "other").await;
 }
 

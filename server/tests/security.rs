@@ -103,10 +103,14 @@ fn the_key_file_is_for_its_owner_only() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().expect("dir");
     let path = dir.path().join("key_file.json");
+    // A key file left world-readable by someone else's hand is replaced, not rewritten in place.
+    std::fs::write(&path, "{}").expect("old file");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
     let keys = Keys::generate(false, Duration::from_secs(60)).expect("keys");
     keys.write(&path).expect("write");
     let mode = std::fs::metadata(&path).expect("metadata").permissions().mode();
     assert_eq!(mode & 0o777, 0o600);
+    assert_eq!(std::fs::read_dir(dir.path()).expect("dir").count(), 1, "no temporary file is left");
     let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).expect("read")).expect("JSON");
     assert_eq!(json["management"]["key"], keys.management.as_str());
     assert_eq!(json["inference"]["key"], keys.inference.as_str());

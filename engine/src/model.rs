@@ -87,13 +87,14 @@ impl Model {
         let shared = Arc::new(Shared {
             rx,
             policy: RwLock::new(options.policy),
-            collector: Mutex::new(()),
+            collector: parking_lot::Mutex::new(()),
             stats: ModelStats::default(),
             metrics: metrics.for_model(&options.name, &options.version, device.kind()),
             spec: factory.spec().clone(),
             device,
             target_workers: AtomicUsize::new(0),
             live_workers: AtomicUsize::new(0),
+            live_ids: Mutex::default(),
             name: options.name.clone(),
             #[cfg(test)]
             panic_after_batches: AtomicUsize::new(0),
@@ -114,8 +115,9 @@ impl Model {
         Ok(model)
     }
 
-    /// Sets the number of workers (at least 1). New workers get their own backend before this returns; surplus
-    /// ones retire after their current batch (or within 50 ms when idle), so no queued request is dropped.
+    /// Sets the number of workers (at least 1): workers `0..workers` run. Missing ones are started, each with its
+    /// own backend, before this returns; those beyond retire after their current batch (or within 50 ms when
+    /// idle), so no queued request is dropped. Worker ids decide devices, so the spread over devices stays even.
     ///
     /// # Errors
     /// [`BackendError::Load`] when a new backend cannot be made or its thread spawned; the workers already
@@ -124,19 +126,32 @@ impl Model {
         let workers = workers.max(1);
         let mut handles = self.workers.lock().unwrap_or_else(PoisonError::into_inner);
         handles.retain(|h| !h.is_finished());
+        let mut ids = self.shared.ids();
         self.shared.target_workers.store(workers, Ordering::Release);
-        let live = self.shared.live_workers.load(Ordering::Acquire);
-        for w in live..workers {
+        for w in (0..workers).filter(|w| !ids.contains(w)).collect::<Vec<_>>() {
             let backend = self.factory.create(w)?;
             let (shared, factory) = (Arc::clone(&self.shared), Arc::clone(&self.factory));
-            let handle = std::thread::Builder::new()
+            // Counted before it runs: a request must not find the model without a worker meanwhile.
+            self.shared.enlist(&mut ids, w);
+            let spawned = std::thread::Builder::new()
                 .name(format!("fs-{}-{w}", self.options.name))
-                .spawn(move || supervise(backend, &shared, factory.as_ref(), w))
-                .map_err(|e| BackendError::load(format!("cannot spawn worker thread: {e}")))?;
-            self.shared.live_workers.fetch_add(1, Ordering::AcqRel);
-            handles.push(handle);
+                .spawn(move || supervise(backend, &shared, factory.as_ref(), w));
+            match spawned {
+                Ok(handle) => handles.push(handle),
+                Err(e) => {
+                    ids.remove(&w);
+                    self.shared.live_workers.store(ids.len(), Ordering::Release);
+                    return Err(BackendError::load(format!("cannot spawn worker thread: {e}")));
+                }
+            }
         }
         Ok(())
+    }
+
+    /// The ids of the running workers (worker `w` runs on [`Model::worker_device`]`(w)`).
+    #[must_use]
+    pub fn worker_ids(&self) -> Vec<usize> {
+        self.shared.ids().iter().copied().collect()
     }
 
     /// Workers wanted and workers running (they differ while surplus workers finish their batch).

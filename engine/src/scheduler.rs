@@ -5,10 +5,11 @@
 
 use std::{
     cell::Cell,
+    collections::BTreeSet,
     panic::{catch_unwind, AssertUnwindSafe},
     sync::{
         atomic::{AtomicUsize, Ordering},
-        Mutex, PoisonError, RwLock,
+        Mutex, MutexGuard, PoisonError, RwLock,
     },
     time::{Duration, Instant},
 };
@@ -31,16 +32,19 @@ const IDLE_POLL: Duration = Duration::from_millis(50);
 pub(crate) struct Shared {
     pub(crate) rx: Receiver<InferRequest>,
     pub(crate) policy: RwLock<BatchPolicy>,
-    /// Held while a worker forms a batch.
-    pub(crate) collector: Mutex<()>,
+    /// Held while a worker forms a batch (parking_lot's, for its timed wait: see `wait_to_collect`).
+    pub(crate) collector: parking_lot::Mutex<()>,
     pub(crate) stats: ModelStats,
     pub(crate) metrics: ModelMetrics,
     pub(crate) spec: ModelSpec,
     pub(crate) device: Device,
-    /// How many workers the model should have.
+    /// How many workers the model should have: workers `0..target_workers`.
     pub(crate) target_workers: AtomicUsize,
-    /// How many are running.
+    /// How many are running (the size of `live_ids`, readable without its lock).
     pub(crate) live_workers: AtomicUsize,
+    /// The ids of the running workers. Ids decide devices (worker `w` on device `w % n`), so a worker retires only
+    /// when its own id is beyond the target, and scaling up starts exactly the missing ids.
+    pub(crate) live_ids: Mutex<BTreeSet<usize>>,
     /// The model's name, for the errors the workers answer with.
     pub(crate) name: String,
     /// Unit tests' fault: this many of the next batches are followed by a panic of their worker outside the
@@ -62,16 +66,39 @@ impl Shared {
         }
     }
 
-    /// Claims one retirement when more workers run than wanted; the caller must then exit.
-    fn try_retire(&self) -> bool {
-        let mut live = self.live_workers.load(Ordering::Acquire);
-        while live > self.target_workers.load(Ordering::Acquire) {
-            match self.live_workers.compare_exchange(live, live - 1, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => return true,
-                Err(now) => live = now,
-            }
+    /// The running workers' ids, locked.
+    pub(crate) fn ids(&self) -> MutexGuard<'_, BTreeSet<usize>> {
+        self.live_ids.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Records worker `id` as running.
+    pub(crate) fn enlist(&self, ids: &mut BTreeSet<usize>, id: usize) {
+        ids.insert(id);
+        self.live_workers.store(ids.len(), Ordering::Release);
+    }
+
+    /// Records that worker `id` stopped; returns how many still run.
+    pub(crate) fn leave(&self, id: usize) -> usize {
+        let mut ids = self.ids();
+        ids.remove(&id);
+        self.live_workers.store(ids.len(), Ordering::Release);
+        ids.len()
+    }
+
+    /// Whether worker `id` is beyond the number wanted: it then leaves the running set and must exit. Checked
+    /// again under the lock that `Model::scale` raises the target under, so that a worker never leaves for a
+    /// target that was raised meanwhile.
+    fn try_retire(&self, id: usize) -> bool {
+        if id < self.target_workers.load(Ordering::Acquire) {
+            return false;
         }
-        false
+        let mut ids = self.ids();
+        if id < self.target_workers.load(Ordering::Acquire) {
+            return false;
+        }
+        ids.remove(&id);
+        self.live_workers.store(ids.len(), Ordering::Release);
+        true
     }
 }
 
@@ -87,6 +114,7 @@ impl Shared {
 /// The queue as one worker sees it: waiting for a first request ends when the worker must retire.
 struct WorkerSource<'a> {
     shared: &'a Shared,
+    id: usize,
     retired: Cell<bool>,
 }
 
@@ -98,7 +126,7 @@ impl Source for WorkerSource<'_> {
             match self.shared.rx.recv_timeout(IDLE_POLL) {
                 Ok(request) => return Some(request),
                 Err(RecvTimeoutError::Disconnected) => return None,
-                Err(RecvTimeoutError::Timeout) if self.shared.try_retire() => {
+                Err(RecvTimeoutError::Timeout) if self.shared.try_retire(self.id) => {
                     self.retired.set(true);
                     return None;
                 }
@@ -128,7 +156,7 @@ pub(crate) fn supervise(backend: Box<dyn Backend>, shared: &Shared, factory: &dy
     let device = factory.worker_device(id);
     let mut backend = Some(backend);
     while let Some(current) = backend.take() {
-        if catch_unwind(AssertUnwindSafe(|| worker_loop(current, shared, device))).is_ok() {
+        if catch_unwind(AssertUnwindSafe(|| worker_loop(current, shared, id, device))).is_ok() {
             return;
         }
         ModelStats::bump(&shared.stats.restarts);
@@ -137,7 +165,7 @@ pub(crate) fn supervise(backend: Box<dyn Backend>, shared: &Shared, factory: &dy
             Ok(fresh) => backend = Some(fresh),
             Err(error) => {
                 tracing::error!(%error, worker = id, model = %shared.name, "cannot restart the worker");
-                if shared.live_workers.fetch_sub(1, Ordering::AcqRel) == 1 {
+                if shared.leave(id) == 0 {
                     tracing::error!(model = %shared.name, "no worker is left: requests are refused until it is scaled");
                     shared.drain_without_workers();
                 }
@@ -147,11 +175,13 @@ pub(crate) fn supervise(backend: Box<dyn Backend>, shared: &Shared, factory: &dy
 }
 
 /// Runs one worker until the queue is closed and drained, or until it retires.
-fn worker_loop(mut backend: Box<dyn Backend>, shared: &Shared, device: Device) {
-    let source = WorkerSource { shared, retired: Cell::new(false) };
-    while !shared.try_retire() {
+fn worker_loop(mut backend: Box<dyn Backend>, shared: &Shared, id: usize, device: Device) {
+    let source = WorkerSource { shared, id, retired: Cell::new(false) };
+    while !shared.try_retire(id) {
         let batch = {
-            let _collecting = shared.collector.lock().unwrap_or_else(PoisonError::into_inner);
+            let Some(_collecting) = wait_to_collect(shared, id) else {
+                break; // Retired while another worker collected.
+            };
             let policy = || *shared.policy.read().unwrap_or_else(PoisonError::into_inner);
             collect_with(policy, &source, |request, why| answer_skipped(request, why, shared))
         };
@@ -164,12 +194,26 @@ fn worker_loop(mut backend: Box<dyn Backend>, shared: &Shared, device: Device) {
             None if source.retired.get() => break,
             None => {
                 // The queue is closed and drained.
-                shared.live_workers.fetch_sub(1, Ordering::AcqRel);
+                shared.leave(id);
                 break;
             }
         }
     }
     tracing::debug!("worker stops");
+}
+
+/// Waits for the collector's lock, looking every [`IDLE_POLL`] whether this worker must retire: the worker that
+/// holds the lock may wait for requests for a long time, and a worker to retire must not wait behind it. `None`
+/// when it retired. The wait is parked on the lock, so a freed lock passes to a waiting worker at once.
+fn wait_to_collect(shared: &Shared, id: usize) -> Option<parking_lot::MutexGuard<'_, ()>> {
+    loop {
+        if let Some(guard) = shared.collector.try_lock_for(IDLE_POLL) {
+            return Some(guard);
+        }
+        if shared.try_retire(id) {
+            return None;
+        }
+    }
 }
 
 fn answer_skipped(request: InferRequest, why: Skip, shared: &Shared) {

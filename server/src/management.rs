@@ -130,7 +130,7 @@ struct QueueStatus {
 }
 
 fn description(model: &Model) -> Description {
-    let (wanted, live) = model.workers();
+    let (wanted, _) = model.workers();
     let policy = model.policy();
     let options = model.options();
     let capacity = options.queue_size.max(1);
@@ -149,7 +149,9 @@ fn description(model: &Model) -> Description {
         response_timeout: options.response_timeout.as_secs(),
         job_queue_size: capacity,
         device: model.device().to_string(),
-        workers: (0..live)
+        workers: model
+            .worker_ids()
+            .into_iter()
             .map(|i| Worker {
                 id: format!("{}", 9000 + i),
                 status: "READY",

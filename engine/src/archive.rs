@@ -74,29 +74,43 @@ impl Manifest {
 /// The start of the name of every folder a `.mar` is unpacked into, followed by the process id and `-`.
 const PREFIX: &str = "ferroserve-mar-";
 
-/// Removes the folders that servers no longer running left in `temp` (the system's temporary folder for the
-/// server): a server that was killed, or exited on a second signal, did not remove what it unpacked. A folder is
-/// left alone while the process named in it runs. Returns how many were removed. Linux only (it asks `/proc`);
-/// elsewhere it removes nothing.
+/// Removes the folders that servers no longer running left in `temp` (the system's temporary folder): a server
+/// that was killed, or exited on a second signal, did not remove what it unpacked. A server holds an exclusive
+/// lock (`flock`) on each folder it unpacked for as long as it uses it, and the kernel drops the lock when the
+/// process ends, however it ends; a folder is removed only when its lock can be taken, which holds across
+/// containers that share the folder. Returns how many were removed. Unix only; elsewhere it removes nothing.
 pub fn sweep_stale(temp: &Path) -> usize {
     let Ok(entries) = std::fs::read_dir(temp) else {
         return 0;
     };
     let mut removed = 0;
     for entry in entries.filter_map(Result::ok) {
-        let name = entry.file_name();
-        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix(PREFIX)).and_then(|rest| rest.split_once('-')) else {
+        let ours = entry.file_name().to_str().is_some_and(|n| n.starts_with(PREFIX));
+        if !ours || !entry.file_type().is_ok_and(|t| t.is_dir()) {
             continue;
+        }
+        let Some(lock) = lock_folder(&entry.path()) else {
+            continue; // In use by a running server (or not lockable here).
         };
-        let Ok(pid) = pid.0.parse::<u32>() else {
-            continue;
-        };
-        let gone = cfg!(target_os = "linux") && !Path::new("/proc").join(pid.to_string()).exists();
-        if gone && entry.file_type().is_ok_and(|t| t.is_dir()) && std::fs::remove_dir_all(entry.path()).is_ok() {
+        if std::fs::remove_dir_all(entry.path()).is_ok() {
             removed += 1;
         }
+        drop(lock);
     }
     removed
+}
+
+/// Takes the exclusive lock of folder `dir` without waiting: `None` when another open handle holds it.
+#[cfg(unix)]
+fn lock_folder(dir: &Path) -> Option<File> {
+    let handle = File::open(dir).ok()?;
+    handle.try_lock().ok()?;
+    Some(handle)
+}
+
+#[cfg(not(unix))]
+fn lock_folder(_dir: &Path) -> Option<File> {
+    None
 }
 
 /// Whether `path` names a model archive file (`.mar`).
@@ -133,15 +147,16 @@ fn open(path: &Path) -> Result<zip::ZipArchive<File>, String> {
     zip::ZipArchive::new(file).map_err(|e| format!("{}: not a model archive (zip): {e}", path.display()))
 }
 
-/// A `.mar` unpacked into a temporary folder, removed when the last clone is dropped.
+/// A `.mar` unpacked into a temporary folder, removed when the last clone is dropped. The folder is locked while
+/// it lives (see [`sweep_stale`]).
 #[derive(Debug, Clone)]
-pub struct Unpacked(Arc<tempfile::TempDir>);
+pub struct Unpacked(Arc<(tempfile::TempDir, Option<File>)>);
 
 impl Unpacked {
     /// The folder the archive was unpacked into.
     #[must_use]
     pub fn path(&self) -> &Path {
-        self.0.path()
+        self.0 .0.path()
     }
 }
 
@@ -171,6 +186,8 @@ fn unpack_within(path: &Path, limit: u64) -> Result<Unpacked, String> {
     #[cfg(unix)]
     builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700));
     let dir = builder.tempdir().map_err(|e| fail(e.to_string()))?;
+    // Locked before anything is written, so that a sweep never takes a folder being filled.
+    let lock = lock_folder(dir.path());
     let mut budget = limit;
     for index in 0..zip.len() {
         let mut entry = zip.by_index(index).map_err(|e| fail(e.to_string()))?;
@@ -199,7 +216,7 @@ fn unpack_within(path: &Path, limit: u64) -> Result<Unpacked, String> {
             .checked_sub(written)
             .ok_or_else(|| fail(format!("the archive unpacks to more than {limit} bytes")))?;
     }
-    Ok(Unpacked(Arc::new(dir)))
+    Ok(Unpacked(Arc::new((dir, lock))))
 }
 
 /// The serialized file the manifest names, inside `root`.
@@ -267,6 +284,8 @@ mod tests {
         assert_eq!(read_manifest(&mar).expect("manifest").model_name, "signnet");
         let unpacked = unpack(&mar).expect("unpacks");
         let root = unpacked.path().to_path_buf();
+        #[cfg(unix)]
+        assert!(lock_folder(&root).is_none(), "a folder in use is locked");
         assert_eq!(std::fs::read(root.join("signnet.onnx")).expect("model"), b"model bytes");
         assert_eq!(std::fs::read(root.join("extra/notes.txt")).expect("extra"), b"kept");
         #[cfg(unix)]
@@ -284,19 +303,22 @@ mod tests {
         assert!(!root.exists(), "removed with the last handle");
     }
 
-    #[cfg(target_os = "linux")]
+    #[cfg(unix)]
     #[test]
-    fn folders_of_servers_no_longer_running_are_swept() {
+    fn only_folders_no_server_holds_are_swept() {
         let temp = tempfile::tempdir().expect("dir");
-        // Above the kernel's largest pid (4194304): never a running process.
-        let stale = temp.path().join(format!("{PREFIX}4999999-abc"));
-        let ours = temp.path().join(format!("{PREFIX}{}-abc", std::process::id()));
-        let other = temp.path().join("ferroserve-mar-notapid-abc");
-        for dir in [&stale, &ours, &other] {
+        let left = temp.path().join(format!("{PREFIX}4999999-abc"));
+        let held = temp.path().join(format!("{PREFIX}{}-def", std::process::id()));
+        let other = temp.path().join("someone-elses");
+        for dir in [&left, &held, &other] {
             std::fs::create_dir_all(dir.join("inside")).expect("dir");
         }
+        let lock = lock_folder(&held).expect("a free folder can be locked");
         assert_eq!(sweep_stale(temp.path()), 1);
-        assert!(!stale.exists() && ours.exists() && other.exists());
+        assert!(!left.exists() && held.exists() && other.exists());
+        drop(lock);
+        assert_eq!(sweep_stale(temp.path()), 1, "once its lock is dropped, the folder is stale");
+        assert!(!held.exists());
         assert_eq!(sweep_stale(&temp.path().join("missing")), 0);
     }
 

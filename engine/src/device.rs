@@ -91,7 +91,8 @@ impl fmt::Display for DeviceRequest {
 impl DeviceRequest {
     /// The request of one model from TorchServe's keys, over `default` (what `TORCH_DEVICE` or detection gives
     /// every other model). `deviceType: cpu` asks for the CPU; `gpu` for the GPU `default` names when it names
-    /// one, else any GPU; `deviceIds` picks the CUDA device (its first entry: a model runs on one device).
+    /// one, else any GPU; `deviceIds` asks for CUDA, its first entry standing for the list ([`select_for_model`]
+    /// spreads the workers over all of them).
     ///
     /// # Errors
     /// [`DeviceError::ModelKeys`] for an unknown `deviceType`, or `deviceIds` with `deviceType: cpu` or empty.

@@ -85,8 +85,12 @@ pub fn devices_on(
     let fail = |message: String| LoadError::Backend { name: name.to_string(), source: BackendError::load(message) };
     let default = torch_device().map_err(|e| fail(format!("TORCH_DEVICE: {e}")))?;
     let request = DeviceRequest::for_model(default, device_type, ids).map_err(|e| fail(e.to_string()))?;
-    let origin = if device_type.is_some() || ids.is_some() { "deviceType/deviceIds" } else { "TORCH_DEVICE" };
-    device::select_for_model(request, ids, available).map_err(|e| fail(format!("{origin} asks for {request}: {e}")))
+    let asked = match (ids, device_type) {
+        (Some(ids), _) => format!("deviceIds {ids:?} ask for CUDA devices"),
+        (None, Some(device_type)) => format!("deviceType {device_type} asks for {request}"),
+        (None, None) => format!("TORCH_DEVICE asks for {request}"),
+    };
+    device::select_for_model(request, ids, available).map_err(|e| fail(format!("{asked}: {e}")))
 }
 
 /// `TORCH_DEVICE` (`cpu`, `cuda`, `cuda:N`, `mps`), or detection when it is not set.
@@ -146,6 +150,13 @@ pub fn identity(config: &Config, given: Option<&str>, entry: &str) -> (String, S
         .or_else(|| manifest.as_ref().map(|m| m.model_name.clone()))
         .unwrap_or_else(|| model_name_of(entry));
     let version = manifest.and_then(|m| m.model_version).unwrap_or_else(|| config.version_of(&name));
+    if let Some(configured) = config.models.get(&name).filter(|versions| !versions.contains_key(&version)) {
+        let versions: Vec<_> = configured.keys().collect();
+        tracing::warn!(
+            model = %name, version, configured = ?versions,
+            "models has settings for other versions of this model only: the defaults apply"
+        );
+    }
     (name, version)
 }
 
@@ -172,15 +183,13 @@ pub fn load_model_with(
     let devices = model_devices(config, &name, &options.version)?;
     let backend = |source| LoadError::Backend { name: name.clone(), source };
     let threads = intra_threads(config, options.workers);
-    let mut factories: Vec<_> = devices
-        .iter()
-        .map(|&device| open_factory(&files, device, threads))
-        .collect::<Result<_, _>>()
-        .map_err(backend)?;
-    let factory = if factories.len() == 1 {
-        factories.remove(0)
-    } else {
-        Arc::new(MultiDevice::new(factories).map_err(backend)?)
+    let factory = match devices.as_slice() {
+        [device] => open_factory(&files, *device, threads).map_err(backend)?,
+        _ => {
+            let on = files.clone();
+            let spread = MultiDevice::new(devices, move |device| open_factory(&on, device, threads));
+            Arc::new(spread.map_err(backend)?)
+        }
     };
     let outputs = factory.spec().output_len();
     let mut model = Model::start_with(factory, options, metrics).map_err(backend)?;
@@ -277,8 +286,12 @@ pub fn load_all(config: &Config, metrics: &EngineMetrics) -> Result<Loaded, Load
     let mut failed = Vec::new();
     for ((name, version), entry) in entries {
         let loaded = load_model(config, (&name, &version), &entry, metrics).and_then(|model| {
+            let mut devices: Vec<String> =
+                model.worker_ids().iter().map(|&w| model.worker_device(w).to_string()).collect();
+            devices.sort();
+            devices.dedup();
             tracing::info!(
-                model = %name, version = model.version(), runtime = model.runtime(), device = %model.device(),
+                model = %name, version = model.version(), runtime = model.runtime(), devices = devices.join(","),
                 workers = model.options().workers,
                 batch_size = model.policy().max_batch_size, max_batch_delay = ?model.policy().max_delay, "model loaded"
             );
@@ -326,6 +339,6 @@ mod tests {
         c.default_workers_per_model = 7;
         assert_eq!(options_on(&c, "other", "1.0", TWO_GPUS).workers, 7, "an explicit default wins on GPUs too");
         let err = devices_on(&c, "far", "1.0", TWO_GPUS).expect_err("no GPU 5").to_string();
-        assert!(err.contains("deviceType/deviceIds asks for cuda:5") && err.contains("no GPU 5"), "{err}");
+        assert!(err.contains("deviceIds [5] ask for CUDA devices") && err.contains("no GPU 5"), "{err}");
     }
 }

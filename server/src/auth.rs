@@ -11,7 +11,7 @@
 use std::{
     io::Write,
     path::Path,
-    sync::{PoisonError, RwLock},
+    sync::{Arc, PoisonError, RwLock},
     time::{Duration, SystemTime},
 };
 
@@ -227,8 +227,9 @@ impl Tokens {
 
 /// `GET /token?type=management|inference` with the API key: replaces that key, rewrites the key file and answers
 /// 200 (the new key is in the file, never in the answer). A wrong API key is a 401, a missing or unknown `type`
-/// a 400.
-pub async fn token_api(req: &Request<Incoming>, state: &AppState, tokens: &Tokens) -> Reply {
+/// a 400. The renewal runs as a task of its own, so that a client that goes away cannot leave the file and the
+/// keys in force apart.
+pub async fn token_api(req: &Request<Incoming>, state: &Arc<AppState>, tokens: &Tokens) -> Reply {
     let kind = (|| {
         if req.method() != hyper::Method::GET {
             return Err(ApiError::method_not_allowed());
@@ -243,7 +244,17 @@ pub async fn token_api(req: &Request<Incoming>, state: &AppState, tokens: &Token
         }
     })();
     let renewed = match kind {
-        Ok(kind) => tokens.renew(kind, state.config.token_expiration, &state.config.key_file).await.map(|()| kind),
+        Ok(kind) => {
+            let state = Arc::clone(state);
+            tokio::spawn(async move {
+                let Some(tokens) = &state.keys else {
+                    return Err(ApiError::internal("token authorisation is off"));
+                };
+                tokens.renew(kind, state.config.token_expiration, &state.config.key_file).await.map(|()| kind)
+            })
+            .await
+            .unwrap_or_else(|e| Err(ApiError::internal(e.to_string())))
+        }
         Err(e) => Err(e),
     };
     match renewed {

@@ -71,7 +71,7 @@ pub struct ModelConfig {
     /// `cpu` or `gpu` (CUDA, else Apple's MPS); unset: `TORCH_DEVICE`, else detection. A GPU that is not there
     /// stops start-up.
     pub device_type: Option<String>,
-    /// CUDA device ids for `deviceType: gpu`; the model runs on the first (one model, one device).
+    /// CUDA device ids for `deviceType: gpu`: the model's workers are spread over them, in order.
     pub device_ids: Option<Vec<usize>>,
     /// Every other key, warned about at start-up.
     #[serde(flatten)]

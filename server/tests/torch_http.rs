@@ -120,5 +120,5 @@ fn a_device_that_is_not_there_stops_start_up() {
     assert!(stderr.contains("TORCH_DEVICE: `tpu` is not a device: use cpu, cuda, cuda:N or mps"), "{stderr}");
     let models = r#"models={"signnet": {"1.0": {"deviceType": "gpu", "deviceIds": [99]}}}"#;
     let stderr = failed_start(models, &[]);
-    assert!(stderr.contains("deviceType/deviceIds asks for cuda:99"), "{stderr}");
+    assert!(stderr.contains("deviceIds [99] ask for CUDA devices"), "{stderr}");
 }

@@ -11,7 +11,10 @@ mod onnx;
 #[cfg(feature = "torch")]
 pub mod torch;
 
-use std::{fmt, sync::Arc};
+use std::{
+    fmt,
+    sync::{Arc, Mutex, PoisonError},
+};
 
 pub use fake::{FakeBackend, FakeMode, FakeScript, FakeStep, Gate};
 #[cfg(feature = "onnx")]
@@ -131,58 +134,80 @@ pub trait BackendFactory: Send + Sync {
     }
 }
 
-/// One model loaded on several devices (one factory each: TorchScript loads one module per device), its workers
-/// spread over them in turn: worker `w` runs on the `w % n`-th, as TorchServe assigns GPUs to workers.
+/// Loads a model on one device.
+pub type DeviceLoader = dyn Fn(Device) -> Result<Arc<dyn BackendFactory>, BackendError> + Send + Sync;
+
+/// One model on several devices, its workers spread over them in turn: worker `w` runs on the `w % n`-th, as
+/// TorchServe assigns GPUs to workers. The model is loaded on the first device at once and on each other device
+/// when its first worker starts (one TorchScript module, or one set of ONNX sessions, per device), so that a model
+/// with fewer workers than devices takes no memory on the devices it does not use.
 pub struct MultiDevice {
-    factories: Vec<Arc<dyn BackendFactory>>,
+    devices: Vec<Device>,
+    loaded: Vec<Mutex<Option<Arc<dyn BackendFactory>>>>,
+    first: Arc<dyn BackendFactory>,
+    load: Box<DeviceLoader>,
 }
 
 impl MultiDevice {
-    /// Spreads workers over `factories`, in order.
+    /// Spreads workers over `devices`, in order, loading the model on each with `load`.
     ///
     /// # Errors
-    /// [`BackendError::Load`] when there is none, or when they disagree on the model's shapes or runtime.
-    pub fn new(factories: Vec<Arc<dyn BackendFactory>>) -> Result<Self, BackendError> {
-        let first = factories.first().ok_or_else(|| BackendError::load("a model needs at least one device"))?;
-        if let Some(other) = factories.iter().find(|f| f.spec() != first.spec() || f.runtime() != first.runtime()) {
-            return Err(BackendError::load(format!(
-                "the model on {} and on {} differ: {:?} ({}) and {:?} ({})",
-                first.device(),
-                other.device(),
-                first.spec(),
-                first.runtime(),
-                other.spec(),
-                other.runtime()
-            )));
-        }
-        Ok(Self { factories })
+    /// [`BackendError::Load`] when there is no device, or when the model cannot be loaded on the first.
+    pub fn new(
+        devices: Vec<Device>,
+        load: impl Fn(Device) -> Result<Arc<dyn BackendFactory>, BackendError> + Send + Sync + 'static,
+    ) -> Result<Self, BackendError> {
+        let first_device = *devices.first().ok_or_else(|| BackendError::load("a model needs at least one device"))?;
+        let first = load(first_device)?;
+        let loaded = devices.iter().map(|_| Mutex::new(None)).collect::<Vec<_>>();
+        *loaded[0].lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::clone(&first));
+        Ok(Self { devices, loaded, first, load: Box::new(load) })
     }
 
-    fn of(&self, worker: usize) -> &dyn BackendFactory {
-        self.factories[worker % self.factories.len()].as_ref()
+    /// The model on the device of worker `worker`, loaded now if no worker ran there yet.
+    fn factory(&self, worker: usize) -> Result<Arc<dyn BackendFactory>, BackendError> {
+        let slot = worker % self.devices.len();
+        let mut loaded = self.loaded[slot].lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(factory) = loaded.as_ref() {
+            return Ok(Arc::clone(factory));
+        }
+        let factory = (self.load)(self.devices[slot])?;
+        if factory.spec() != self.first.spec() || factory.runtime() != self.first.runtime() {
+            return Err(BackendError::load(format!(
+                "the model on {} and on {} differ: {:?} ({}) and {:?} ({})",
+                self.devices[0],
+                self.devices[slot],
+                self.first.spec(),
+                self.first.runtime(),
+                factory.spec(),
+                factory.runtime()
+            )));
+        }
+        *loaded = Some(Arc::clone(&factory));
+        Ok(factory)
     }
 }
 
 impl BackendFactory for MultiDevice {
     fn spec(&self) -> &ModelSpec {
-        self.factories[0].spec()
+        self.first.spec()
     }
 
     /// The first device.
     fn device(&self) -> Device {
-        self.factories[0].device()
+        self.devices[0]
     }
 
     fn runtime(&self) -> &'static str {
-        self.factories[0].runtime()
+        self.first.runtime()
     }
 
     fn create(&self, worker: usize) -> Result<Box<dyn Backend>, BackendError> {
-        self.of(worker).create(worker)
+        self.factory(worker)?.create(worker)
     }
 
     fn worker_device(&self, worker: usize) -> Device {
-        self.of(worker).device()
+        self.devices[worker % self.devices.len()]
     }
 }
 

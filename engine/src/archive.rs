@@ -35,6 +35,8 @@ pub struct Manifest {
     pub handler: Option<String>,
     /// `model.modelFile`: the Python class of an eager-mode model.
     pub model_file: Option<String>,
+    /// `model.configFile`: the model's `model-config.yaml` (`torch-model-archiver -c`), relative to the root.
+    pub config_file: Option<String>,
 }
 
 #[derive(serde::Deserialize)]
@@ -51,6 +53,7 @@ struct RawModel {
     serialized_file: Option<String>,
     handler: Option<String>,
     model_file: Option<String>,
+    config_file: Option<String>,
 }
 
 impl Manifest {
@@ -67,6 +70,7 @@ impl Manifest {
             serialized_file: m.serialized_file.filter(|f| !f.is_empty()),
             handler: m.handler.filter(|h| !h.is_empty()),
             model_file: m.model_file.filter(|f| !f.is_empty()),
+            config_file: m.config_file.filter(|f| !f.is_empty()),
         })
     }
 }
@@ -231,9 +235,22 @@ pub fn serialized_file(root: &Path, manifest: &Manifest) -> Result<PathBuf, Stri
              files, packed with torch-model-archiver --serialized-file"
         ));
     };
+    inside(root, file, "serializedFile")
+}
+
+/// The `model-config.yaml` the manifest names (`configFile`), inside `root`, if it names one.
+///
+/// # Errors
+/// A message when the path leaves `root`.
+pub fn config_file(root: &Path, manifest: &Manifest) -> Result<Option<PathBuf>, String> {
+    manifest.config_file.as_deref().map(|file| inside(root, file, "configFile")).transpose()
+}
+
+/// `file`, a path the manifest gives as `field`, under `root`: refused when it would leave it.
+fn inside(root: &Path, file: &str, field: &str) -> Result<PathBuf, String> {
     let relative = Path::new(file);
     if !relative.components().all(|c| matches!(c, Component::Normal(_) | Component::CurDir)) {
-        return Err(format!("serializedFile {file:?} leaves the archive"));
+        return Err(format!("{field} {file:?} leaves the archive"));
     }
     Ok(root.join(relative))
 }
@@ -352,7 +369,9 @@ mod tests {
         let manifest =
             Manifest { serialized_file: Some("../x.onnx".into()), ..Manifest::parse(MANIFEST_JSON).expect("m") };
         assert!(serialized_file(dir.path(), &manifest).expect_err("escapes").contains("leaves the archive"));
-        let eager = Manifest { serialized_file: None, model_file: Some("model.py".into()), ..manifest };
+        let eager = Manifest { serialized_file: None, model_file: Some("model.py".into()), ..manifest.clone() };
         assert!(serialized_file(dir.path(), &eager).expect_err("eager").contains("eager-mode"));
+        let config = Manifest { config_file: Some("/etc/model-config.yaml".into()), ..manifest };
+        assert!(config_file(dir.path(), &config).expect_err("escapes").contains("configFile"));
     }
 }

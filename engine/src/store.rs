@@ -72,6 +72,8 @@ pub struct ModelFiles {
     pub labels: Option<Vec<String>>,
     /// The manifest, when the model is a TorchServe archive.
     pub manifest: Option<Manifest>,
+    /// The archive's `model-config.yaml`, when its manifest names one (`configFile`).
+    pub config: Option<PathBuf>,
     /// Where a `.mar` was unpacked: keep it (or a clone) as long as the model's files are used.
     pub unpacked: Option<Unpacked>,
 }
@@ -129,10 +131,15 @@ fn archive_files(root: &Path, name: &str, unpacked: Option<Unpacked>) -> Result<
     if !model.is_file() {
         return Err(bad(format!("the archive has no {file}, the serializedFile of its manifest")));
     }
+    let config = archive::config_file(root, &manifest).map_err(bad)?;
+    if let Some(config) = config.as_ref().filter(|c| !c.is_file()) {
+        let file = config.strip_prefix(root).unwrap_or(config).display().to_string();
+        return Err(bad(format!("the archive has no {file}, the configFile of its manifest")));
+    }
     let labels_path = root.join("index_to_name.json");
     let labels = if labels_path.is_file() { Some(read_labels(&labels_path)?) } else { None };
     let models = vec![(format, model)];
-    Ok(ModelFiles { name: name.to_string(), models, labels, manifest: Some(manifest), unpacked })
+    Ok(ModelFiles { name: name.to_string(), models, labels, manifest: Some(manifest), config, unpacked })
 }
 
 /// Refuses a path that resolves outside the store (through `..` or a symbolic link).
@@ -160,7 +167,7 @@ fn locate_unchecked(store: &Path, name: &str, entry: &str) -> Result<ModelFiles,
         let labels_path = folder.map(|dir| dir.join("index_to_name.json")).filter(|p| p.is_file());
         let labels = labels_path.map(|p| read_labels(&p)).transpose()?;
         let models = vec![(format, path)];
-        return Ok(ModelFiles { name: name.to_string(), models, labels, manifest: None, unpacked: None });
+        return Ok(ModelFiles { name: name.to_string(), models, labels, manifest: None, config: None, unpacked: None });
     }
     if path.is_file() && archive::is_archive_file(&path) {
         let unpacked = archive::unpack(&path).map_err(|message| StoreError::Archive { name: name.into(), message })?;
@@ -193,7 +200,7 @@ fn locate_unchecked(store: &Path, name: &str, entry: &str) -> Result<ModelFiles,
     }
     let labels_path = path.join("index_to_name.json");
     let labels = if labels_path.is_file() { Some(read_labels(&labels_path)?) } else { None };
-    Ok(ModelFiles { name: name.to_string(), models, labels, manifest: None, unpacked: None })
+    Ok(ModelFiles { name: name.to_string(), models, labels, manifest: None, config: None, unpacked: None })
 }
 
 /// Every model in the store (for `load_models=all`): `(name, entry)` pairs sorted by name.

@@ -16,7 +16,7 @@ use ferroserve_engine::{
     BackendError, BackendFactory, BatchPolicy, Device, Model, ModelOptions, Registry,
 };
 
-use crate::config::{model_name_of, Config, LoadModels};
+use crate::config::{model_name_of, Config, LoadModels, ModelConfig};
 
 /// Why a model could not be loaded at start-up.
 #[derive(Debug, thiserror::Error)]
@@ -59,29 +59,48 @@ pub fn ort_dylib() -> PathBuf {
 /// holds a CUDA stream of its own, so two keep the GPU busy while one waits for its copies.
 pub const CUDA_WORKERS: usize = 2;
 
-/// The devices model `name` at `version` runs on, its workers spread over them in turn: its `deviceIds`, else
+/// What model `name` at `version` runs with: its archive's `model-config.yaml` over its `models` entry, as in
+/// TorchServe (where the register call's parameters win over both). Reads the YAML: call it off the async
+/// threads.
+///
+/// # Errors
+/// [`LoadError::Store`] when the archive's `model-config.yaml` cannot be read or holds a bad value.
+pub fn model_settings(
+    config: &Config,
+    name: &str,
+    version: &str,
+    files: Option<&ModelFiles>,
+) -> Result<ModelConfig, LoadError> {
+    let configured = config.model_config(name, version).cloned().unwrap_or_default();
+    let Some(path) = files.and_then(|f| f.config.as_deref()) else {
+        return Ok(configured);
+    };
+    let archived = crate::config::read_model_yaml(path)
+        .map_err(|message| LoadError::Store(store::StoreError::Archive { name: name.to_string(), message }))?;
+    if !archived.other.is_empty() {
+        let keys: Vec<_> = archived.other.keys().collect();
+        tracing::info!(model = %name, ?keys, "model-config.yaml keys ferroserve does not use");
+    }
+    Ok(archived.over(configured))
+}
+
+/// The devices model `name` runs on with `settings`, its workers spread over them in turn: its `deviceIds`, else
 /// what its `deviceType`, `TORCH_DEVICE` or detection (CUDA, MPS, CPU) ask for, every GPU when they ask for CUDA
 /// without naming one (as TorchServe spreads workers over the GPUs).
 ///
 /// # Errors
 /// [`LoadError::Backend`] when `TORCH_DEVICE` is not a device, the model's keys make no sense, or a device asked
 /// for is not there: never a silent fall back to the CPU.
-pub fn model_devices(config: &Config, name: &str, version: &str) -> Result<Vec<Device>, LoadError> {
-    devices_on(config, name, version, Availability::detect())
+pub fn model_devices(name: &str, settings: &ModelConfig) -> Result<Vec<Device>, LoadError> {
+    devices_on(name, settings, Availability::detect())
 }
 
 /// [`model_devices`] on a machine that has `available`.
 ///
 /// # Errors
 /// As [`model_devices`].
-pub fn devices_on(
-    config: &Config,
-    name: &str,
-    version: &str,
-    available: Availability,
-) -> Result<Vec<Device>, LoadError> {
-    let m = config.model_config(name, version);
-    let (device_type, ids) = (m.and_then(|m| m.device_type.as_deref()), m.and_then(|m| m.device_ids.as_deref()));
+pub fn devices_on(name: &str, settings: &ModelConfig, available: Availability) -> Result<Vec<Device>, LoadError> {
+    let (device_type, ids) = (settings.device_type.as_deref(), settings.device_ids.as_deref());
     let fail = |message: String| LoadError::Backend { name: name.to_string(), source: BackendError::load(message) };
     let default = torch_device().map_err(|e| fail(format!("TORCH_DEVICE: {e}")))?;
     let request = DeviceRequest::for_model(default, device_type, ids).map_err(|e| fail(e.to_string()))?;
@@ -108,17 +127,23 @@ fn default_workers(config: &Config, devices: Result<&[Device], &LoadError>) -> u
     }
 }
 
-/// The run options of model `name` at `version`: its `models` entry over the top-level defaults.
+/// The run options of model `name` at `version` with `settings` ([`model_settings`]) over the top-level
+/// defaults.
 #[must_use]
-pub fn model_options(config: &Config, name: &str, version: &str) -> ModelOptions {
-    options_on(config, name, version, Availability::detect())
+pub fn model_options(config: &Config, name: &str, version: &str, settings: &ModelConfig) -> ModelOptions {
+    options_on(config, name, version, settings, Availability::detect())
 }
 
 /// [`model_options`] on a machine that has `available`.
 #[must_use]
-pub fn options_on(config: &Config, name: &str, version: &str, available: Availability) -> ModelOptions {
-    let m = config.model_config(name, version).cloned().unwrap_or_default();
-    let devices = devices_on(config, name, version, available);
+pub fn options_on(
+    config: &Config,
+    name: &str,
+    version: &str,
+    m: &ModelConfig,
+    available: Availability,
+) -> ModelOptions {
+    let devices = devices_on(name, m, available);
     let max_delay = m.max_batch_delay.and_then(|ms| crate::config::delay_ms(ms).ok()).unwrap_or(config.max_batch_delay);
     ModelOptions {
         name: name.to_string(),
@@ -160,13 +185,15 @@ pub fn identity(config: &Config, given: Option<&str>, entry: &str) -> (String, S
     (name, version)
 }
 
-/// Loads a model from its `files` with `options` and starts its workers, recording into `metrics`.
+/// Loads a model from its `files` with `settings` ([`model_settings`]: they choose its devices) and `options`,
+/// and starts its workers, recording into `metrics`.
 ///
 /// # Errors
 /// [`LoadError`] naming the model.
 pub fn load_model_with(
     config: &Config,
     files: ModelFiles,
+    settings: &ModelConfig,
     options: ModelOptions,
     metrics: &EngineMetrics,
 ) -> Result<Model, LoadError> {
@@ -180,7 +207,7 @@ pub fn load_model_with(
         Some(builtin) => tracing::info!(model = %name, handler = builtin, "built-in handler replaced by ferroserve's"),
         None => {}
     }
-    let devices = model_devices(config, &name, &options.version)?;
+    let devices = model_devices(&name, settings)?;
     let backend = |source| LoadError::Backend { name: name.clone(), source };
     let threads = intra_threads(config, options.workers);
     let factory = match devices.as_slice() {
@@ -251,11 +278,13 @@ pub fn load_model(
     entry: &str,
     metrics: &EngineMetrics,
 ) -> Result<Model, LoadError> {
-    let settings = config.model_config(name, version);
-    let entry = settings.and_then(|m| m.mar_name.as_deref()).unwrap_or(entry);
+    let configured = config.model_config(name, version);
+    let entry = configured.and_then(|m| m.mar_name.as_deref()).unwrap_or(entry);
     let files = store::locate(&config.model_store, name, entry)?;
-    let model = load_model_with(config, files, model_options(config, name, version), metrics)?;
-    if let Some(max) = settings.and_then(|m| m.max_workers) {
+    let settings = model_settings(config, name, version, Some(&files))?;
+    let options = model_options(config, name, version, &settings);
+    let model = load_model_with(config, files, &settings, options, metrics)?;
+    if let Some(max) = settings.max_workers {
         model.set_max_workers(max);
     }
     Ok(model.with_source(entry, true))
@@ -279,9 +308,10 @@ pub fn load_all(config: &Config, metrics: &EngineMetrics) -> Result<Loaded, Load
     };
     let entries: Vec<_> =
         entries.into_iter().map(|(given, entry)| (identity(config, given.as_deref(), &entry), entry)).collect();
-    // A device that is not there stops start-up (unlike a model file that fails to load).
+    // A device that is not there stops start-up (unlike a model file that fails to load; a device that only an
+    // archive's model-config.yaml asks for is checked when the model loads).
     for ((name, version), _) in &entries {
-        model_devices(config, name, version)?;
+        model_devices(name, &model_settings(config, name, version, None)?)?;
     }
     let mut failed = Vec::new();
     for ((name, version), entry) in entries {
@@ -315,6 +345,15 @@ mod tests {
         let mut config = Config::default();
         config.apply(vec![("models".into(), models.into(), None)]).expect("valid models");
         config
+    }
+
+    fn devices_on(c: &Config, name: &str, version: &str, available: Availability) -> Result<Vec<Device>, LoadError> {
+        super::devices_on(name, &model_settings(c, name, version, None)?, available)
+    }
+
+    fn options_on(c: &Config, name: &str, version: &str, available: Availability) -> ModelOptions {
+        let settings = model_settings(c, name, version, None).expect("settings");
+        super::options_on(c, name, version, &settings, available)
     }
 
     #[test]

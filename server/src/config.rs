@@ -446,6 +446,51 @@ fn parse_models(value: &str) -> Result<BTreeMap<String, BTreeMap<String, ModelCo
     Ok(models)
 }
 
+impl ModelConfig {
+    /// These settings over `base`: each one set here wins, the others come from `base`.
+    #[must_use]
+    pub fn over(self, base: ModelConfig) -> ModelConfig {
+        let mut other = base.other;
+        other.extend(self.other);
+        ModelConfig {
+            batch_size: self.batch_size.or(base.batch_size),
+            max_batch_delay: self.max_batch_delay.or(base.max_batch_delay),
+            min_workers: self.min_workers.or(base.min_workers),
+            max_workers: self.max_workers.or(base.max_workers),
+            response_timeout: self.response_timeout.or(base.response_timeout),
+            job_queue_size: self.job_queue_size.or(base.job_queue_size),
+            default_version: self.default_version.or(base.default_version),
+            mar_name: self.mar_name.or(base.mar_name),
+            device_type: self.device_type.or(base.device_type),
+            device_ids: self.device_ids.or(base.device_ids),
+            other,
+        }
+    }
+}
+
+/// The most bytes of a `model-config.yaml` read.
+const MAX_MODEL_YAML: u64 = 1 << 20;
+
+/// Reads an archive's `model-config.yaml` (`torch-model-archiver -c`): TorchServe's keys, as in `models`
+/// (`minWorkers`, `maxWorkers`, `batchSize`, `maxBatchDelay`, `responseTimeout`, `deviceType`, `deviceIds`, ...).
+/// Keys for the Python handler and the like are kept in `other` and not used.
+///
+/// # Errors
+/// A message naming the file when it cannot be read, is not such YAML, or holds a value out of range.
+pub fn read_model_yaml(path: &Path) -> Result<ModelConfig, String> {
+    let fail = |message: String| format!("{}: {message}", path.display());
+    let file = std::fs::File::open(path).map_err(|e| fail(e.to_string()))?;
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut std::io::Read::take(file, MAX_MODEL_YAML + 1), &mut text)
+        .map_err(|e| fail(e.to_string()))?;
+    if text.len() as u64 > MAX_MODEL_YAML {
+        return Err(fail(format!("larger than {MAX_MODEL_YAML} bytes")));
+    }
+    let config: ModelConfig = serde_saphyr::from_str(&text).map_err(|e| fail(e.to_string()))?;
+    check_model_config(&config).map_err(fail)?;
+    Ok(config)
+}
+
 fn check_model_config(config: &ModelConfig) -> Result<(), String> {
     let at_least_one = |what: &str, v: Option<usize>| match v {
         Some(0) => Err(format!("{what} must be at least 1")),

@@ -220,25 +220,34 @@ async fn register(state: &Arc<AppState>, params: &HashMap<String, String>) -> Re
     if state.registry.get(&name, Some(&version)).is_some() {
         return Err(ApiError::conflict(format!("Model version {version} is already registered for model {name}")));
     }
-    let mut options = app::model_options(&state.config, &name, &version);
-    if let Some(workers) = positive(params, "initial_workers")? {
+    // The parameters are checked now and win over the model's settings (as in TorchServe) once those are read.
+    let initial_workers = positive(params, "initial_workers")?;
+    let response_timeout = positive(params, "response_timeout")?;
+    let synchronous = flag(params, "synchronous")?;
+    batch_policy(params, BatchPolicy::default())?;
+    // Before answering: a URL that is not in the store, or a broken archive, fails here even when loading goes
+    // on in the background.
+    let (config, located) = (state.config.clone(), (name.clone(), version.clone(), url.clone()));
+    let (files, settings) = blocking(move || {
+        let (name, version, url) = located;
+        let files = ferroserve_engine::store::locate(&config.model_store, &name, &url)?;
+        let settings = app::model_settings(&config, &name, &version, Some(&files))?;
+        Ok::<_, LoadError>((files, settings))
+    })
+    .await?
+    .map_err(load_error)?;
+    let mut options = app::model_options(&state.config, &name, &version, &settings);
+    if let Some(workers) = initial_workers {
         options.workers = workers;
     }
     options.policy = batch_policy(params, options.policy)?;
-    if let Some(seconds) = positive(params, "response_timeout")? {
+    if let Some(seconds) = response_timeout {
         options.response_timeout = std::time::Duration::from_secs(seconds as u64);
     }
-    let synchronous = flag(params, "synchronous")?;
-    // Before answering: a URL that is not in the store, or a broken archive, fails here even when loading goes
-    // on in the background.
-    let (store, located) = (state.config.model_store.clone(), (name.clone(), url.clone()));
-    let files = blocking(move || ferroserve_engine::store::locate(&store, &located.0, &located.1))
-        .await?
-        .map_err(|e| load_error(e.into()))?;
     let workers = options.workers;
     let (config, metrics, registry) = (state.config.clone(), state.metrics.engine.clone(), Arc::clone(&state.registry));
     let task = tokio::task::spawn_blocking(move || {
-        let model = app::load_model_with(&config, files, options, &metrics)?.with_source(url, false);
+        let model = app::load_model_with(&config, files, &settings, options, &metrics)?.with_source(url, false);
         registry.register(model).map(drop).map_err(|m| LoadError::Duplicate(m.name().to_string()))
     });
     if !synchronous {

@@ -25,11 +25,20 @@ fn manifest(name: &str, version: &str, file: &str) -> String {
 
 /// Writes a `.mar` (deflated, as the archiver does) holding `manifest` and these files of the bundled signnet.
 fn write_mar(path: &Path, manifest: &str, files: &[&str]) {
+    write_mar_with(path, manifest, files, &[]);
+}
+
+/// [`write_mar`] with `extra` entries (name, content) too.
+fn write_mar_with(path: &Path, manifest: &str, files: &[&str], extra: &[(&str, &str)]) {
     let mut zip = ZipWriter::new(std::fs::File::create(path).expect("archive"));
     let options = SimpleFileOptions::default().compression_method(CompressionMethod::Deflated);
     for file in files {
         zip.start_file(*file, options).expect("entry");
         zip.write_all(&std::fs::read(models_dir().join("signnet").join(file)).expect("bundled file")).expect("write");
+    }
+    for (name, content) in extra {
+        zip.start_file(*name, options).expect("entry");
+        zip.write_all(content.as_bytes()).expect("write");
     }
     zip.start_file("MAR-INF/MANIFEST.json", options).expect("entry");
     zip.write_all(manifest.as_bytes()).expect("write");
@@ -45,9 +54,18 @@ fn store_with_mar() -> tempfile::TempDir {
 }
 
 async fn server_over(store: &Path, load_models: &str) -> TestServer {
+    server_with(store, load_models, "{}").await
+}
+
+async fn server_with(store: &Path, load_models: &str, models: &str) -> TestServer {
     let mut config = test_config(1 << 20);
     config.model_store = store.to_path_buf();
-    let settings = [("load_models", load_models), ("default_workers_per_model", "1"), ("intra_op_threads", "1")];
+    let settings = [
+        ("load_models", load_models),
+        ("default_workers_per_model", "1"),
+        ("intra_op_threads", "1"),
+        ("models", models),
+    ];
     config.apply(settings.iter().map(|(k, v)| ((*k).to_string(), (*v).to_string(), None)).collect()).expect("valid");
     let metrics = metrics_for(&config);
     let (registry, failed) = app::load_all(&config, &metrics.engine).expect("start-up");
@@ -141,21 +159,89 @@ async fn broken_archives_are_refused_with_the_reason() {
     evil.start_file("../escape.onnx", SimpleFileOptions::default()).expect("entry");
     evil.finish().expect("zip");
     let server = server_over(dir, "").await;
-    for (url, says) in [
-        ("notzip.mar", "not a model archive"),
-        ("nomanifest.mar", "modelName"),
-        ("missing.mar", "has no absent.onnx"),
-        ("python.mar", "is not .onnx, .pt or .pth"),
-        ("eager.mar", "eager-mode"),
-        ("evil.mar", "outside the archive"),
-    ] {
-        let reply = server.manage(Method::POST, &format!("/models?url={url}&synchronous=true")).await;
-        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{url}: {}", reply.json);
-        let message = reply.json["message"].as_str().expect("message");
-        assert!(message.contains(says), "{url}: {message}");
-    }
+    assert_refused(
+        &server,
+        &[
+            ("notzip.mar", "not a model archive"),
+            ("nomanifest.mar", "modelName"),
+            ("missing.mar", "has no absent.onnx"),
+            ("python.mar", "is not .onnx, .pt or .pth"),
+            ("eager.mar", "eager-mode"),
+            ("evil.mar", "outside the archive"),
+        ],
+    )
+    .await;
     assert!(!store.path().parent().expect("tmp").join("escape.onnx").exists());
     assert_eq!(server.manage(Method::POST, "/models?url=absent.mar").await.status, StatusCode::NOT_FOUND);
+}
+
+/// The manifest of an archive made with `torch-model-archiver -c model-config.yaml`.
+fn manifest_with_config(name: &str) -> String {
+    let mut manifest: serde_json::Value = serde_json::from_str(&manifest(name, "1.0", "signnet.onnx")).expect("JSON");
+    manifest["model"]["configFile"] = "model-config.yaml".into();
+    manifest.to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_archives_model_config_yaml_sets_its_batching_over_models() {
+    let store = tempfile::tempdir().expect("store");
+    let yaml = "minWorkers: 1\nbatchSize: 4\nmaxBatchDelay: 7\nresponseTimeout: 9\nhandler:\n  topk: 3\n";
+    let files = ["signnet.onnx", "index_to_name.json"];
+    write_mar_with(
+        &store.path().join("y.mar"),
+        &manifest_with_config("sign-yaml"),
+        &files,
+        &[("model-config.yaml", yaml)],
+    );
+    // models sets batchSize too, and jobQueueSize: the archive's YAML wins where both speak, as in TorchServe.
+    let models = r#"{"sign-yaml": {"1.0": {"batchSize": 16, "jobQueueSize": 5}}}"#;
+    let server = server_with(store.path(), "y.mar", models).await;
+    assert_serves_signnet(&server, "sign-yaml").await;
+    let d = &server.manage(Method::GET, "/models/sign-yaml").await.json[0];
+    assert_eq!(
+        (d["batchSize"].as_u64(), d["maxBatchDelay"].as_f64(), d["minWorkers"].as_u64(), d["responseTimeout"].as_u64()),
+        (Some(4), Some(7.0), Some(1), Some(9)),
+        "{d}"
+    );
+    assert_eq!(d["jobQueueStatus"]["remainingCapacity"], 5, "{d}");
+    // The register call's parameters win over the YAML.
+    let url = "/models?url=y.mar&model_name=other&batch_size=2&synchronous=true";
+    assert_eq!(server.manage(Method::POST, url).await.status, StatusCode::OK);
+    let d = &server.manage(Method::GET, "/models/other").await.json[0];
+    assert_eq!((d["batchSize"].as_u64(), d["maxBatchDelay"].as_f64()), (Some(2), Some(7.0)), "{d}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_model_config_yaml_is_refused_with_the_reason() {
+    let store = tempfile::tempdir().expect("store");
+    let files = ["signnet.onnx"];
+    for (archive, yaml) in
+        [("zero.mar", "batchSize: 0\n"), ("words.mar", "batchSize: many\n"), ("list.mar", "- 1\n- 2\n")]
+    {
+        write_mar_with(&store.path().join(archive), &manifest_with_config("m"), &files, &[("model-config.yaml", yaml)]);
+    }
+    write_mar(&store.path().join("absent.mar"), &manifest_with_config("m"), &files);
+    let server = server_over(store.path(), "").await;
+    assert_refused(
+        &server,
+        &[
+            ("zero.mar", "batchSize must be at least 1"),
+            ("words.mar", "model-config.yaml"),
+            ("list.mar", "model-config.yaml"),
+            ("absent.mar", "has no model-config.yaml"),
+        ],
+    )
+    .await;
+}
+
+/// Registering each archive is a 400 whose message says what is wrong.
+async fn assert_refused(server: &TestServer, cases: &[(&str, &str)]) {
+    for (archive, says) in cases {
+        let reply = server.manage(Method::POST, &format!("/models?url={archive}&synchronous=true")).await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{archive}: {}", reply.json);
+        let message = reply.json["message"].as_str().expect("message");
+        assert!(message.contains(says), "{archive}: {message}");
+    }
 }
 
 #[test]

@@ -1,10 +1,11 @@
-//! TorchServe's model archives: a `.mar` file (a zip written by `torch-model-archiver`) or the folder that
-//! `torch-model-archiver --archive-format no-archive` writes. Both hold `MAR-INF/MANIFEST.json`, which names the
+//! TorchServe's model archives: a `.mar` file (a zip written by `torch-model-archiver`), a `.tar.gz` (its
+//! `--archive-format tgz`, the files under a folder named after the model) or the folder that
+//! `--archive-format no-archive` writes. All hold `MAR-INF/MANIFEST.json`, which names the
 //! model, its version and its serialized file, beside the files given with `--extra-files`
 //! (`index_to_name.json`, and for TorchScript the `<file>.json` that gives its input shape).
 //!
-//! A `.mar` is unpacked into a private temporary folder (owner-only) that lives as long as the model: only regular
-//! files and folders are written, each inside that folder (no `..`, no absolute paths, no symbolic links), and the
+//! An archive file is unpacked into a private temporary folder (owner-only) that lives as long as the model:
+//! only regular files and folders are written, each inside that folder (no `..`, no symbolic links), and the
 //! archive may not unpack to more than [`MAX_UNPACKED`] bytes.
 
 use std::{
@@ -117,10 +118,30 @@ fn lock_folder(_dir: &Path) -> Option<File> {
     None
 }
 
-/// Whether `path` names a model archive file (`.mar`).
+/// How an archive file is packed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Packing {
+    /// `.mar`: a zip (the archiver's default and `zip-store` formats).
+    Zip,
+    /// `.tar.gz` or `.tgz` (`--archive-format tgz`): the files under one folder named after the model.
+    TarGz,
+}
+
+fn packing(path: &Path) -> Option<Packing> {
+    let name = path.file_name()?.to_str()?;
+    if name.ends_with(".mar") {
+        Some(Packing::Zip)
+    } else if name.ends_with(".tar.gz") || name.ends_with(".tgz") {
+        Some(Packing::TarGz)
+    } else {
+        None
+    }
+}
+
+/// Whether `path` names a model archive file: `.mar`, or `.tar.gz` / `.tgz`.
 #[must_use]
 pub fn is_archive_file(path: &Path) -> bool {
-    path.extension().is_some_and(|e| e == "mar")
+    packing(path).is_some()
 }
 
 /// Whether `dir` is a no-archive folder (it holds `MAR-INF/MANIFEST.json`).
@@ -129,61 +150,181 @@ pub fn is_archive_folder(dir: &Path) -> bool {
     dir.join(MANIFEST).is_file()
 }
 
-/// The manifest of the archive at `path` (a `.mar` file or a no-archive folder), read without unpacking.
+/// The most bytes of a manifest read.
+const MAX_MANIFEST: u64 = 1 << 20;
+
+/// The manifest of the archive at `path` (an archive file or a no-archive folder), read without unpacking.
 ///
 /// # Errors
 /// A message when the archive or its manifest cannot be read.
 pub fn read_manifest(path: &Path) -> Result<Manifest, String> {
-    let text = if path.is_dir() {
-        std::fs::read_to_string(path.join(MANIFEST)).map_err(|e| format!("{}: {e}", path.join(MANIFEST).display()))?
-    } else {
-        let mut zip = open(path)?;
-        let mut entry = zip.by_name(MANIFEST).map_err(|e| format!("{}: no {MANIFEST} ({e})", path.display()))?;
-        let mut text = String::new();
-        entry.by_ref().take(1 << 20).read_to_string(&mut text).map_err(|e| format!("{}: {e}", path.display()))?;
-        text
-    };
-    Manifest::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+    let fail = |message: String| format!("{}: {message}", path.display());
+    let mut text = String::new();
+    match packing(path).filter(|_| path.is_file()) {
+        None => {
+            let file =
+                File::open(path.join(MANIFEST)).map_err(|e| format!("{}: {e}", path.join(MANIFEST).display()))?;
+            file.take(MAX_MANIFEST).read_to_string(&mut text).map_err(|e| fail(e.to_string()))?;
+        }
+        Some(Packing::Zip) => {
+            let mut zip = open_zip(path)?;
+            let entry = zip.by_name(MANIFEST).map_err(|e| fail(format!("no {MANIFEST} ({e})")))?;
+            entry.take(MAX_MANIFEST).read_to_string(&mut text).map_err(|e| fail(e.to_string()))?;
+        }
+        Some(Packing::TarGz) => {
+            let mut tar = open_tar(path)?;
+            let mut entries = tar.entries().map_err(|e| fail(format!("not a model archive (tar.gz): {e}")))?;
+            let manifest = entries
+                .find_map(|entry| {
+                    let entry = entry.ok()?;
+                    let found =
+                        entry.path().ok().is_some_and(|p| under_one_folder(&p).as_deref() == Some(Path::new(MANIFEST)));
+                    found.then_some(entry)
+                })
+                .ok_or_else(|| fail(format!("no {MANIFEST}")))?;
+            manifest.take(MAX_MANIFEST).read_to_string(&mut text).map_err(|e| fail(e.to_string()))?;
+        }
+    }
+    Manifest::parse(&text).map_err(fail)
 }
 
-fn open(path: &Path) -> Result<zip::ZipArchive<File>, String> {
+/// `path` without its first folder when it has one (a tgz archive's files are under the model's folder), else
+/// `path`.
+fn under_one_folder(path: &Path) -> Option<PathBuf> {
+    if path == Path::new(MANIFEST) {
+        return Some(path.to_path_buf());
+    }
+    let mut components = path.components();
+    components.next()?;
+    Some(components.as_path().to_path_buf())
+}
+
+fn open_zip(path: &Path) -> Result<zip::ZipArchive<File>, String> {
     let file = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
     zip::ZipArchive::new(file).map_err(|e| format!("{}: not a model archive (zip): {e}", path.display()))
 }
 
-/// A `.mar` unpacked into a temporary folder, removed when the last clone is dropped. The folder is locked while
-/// it lives (see [`sweep_stale`]).
+fn open_tar(path: &Path) -> Result<tar::Archive<flate2::read::GzDecoder<File>>, String> {
+    let file = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(tar::Archive::new(flate2::read::GzDecoder::new(file)))
+}
+
+/// The folder an archive was unpacked into, its lock, and the archive's root inside it.
+#[derive(Debug)]
+struct Held {
+    dir: tempfile::TempDir,
+    _lock: Option<File>,
+    root: PathBuf,
+}
+
+/// An archive unpacked into a temporary folder, removed when the last clone is dropped. The folder is locked
+/// while it lives (see [`sweep_stale`]).
 #[derive(Debug, Clone)]
-pub struct Unpacked(Arc<(tempfile::TempDir, Option<File>)>);
+pub struct Unpacked(Arc<Held>);
 
 impl Unpacked {
-    /// The folder the archive was unpacked into.
+    /// The archive's root: where its `MAR-INF` is (the unpacked folder, or for a tgz archive the model's folder
+    /// in it).
     #[must_use]
     pub fn path(&self) -> &Path {
-        self.0 .0.path()
+        &self.0.root
     }
 }
 
 impl PartialEq for Unpacked {
     fn eq(&self, other: &Self) -> bool {
-        self.path() == other.path()
+        self.0.dir.path() == other.0.dir.path()
     }
 }
 
 impl Eq for Unpacked {}
 
-/// Unpacks the `.mar` at `path` into a new owner-only temporary folder.
+/// Unpacks the archive file at `path` (`.mar`, `.tar.gz`, `.tgz`) into a new owner-only temporary folder.
 ///
 /// # Errors
-/// A message when the file is not a zip, when an entry would land outside the folder or is a symbolic link, or
-/// when the archive unpacks to more than [`MAX_UNPACKED`] bytes.
+/// A message when the file is not such an archive, when an entry would land outside the folder or is not a plain
+/// file or folder (a link, a device), or when the archive unpacks to more than [`MAX_UNPACKED`] bytes.
 pub fn unpack(path: &Path) -> Result<Unpacked, String> {
     unpack_within(path, MAX_UNPACKED)
 }
 
+/// Writes the entries of one archive into a folder, refusing unsafe ones and counting the bytes written.
+struct Writer<'a> {
+    dir: &'a Path,
+    budget: u64,
+    limit: u64,
+}
+
+impl Writer<'_> {
+    /// The place of entry `name`, whose path inside the archive is `relative`: refused unless it stays inside.
+    fn target(&self, name: &str, relative: Option<&Path>) -> Result<PathBuf, String> {
+        let relative = relative
+            .filter(|p| p.components().all(|c| matches!(c, Component::Normal(_) | Component::CurDir)))
+            .ok_or_else(|| format!("entry {name:?} would unpack outside the archive's folder"))?;
+        Ok(self.dir.join(relative))
+    }
+
+    fn folder(&self, name: &str, relative: Option<&Path>) -> Result<(), String> {
+        std::fs::create_dir_all(self.target(name, relative)?).map_err(|e| format!("{name}: {e}"))
+    }
+
+    fn file(&mut self, name: &str, relative: Option<&Path>, content: &mut dyn Read) -> Result<(), String> {
+        let target = self.target(name, relative)?;
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| format!("{name}: {e}"))?;
+        }
+        let mut out = File::create(&target).map_err(|e| format!("{name}: {e}"))?;
+        // Counted as written, whatever the entry declares: the declared size of a crafted entry can lie.
+        let written =
+            std::io::copy(&mut content.take(self.budget + 1), &mut out).map_err(|e| format!("{name}: {e}"))?;
+        out.flush().map_err(|e| format!("{name}: {e}"))?;
+        self.budget = self
+            .budget
+            .checked_sub(written)
+            .ok_or_else(|| format!("the archive unpacks to more than {} bytes", self.limit))?;
+        Ok(())
+    }
+}
+
+fn unzip(path: &Path, writer: &mut Writer<'_>) -> Result<(), String> {
+    let mut zip = open_zip(path)?;
+    for index in 0..zip.len() {
+        let mut entry = zip.by_index(index).map_err(|e| e.to_string())?;
+        let name = entry.name().map_or_else(|_| format!("#{index}"), |n| n.to_string());
+        if entry.is_symlink() {
+            return Err(format!("entry {name:?} is a symbolic link; archives may hold files only"));
+        }
+        let relative = entry.enclosed_name();
+        if entry.is_dir() {
+            writer.folder(&name, relative.as_deref())?;
+        } else {
+            writer.file(&name, relative.as_deref(), &mut entry)?;
+        }
+    }
+    Ok(())
+}
+
+fn untar(path: &Path, writer: &mut Writer<'_>) -> Result<(), String> {
+    let mut tar = open_tar(path)?;
+    let entries = tar.entries().map_err(|e| format!("not a model archive (tar.gz): {e}"))?;
+    for entry in entries {
+        let mut entry = entry.map_err(|e| format!("not a model archive (tar.gz): {e}"))?;
+        let relative = entry.path().map_err(|e| e.to_string())?.into_owned();
+        let name = relative.display().to_string();
+        match entry.header().entry_type() {
+            tar::EntryType::Directory => writer.folder(&name, Some(&relative))?,
+            tar::EntryType::Regular | tar::EntryType::Continuous => writer.file(&name, Some(&relative), &mut entry)?,
+            // Metadata that the tar reader applies to the entries after it.
+            tar::EntryType::XHeader | tar::EntryType::XGlobalHeader => {}
+            other => return Err(format!("entry {name:?} is a {other:?}; archives may hold files and folders only")),
+        }
+    }
+    Ok(())
+}
+
 fn unpack_within(path: &Path, limit: u64) -> Result<Unpacked, String> {
     let fail = |message: String| format!("{}: {message}", path.display());
-    let mut zip = open(path)?;
+    let packing = packing(path).ok_or_else(|| fail("not a .mar, .tar.gz or .tgz file".into()))?;
     let mut builder = tempfile::Builder::new();
     let prefix = format!("{PREFIX}{}-", std::process::id());
     builder.prefix(&prefix);
@@ -192,35 +333,26 @@ fn unpack_within(path: &Path, limit: u64) -> Result<Unpacked, String> {
     let dir = builder.tempdir().map_err(|e| fail(e.to_string()))?;
     // Locked before anything is written, so that a sweep never takes a folder being filled.
     let lock = lock_folder(dir.path());
-    let mut budget = limit;
-    for index in 0..zip.len() {
-        let mut entry = zip.by_index(index).map_err(|e| fail(e.to_string()))?;
-        let name = entry.name().map_or_else(|_| format!("#{index}"), |n| n.to_string());
-        let relative = entry
-            .enclosed_name()
-            .filter(|p| p.components().all(|c| matches!(c, Component::Normal(_))))
-            .ok_or_else(|| fail(format!("entry {name:?} would unpack outside the archive's folder")))?;
-        if entry.is_symlink() {
-            return Err(fail(format!("entry {name:?} is a symbolic link; archives may hold files only")));
-        }
-        let target = dir.path().join(&relative);
-        if entry.is_dir() {
-            std::fs::create_dir_all(&target).map_err(|e| fail(format!("{name}: {e}")))?;
-            continue;
-        }
-        if let Some(parent) = target.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| fail(format!("{name}: {e}")))?;
-        }
-        let mut out = File::create(&target).map_err(|e| fail(format!("{name}: {e}")))?;
-        // Counted as written, whatever the entry declares: the declared size of a crafted entry can lie.
-        let written =
-            std::io::copy(&mut entry.by_ref().take(budget + 1), &mut out).map_err(|e| fail(format!("{name}: {e}")))?;
-        out.flush().map_err(|e| fail(format!("{name}: {e}")))?;
-        budget = budget
-            .checked_sub(written)
-            .ok_or_else(|| fail(format!("the archive unpacks to more than {limit} bytes")))?;
+    let mut writer = Writer { dir: dir.path(), budget: limit, limit };
+    match packing {
+        Packing::Zip => unzip(path, &mut writer),
+        Packing::TarGz => untar(path, &mut writer),
     }
-    Ok(Unpacked(Arc::new((dir, lock))))
+    .map_err(fail)?;
+    let root = archive_root(dir.path());
+    Ok(Unpacked(Arc::new(Held { dir, _lock: lock, root })))
+}
+
+/// Where the unpacked archive's `MAR-INF` is: the folder itself, or its only sub-folder (tgz archives).
+fn archive_root(dir: &Path) -> PathBuf {
+    if is_archive_folder(dir) {
+        return dir.to_path_buf();
+    }
+    let mut children = std::fs::read_dir(dir).into_iter().flatten().filter_map(Result::ok);
+    match (children.next(), children.next()) {
+        (Some(only), None) if is_archive_folder(&only.path()) => only.path(),
+        _ => dir.to_path_buf(),
+    }
 }
 
 /// The serialized file the manifest names, inside `root`.
@@ -276,6 +408,63 @@ mod tests {
     fn add(zip: &mut ZipWriter<Cursor<Vec<u8>>>, name: &str, data: &[u8]) {
         zip.start_file(name, SimpleFileOptions::default()).expect("entry");
         zip.write_all(data).expect("data");
+    }
+
+    /// Writes a `.tar.gz` holding `entries` (path, content) as regular files.
+    fn write_tgz(path: &Path, entries: &[(&str, &[u8])]) {
+        let gz = flate2::write::GzEncoder::new(File::create(path).expect("file"), flate2::Compression::fast());
+        let mut tar = tar::Builder::new(gz);
+        for (name, data) in entries {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(data.len() as u64);
+            header.set_mode(0o644);
+            header.set_cksum();
+            tar.append_data(&mut header, name, *data).expect("entry");
+        }
+        tar.into_inner().expect("tar").finish().expect("gzip");
+    }
+
+    #[test]
+    fn a_tgz_archive_unpacks_to_its_model_folder() {
+        let dir = tempfile::tempdir().expect("dir");
+        let tgz = dir.path().join("signnet.tar.gz");
+        let manifest = format!("signnet/{MANIFEST}");
+        write_tgz(&tgz, &[(&manifest, MANIFEST_JSON.as_bytes()), ("signnet/signnet.onnx", b"model bytes")]);
+        assert!(is_archive_file(&tgz) && is_archive_file(Path::new("m.tgz")) && !is_archive_file(Path::new("m.gz")));
+        assert_eq!(read_manifest(&tgz).expect("manifest").model_name, "signnet");
+        let unpacked = unpack(&tgz).expect("unpacks");
+        assert!(unpacked.path().ends_with("signnet"), "{}", unpacked.path().display());
+        assert_eq!(std::fs::read(unpacked.path().join("signnet.onnx")).expect("model"), b"model bytes");
+    }
+
+    #[test]
+    fn a_tgz_with_links_or_escapes_is_refused() {
+        let dir = tempfile::tempdir().expect("dir");
+        let tgz = dir.path().join("evil.tgz");
+        let gz = flate2::write::GzEncoder::new(File::create(&tgz).expect("file"), flate2::Compression::fast());
+        let mut tar = tar::Builder::new(gz);
+        let mut link = tar::Header::new_gnu();
+        link.set_entry_type(tar::EntryType::Symlink);
+        link.set_size(0);
+        link.set_cksum();
+        tar.append_link(&mut link, "m/model.onnx", "/etc/passwd").expect("link");
+        tar.into_inner().expect("tar").finish().expect("gzip");
+        assert!(unpack(&tgz).expect_err("a link").contains("Symlink"));
+
+        // tar's builder refuses `..`, so the escaping name is written into the header by hand.
+        let mut header = tar::Header::new_old();
+        header.as_old_mut().name[..9].copy_from_slice(b"../escape");
+        header.set_size(1);
+        header.set_mode(0o644);
+        header.set_cksum();
+        let gz = flate2::write::GzEncoder::new(File::create(&tgz).expect("file"), flate2::Compression::fast());
+        let mut tar = tar::Builder::new(gz);
+        tar.append(&header, &b"x"[..]).expect("entry");
+        tar.into_inner().expect("tar").finish().expect("gzip");
+        assert!(unpack(&tgz).expect_err("an escape").contains("outside the archive"));
+        assert!(!dir.path().join("escape").exists());
+        std::fs::write(&tgz, b"not gzip").expect("write");
+        assert!(unpack(&tgz).is_err() && read_manifest(&tgz).is_err());
     }
 
     #[test]
@@ -365,6 +554,7 @@ mod tests {
         assert!(unpack_within(&mar, 11).expect_err("a bomb").contains("more than 11 bytes"));
         std::fs::write(&mar, b"not a zip").expect("write");
         assert!(unpack(&mar).expect_err("not a zip").contains("not a model archive"));
+        assert!(unpack(&dir.path().join("model.onnx")).expect_err("not an archive").contains("not a .mar"));
         assert!(read_manifest(&mar).is_err());
         let manifest =
             Manifest { serialized_file: Some("../x.onnx".into()), ..Manifest::parse(MANIFEST_JSON).expect("m") };

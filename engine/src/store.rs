@@ -87,7 +87,7 @@ impl ModelFiles {
 }
 
 /// What the store says it looks for.
-const MODEL_FILES: &str = ".onnx, .pt, .pth or a .mar archive";
+const MODEL_FILES: &str = ".onnx, .pt, .pth or a .mar or .tar.gz archive";
 
 fn is_model_file(path: &Path) -> bool {
     path.is_file() && ModelFormat::of(path).is_some()

@@ -133,6 +133,35 @@ async fn archives_register_through_the_management_api() {
     assert_serves_signnet(&server, "other").await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tgz_archive_is_served_like_a_mar() {
+    // As `torch-model-archiver --archive-format tgz` writes it: the files under a folder named after the model.
+    let store = tempfile::tempdir().expect("store");
+    let gz = flate2::write::GzEncoder::new(
+        std::fs::File::create(store.path().join("signtgz.tar.gz")).expect("archive"),
+        flate2::Compression::fast(),
+    );
+    let mut tar = tar::Builder::new(gz);
+    let manifest = manifest("signtgz", "1.0", "signnet.onnx");
+    let bundled = |file: &str| std::fs::read(models_dir().join("signnet").join(file)).expect("bundled file");
+    let entries = [
+        ("signtgz/signnet.onnx", bundled("signnet.onnx")),
+        ("signtgz/index_to_name.json", bundled("index_to_name.json")),
+        ("signtgz/MAR-INF/MANIFEST.json", manifest.into_bytes()),
+    ];
+    for (name, data) in entries {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(data.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        tar.append_data(&mut header, name, data.as_slice()).expect("entry");
+    }
+    tar.into_inner().expect("tar").finish().expect("gzip");
+    let server = server_over(store.path(), "all").await;
+    assert_serves_signnet(&server, "signtgz").await;
+    assert_eq!(server.manage(Method::GET, "/models/signtgz").await.json[0]["modelUrl"], "signtgz.tar.gz");
+}
+
 #[cfg(feature = "torch")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_torchscript_archive_carries_its_shape_config() {

@@ -1,7 +1,7 @@
-//! The worker threads of one model (on one device, or spread over several): each collects a batch when it is free (one collector at a
-//! time, so that batches fill up instead of being split between idle workers), runs it on its own backend and
-//! answers every request with its own row. The number of workers can change live: surplus workers retire
-//! between batches, never with a request in hand.
+//! The worker threads of one model (on one device, or spread over several): each collects a batch when it is
+//! free (one collector at a time, so that batches fill up instead of being split between idle workers), runs it
+//! on its own backend and answers every request with its own row. The number of workers can change live: workers
+//! beyond the number wanted retire between batches, never with a request in hand.
 
 use std::{
     cell::Cell,

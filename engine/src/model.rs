@@ -139,8 +139,7 @@ impl Model {
             match spawned {
                 Ok(handle) => handles.push(handle),
                 Err(e) => {
-                    ids.remove(&w);
-                    self.shared.live_workers.store(ids.len(), Ordering::Release);
+                    self.shared.dismiss(&mut ids, w);
                     return Err(BackendError::load(format!("cannot spawn worker thread: {e}")));
                 }
             }

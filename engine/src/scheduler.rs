@@ -77,12 +77,16 @@ impl Shared {
         self.live_workers.store(ids.len(), Ordering::Release);
     }
 
-    /// Records that worker `id` stopped; returns how many still run.
-    pub(crate) fn leave(&self, id: usize) -> usize {
-        let mut ids = self.ids();
+    /// Records that worker `id` no longer runs; returns how many still do.
+    pub(crate) fn dismiss(&self, ids: &mut BTreeSet<usize>, id: usize) -> usize {
         ids.remove(&id);
         self.live_workers.store(ids.len(), Ordering::Release);
         ids.len()
+    }
+
+    /// Records that worker `id` stopped; returns how many still run.
+    pub(crate) fn leave(&self, id: usize) -> usize {
+        self.dismiss(&mut self.ids(), id)
     }
 
     /// Whether worker `id` is beyond the number wanted: it then leaves the running set and must exit. Checked
@@ -96,8 +100,7 @@ impl Shared {
         if id < self.target_workers.load(Ordering::Acquire) {
             return false;
         }
-        ids.remove(&id);
-        self.live_workers.store(ids.len(), Ordering::Release);
+        self.dismiss(&mut ids, id);
         true
     }
 }

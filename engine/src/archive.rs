@@ -22,39 +22,34 @@ pub const MANIFEST: &str = "MAR-INF/MANIFEST.json";
 /// folder).
 pub const MAX_UNPACKED: u64 = 16 << 30;
 
-/// The manifest fields ferroserve reads. The Python `handler` is never run: ferroserve answers with its own
-/// handlers (landmarks, KServe v2 tensors).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The manifest fields ferroserve reads (`model.*`; an empty string counts as absent). The Python `handler` is
+/// never run: ferroserve answers with its own handlers (landmarks, KServe v2 tensors).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Manifest {
     /// `model.modelName`.
     pub model_name: String,
     /// `model.modelVersion`, when the archive has one.
+    #[serde(default, deserialize_with = "non_empty")]
     pub model_version: Option<String>,
     /// `model.serializedFile`: the model file, relative to the archive's root.
+    #[serde(default, deserialize_with = "non_empty")]
     pub serialized_file: Option<String>,
     /// `model.handler`.
+    #[serde(default, deserialize_with = "non_empty")]
     pub handler: Option<String>,
     /// `model.modelFile`: the Python class of an eager-mode model.
+    #[serde(default, deserialize_with = "non_empty")]
     pub model_file: Option<String>,
     /// `model.configFile`: the model's `model-config.yaml` (`torch-model-archiver -c`), relative to the root.
+    #[serde(default, deserialize_with = "non_empty")]
     pub config_file: Option<String>,
 }
 
-#[derive(serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct RawManifest {
-    model: RawModel,
-}
-
-#[derive(serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct RawModel {
-    model_name: String,
-    model_version: Option<String>,
-    serialized_file: Option<String>,
-    handler: Option<String>,
-    model_file: Option<String>,
-    config_file: Option<String>,
+/// An optional string, `None` when it is empty (the archiver writes `""` for what it was not given).
+fn non_empty<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+    let value: Option<String> = serde::Deserialize::deserialize(deserializer)?;
+    Ok(value.filter(|v| !v.is_empty()))
 }
 
 impl Manifest {
@@ -63,16 +58,11 @@ impl Manifest {
     /// # Errors
     /// A message when it is not JSON or has no `model.modelName`.
     pub fn parse(text: &str) -> Result<Self, String> {
-        let raw: RawManifest = serde_json::from_str(text).map_err(|e| format!("{MANIFEST}: {e}"))?;
-        let m = raw.model;
-        Ok(Self {
-            model_name: m.model_name,
-            model_version: m.model_version,
-            serialized_file: m.serialized_file.filter(|f| !f.is_empty()),
-            handler: m.handler.filter(|h| !h.is_empty()),
-            model_file: m.model_file.filter(|f| !f.is_empty()),
-            config_file: m.config_file.filter(|f| !f.is_empty()),
-        })
+        #[derive(serde::Deserialize)]
+        struct File {
+            model: Manifest,
+        }
+        serde_json::from_str::<File>(text).map(|file| file.model).map_err(|e| format!("{MANIFEST}: {e}"))
     }
 }
 
@@ -475,6 +465,9 @@ mod tests {
         assert_eq!(m.serialized_file.as_deref(), Some("signnet.onnx"));
         assert_eq!(m.handler.as_deref(), Some("base_handler"));
         assert!(Manifest::parse(r#"{"model": {}}"#).expect_err("no name").contains("modelName"));
+        let bare =
+            Manifest::parse(r#"{"model": {"modelName": "m", "handler": "", "modelVersion": ""}}"#).expect("bare");
+        assert_eq!((bare.handler, bare.model_version, bare.serialized_file), (None, None, None), "empty is absent");
         assert!(Manifest::parse("[]").is_err());
     }
 

@@ -103,9 +103,12 @@ pub fn locate(store: &Path, name: &str, entry: &str) -> Result<ModelFiles, Store
     let not_found = |message: String| StoreError::NotFound { name: name.to_string(), message };
     confine(store, &path).map_err(not_found)?;
     let files = locate_unchecked(store, name, entry)?;
-    // An unpacked archive's files are in its own folder, which `archive::unpack` confines.
-    for (_, model) in files.models.iter().filter(|_| files.unpacked.is_none()) {
-        confine(store, model).map_err(not_found)?;
+    // An unpacked archive's files are in its own folder, which `archive::unpack` confines; a folder's model and
+    // config files may be links, which must not lead out of the store.
+    if files.unpacked.is_none() {
+        for file in files.models.iter().map(|(_, model)| model).chain(&files.config) {
+            confine(store, file).map_err(not_found)?;
+        }
     }
     Ok(files)
 }
@@ -136,8 +139,7 @@ fn archive_files(root: &Path, name: &str, unpacked: Option<Unpacked>) -> Result<
         let file = config.strip_prefix(root).unwrap_or(config).display().to_string();
         return Err(bad(format!("the archive has no {file}, the configFile of its manifest")));
     }
-    let labels_path = root.join("index_to_name.json");
-    let labels = if labels_path.is_file() { Some(read_labels(&labels_path)?) } else { None };
+    let labels = labels_in(root)?;
     let models = vec![(format, model)];
     Ok(ModelFiles { name: name.to_string(), models, labels, manifest: Some(manifest), config, unpacked })
 }
@@ -164,8 +166,7 @@ fn locate_unchecked(store: &Path, name: &str, entry: &str) -> Result<ModelFiles,
     if let Some(format) = ModelFormat::of(&path).filter(|_| path.is_file()) {
         // A file inside a model folder (`signnet/signnet.pt`, to pick one format) keeps the folder's labels.
         let folder = path.parent().filter(|dir| !same_dir(dir, store));
-        let labels_path = folder.map(|dir| dir.join("index_to_name.json")).filter(|p| p.is_file());
-        let labels = labels_path.map(|p| read_labels(&p)).transpose()?;
+        let labels = folder.map(labels_in).transpose()?.flatten();
         let models = vec![(format, path)];
         return Ok(ModelFiles { name: name.to_string(), models, labels, manifest: None, config: None, unpacked: None });
     }
@@ -198,8 +199,7 @@ fn locate_unchecked(store: &Path, name: &str, entry: &str) -> Result<ModelFiles,
         let (a, b) = (pair[0].1.display(), pair[1].1.display());
         return Err(not_found(format!("{} holds {a} and {b} in one format; keep one", path.display())));
     }
-    let labels_path = path.join("index_to_name.json");
-    let labels = if labels_path.is_file() { Some(read_labels(&labels_path)?) } else { None };
+    let labels = labels_in(&path)?;
     Ok(ModelFiles { name: name.to_string(), models, labels, manifest: None, config: None, unpacked: None })
 }
 
@@ -226,6 +226,12 @@ pub fn list(store: &Path) -> Result<Vec<(String, String)>, StoreError> {
     }
     found.sort();
     Ok(found)
+}
+
+/// The labels of the model folder `dir`: its `index_to_name.json` when it has one.
+fn labels_in(dir: &Path) -> Result<Option<Vec<String>>, StoreError> {
+    let path = dir.join("index_to_name.json");
+    path.is_file().then(|| read_labels(&path)).transpose()
 }
 
 /// Reads TorchServe's `index_to_name.json`: `{"0": "hello", ...}`, where a value may also be a list whose last
@@ -281,7 +287,16 @@ mod tests {
         std::fs::copy(bundled_store().join("signnet/signnet.onnx"), outside.join("m.onnx")).expect("copy");
         std::os::unix::fs::symlink(&outside, store.join("evil")).expect("link");
         std::os::unix::fs::symlink(outside.join("m.onnx"), store.join("evil.onnx")).expect("link");
-        for entry in ["evil", "evil.onnx", "../outside/m.onnx"] {
+        // A no-archive folder whose model-config.yaml is a link out of the store.
+        let folder = store.join("linked-config");
+        std::fs::create_dir_all(folder.join("MAR-INF")).expect("folder");
+        std::fs::copy(bundled_store().join("signnet/signnet.onnx"), folder.join("m.onnx")).expect("copy");
+        std::fs::write(outside.join("secret.yaml"), "batchSize: 1\n").expect("write");
+        std::os::unix::fs::symlink(outside.join("secret.yaml"), folder.join("model-config.yaml")).expect("link");
+        let manifest =
+            r#"{"model": {"modelName": "m", "serializedFile": "m.onnx", "configFile": "model-config.yaml"}}"#;
+        std::fs::write(folder.join(archive::MANIFEST), manifest).expect("manifest");
+        for entry in ["evil", "evil.onnx", "../outside/m.onnx", "linked-config"] {
             let err = locate(&store, "evil", entry).expect_err(entry);
             assert!(err.to_string().contains("outside the model store"), "{entry}: {err}");
         }

@@ -229,7 +229,7 @@ impl Tokens {
 /// 200 (the new key is in the file, never in the answer). A wrong API key is a 401, a missing or unknown `type`
 /// a 400. The renewal runs as a task of its own, so that a client that goes away cannot leave the file and the
 /// keys in force apart.
-pub async fn token_api(req: &Request<Incoming>, state: &Arc<AppState>, tokens: &Tokens) -> Reply {
+pub async fn token_api(req: &Request<Incoming>, state: &AppState, tokens: &Arc<Tokens>) -> Reply {
     let kind = (|| {
         if req.method() != hyper::Method::GET {
             return Err(ApiError::method_not_allowed());
@@ -245,15 +245,11 @@ pub async fn token_api(req: &Request<Incoming>, state: &Arc<AppState>, tokens: &
     })();
     let renewed = match kind {
         Ok(kind) => {
-            let state = Arc::clone(state);
-            tokio::spawn(async move {
-                let Some(tokens) = &state.keys else {
-                    return Err(ApiError::internal("token authorisation is off"));
-                };
-                tokens.renew(kind, state.config.token_expiration, &state.config.key_file).await.map(|()| kind)
-            })
-            .await
-            .unwrap_or_else(|e| Err(ApiError::internal(e.to_string())))
+            let (tokens, lifetime, path) =
+                (Arc::clone(tokens), state.config.token_expiration, state.config.key_file.clone());
+            tokio::spawn(async move { tokens.renew(kind, lifetime, &path).await.map(|()| kind) })
+                .await
+                .unwrap_or_else(|e| Err(ApiError::internal(e.to_string())))
         }
         Err(e) => Err(e),
     };

@@ -34,7 +34,7 @@ pub struct AppState {
     /// Models that failed to load, with the reason, until a later registration of the name succeeds.
     failed: RwLock<BTreeMap<String, String>>,
     /// The token keys, when token authorisation is on (the token API replaces them).
-    pub keys: Option<Tokens>,
+    pub keys: Option<Arc<Tokens>>,
 }
 
 impl AppState {
@@ -64,7 +64,7 @@ impl AppState {
     /// Requires `keys` on the APIs they protect (see [`crate::auth`]).
     #[must_use]
     pub fn with_keys(mut self, keys: Option<Keys>) -> Self {
-        self.keys = keys.map(Tokens::new);
+        self.keys = keys.map(|keys| Arc::new(Tokens::new(keys)));
         self
     }
 

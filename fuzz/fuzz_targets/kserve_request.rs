@@ -15,7 +15,7 @@ fuzz_target!(|data: &[u8]| {
     let Some((&selector, rest)) = data.split_first() else { return };
     let json_len = (selector % 2 == 1).then(|| usize::from(selector) * 3 % (rest.len() + 1));
     let mut body = rest.to_vec();
-    if let Ok(samples) = ferroserve::kserve::validate_request(&mut body, json_len, &spec) {
+    if let Ok(samples) = ferroserve::api::kserve::validate_request(&mut body, json_len, &spec) {
         assert!(samples >= 1);
     }
 });

@@ -11,18 +11,17 @@
 use std::{
     io::Write,
     path::Path,
-    sync::{Arc, PoisonError, RwLock},
     time::{Duration, SystemTime},
 };
 
-use hyper::{body::Incoming, header::AUTHORIZATION, Request, StatusCode};
+use hyper::{body::Incoming, header::AUTHORIZATION, Request};
+use parking_lot::RwLock;
 use serde_json::json;
 use subtle::ConstantTimeEq;
 
 use crate::{
+    config::{Api, Config},
     error::ApiError,
-    http::{self, Api, Reply},
-    state::AppState,
 };
 
 /// The keys in force.
@@ -158,7 +157,8 @@ impl Keys {
 }
 
 /// The token of `Authorization: Bearer <token>`.
-fn bearer(req: &Request<Incoming>) -> Option<&str> {
+#[must_use]
+pub fn bearer(req: &Request<Incoming>) -> Option<&str> {
     req.headers()
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -181,6 +181,38 @@ fn is_health(path: &str) -> bool {
     path == "/ping" || path.starts_with("/v2/health/")
 }
 
+/// The keys `config` asks for, new, written to its `key_file`; `None` when token authorisation is disabled.
+///
+/// # Errors
+/// When the operating system gives no randomness, or the key file cannot be written.
+pub fn keys_for(config: &Config) -> Result<Option<Keys>, AuthError> {
+    if config.disable_token_authorization {
+        tracing::warn!("token authorisation is disabled: anyone who reaches the management API controls the models");
+        return Ok(None);
+    }
+    let keys =
+        Keys::generate(config.inference_token_authorization, config.token_expiration).map_err(AuthError::Random)?;
+    keys.write(&config.key_file).map_err(|source| AuthError::KeyFile { path: config.key_file.clone(), source })?;
+    tracing::info!("token authorisation is on; the keys are in {}", config.key_file.display());
+    Ok(Some(keys))
+}
+
+/// Why the keys could not be put in place at start-up.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// The operating system gave no randomness.
+    #[error("cannot generate the token keys: {0}")]
+    Random(std::io::Error),
+    /// The key file could not be written.
+    #[error("cannot write {} (key_file): {source}", path.display())]
+    KeyFile {
+        /// The key file.
+        path: std::path::PathBuf,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+}
+
 /// The keys in force, and the lock that makes renewals one at a time.
 pub struct Tokens {
     current: RwLock<Keys>,
@@ -194,8 +226,16 @@ impl Tokens {
         Self { current: RwLock::new(keys), renewing: tokio::sync::Mutex::new(()) }
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, Keys> {
-        self.current.read().unwrap_or_else(PoisonError::into_inner)
+    fn read(&self) -> parking_lot::RwLockReadGuard<'_, Keys> {
+        self.current.read()
+    }
+
+    /// Checks `given` against the API key (for the token API).
+    ///
+    /// # Errors
+    /// 401 when it is missing or wrong.
+    pub fn check_api_key(&self, given: Option<&str>) -> Result<(), ApiError> {
+        check_key(&self.read().api, given, "API key")
     }
 
     /// Checks `req` against the keys in force (see [`Keys::check`]).
@@ -220,52 +260,15 @@ impl Tokens {
             .await
             .map_err(|e| ApiError::internal(e.to_string()))?
             .map_err(|e| ApiError::internal(format!("cannot write the key file {e}")))?;
-        *self.current.write().unwrap_or_else(PoisonError::into_inner) = renewed;
+        *self.current.write() = renewed;
         Ok(())
-    }
-}
-
-/// `GET /token?type=management|inference` with the API key: replaces that key, rewrites the key file and answers
-/// 200 (the new key is in the file, never in the answer). A wrong API key is a 401, a missing or unknown `type`
-/// a 400. The renewal runs as a task of its own, so that a client that goes away cannot leave the file and the
-/// keys in force apart.
-pub async fn token_api(req: &Request<Incoming>, state: &AppState, tokens: &Arc<Tokens>) -> Reply {
-    let kind = (|| {
-        if req.method() != hyper::Method::GET {
-            return Err(ApiError::method_not_allowed());
-        }
-        check_key(&tokens.read().api, bearer(req), "API key")?;
-        match http::query(req).get("type").map(String::as_str) {
-            Some("management") => Ok(KeyKind::Management),
-            Some("inference") => Ok(KeyKind::Inference),
-            other => {
-                Err(ApiError::bad_request(format!("Parameter type must be management or inference, got {other:?}")))
-            }
-        }
-    })();
-    let renewed = match kind {
-        Ok(kind) => {
-            let (tokens, lifetime, path) =
-                (Arc::clone(tokens), state.config.token_expiration, state.config.key_file.clone());
-            tokio::spawn(async move { tokens.renew(kind, lifetime, &path).await.map(|()| kind) })
-                .await
-                .unwrap_or_else(|e| Err(ApiError::internal(e.to_string())))
-        }
-        Err(e) => Err(e),
-    };
-    match renewed {
-        Ok(kind) => {
-            let which = if kind == KeyKind::Management { "management" } else { "inference" };
-            tracing::info!(key = which, "token key regenerated");
-            let status = format!("A new {which} key is in {}", state.config.key_file.display());
-            http::json(StatusCode::OK, json!({ "status": status }).to_string().into_bytes())
-        }
-        Err(e) => http::error_reply(&e),
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use hyper::StatusCode;
+
     use super::*;
 
     const HOUR: Duration = Duration::from_secs(3600);

@@ -35,6 +35,48 @@ pub enum ConfigError {
     },
 }
 
+/// Which API a listener serves: TorchServe's three, each on its own address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Api {
+    /// `/ping`, `/predictions`, KServe v2 (`inference_address`).
+    Inference,
+    /// `/models`, `/token` (`management_address`).
+    Management,
+    /// `/metrics` (`metrics_address`).
+    Metrics,
+}
+
+impl Api {
+    /// The three, in the order of their ports (8080, 8081, 8082).
+    pub const ALL: [Api; 3] = [Api::Inference, Api::Management, Api::Metrics];
+
+    /// Its index among the three (for per-API state).
+    #[must_use]
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The label of this API in metrics and logs.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Api::Inference => "inference",
+            Api::Management => "management",
+            Api::Metrics => "metrics",
+        }
+    }
+
+    /// The key of `config.properties` that sets its address.
+    #[must_use]
+    pub fn address_key(self) -> &'static str {
+        match self {
+            Api::Inference => "inference_address",
+            Api::Management => "management_address",
+            Api::Metrics => "metrics_address",
+        }
+    }
+}
+
 /// Which models to load at start-up (`load_models`).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum LoadModels {
@@ -203,6 +245,16 @@ const IGNORED: &[&str] = &[
 ];
 
 impl Config {
+    /// Where `api` listens.
+    #[must_use]
+    pub fn address(&self, api: Api) -> SocketAddr {
+        match api {
+            Api::Inference => self.inference_address,
+            Api::Management => self.management_address,
+            Api::Metrics => self.metrics_address,
+        }
+    }
+
     /// Reads a `config.properties` file over the defaults.
     ///
     /// # Errors

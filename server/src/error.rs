@@ -1,8 +1,21 @@
-//! API errors and their one mapping to HTTP: TorchServe's body `{"code": N, "type": "...", "message": "..."}`.
+//! The one error type the APIs answer with, the one place where engine and load errors get their HTTP status,
+//! and the one renderer of error bodies: TorchServe's `{"code": N, "type": "...", "message": "..."}` or KServe
+//! v2's `{"error": "..."}`, by the [`Protocol`] the router decided for the request.
 
-use ferroserve_engine::EngineError;
+use ferroserve_engine::{store::StoreError, EngineError};
 use hyper::StatusCode;
 use serde::Serialize;
+
+use crate::load::LoadError;
+
+/// The protocol a request speaks, decided once per request by its path: it chooses the error body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// TorchServe's APIs (`/ping`, `/predictions`, `/models`, `/metrics`, `/token`).
+    TorchServe,
+    /// KServe v2, Triton's protocol (`/v2/...` on the inference API).
+    KServeV2,
+}
 
 /// An error answered to a client.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -18,7 +31,7 @@ pub struct ApiError {
 
 /// The JSON body of an error, TorchServe's shape.
 #[derive(Serialize)]
-struct Body<'a> {
+struct TorchServeBody<'a> {
     code: u16,
     #[serde(rename = "type")]
     kind: &'a str,
@@ -89,12 +102,25 @@ impl ApiError {
         Self { status: StatusCode::INTERNAL_SERVER_ERROR, kind: "InternalServerException", message: message.into() }
     }
 
-    /// The JSON body.
+    /// The JSON body in `protocol`'s shape.
     #[must_use]
-    pub fn body(&self) -> Vec<u8> {
-        let body = Body { code: self.status.as_u16(), kind: self.kind, message: &self.message };
-        serde_json::to_vec(&body).unwrap_or_else(|_| b"{}".to_vec())
+    pub fn body(&self, protocol: Protocol) -> Vec<u8> {
+        let body = match protocol {
+            Protocol::TorchServe => serde_json::to_vec(&TorchServeBody {
+                code: self.status.as_u16(),
+                kind: self.kind,
+                message: &self.message,
+            }),
+            Protocol::KServeV2 => serde_json::to_vec(&KServeBody { error: &self.message }),
+        };
+        body.unwrap_or_else(|_| b"{}".to_vec())
     }
+}
+
+/// The JSON body of an error, KServe v2's shape.
+#[derive(Serialize)]
+struct KServeBody<'a> {
+    error: &'a str,
 }
 
 impl From<EngineError> for ApiError {
@@ -109,5 +135,36 @@ impl From<EngineError> for ApiError {
             EngineError::Backend(_) => (StatusCode::INTERNAL_SERVER_ERROR, "InternalServerException"),
         };
         Self { status, kind, message }
+    }
+}
+
+impl From<LoadError> for ApiError {
+    fn from(e: LoadError) -> Self {
+        let message = e.to_string();
+        match e {
+            LoadError::Store(StoreError::NotFound { .. }) => Self::model_not_found(message),
+            LoadError::Duplicate(_) => Self::conflict(message),
+            LoadError::Store(StoreError::Labels { .. } | StoreError::Archive { .. }) | LoadError::Mismatch { .. } => {
+                Self::bad_request(message)
+            }
+            LoadError::Backend { .. } => Self::internal(message),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_error_has_a_body_per_protocol() {
+        let e = ApiError::model_not_found("Model not found: m");
+        let torchserve: serde_json::Value = serde_json::from_slice(&e.body(Protocol::TorchServe)).expect("JSON");
+        assert_eq!(
+            torchserve,
+            serde_json::json!({"code": 404, "type": "ModelNotFoundException", "message": "Model not found: m"})
+        );
+        let v2: serde_json::Value = serde_json::from_slice(&e.body(Protocol::KServeV2)).expect("JSON");
+        assert_eq!(v2, serde_json::json!({"error": "Model not found: m"}));
     }
 }

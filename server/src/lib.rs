@@ -1,20 +1,124 @@
-//! The HTTP front end of ferroserve: TorchServe's `config.properties`, its inference API and error bodies, over
-//! hyper 1, on three listeners (inference, management, metrics) as TorchServe has. It knows nothing of tensors beyond parsing requests into model inputs and printing outputs; the
-//! queue, batching and models live in `ferroserve-engine`.
+//! The HTTP front end of ferroserve: TorchServe's `config.properties`, its inference, management and metrics APIs
+//! and KServe v2, over hyper 1, on three listeners as TorchServe has. It knows nothing of tensors beyond parsing
+//! requests into model inputs and printing outputs; the queue, batching and models live in `ferroserve-engine`.
+//!
+//! The whole server is [`run`] over the listeners [`bind`] opened; `main` adds the command line, the models of
+//! [`load::load_all`] and the signals. Modules point one way:
+//! `run → serve (accept) → router (auth, admission, protocol) → api::* → {infer, reply, error, state} → engine`,
+//! with `load` (start-up and registration) and `config` below them.
 
-pub mod app;
+pub mod api;
 pub mod auth;
 pub mod config;
 pub mod error;
-pub mod http;
-pub mod inference;
+pub mod infer;
 mod json;
-pub mod kserve;
 pub mod landmarks;
-pub mod management;
+pub mod load;
 pub mod metrics;
+pub mod reply;
+mod router;
+mod serve;
 pub mod state;
 
-pub use config::Config;
-pub use http::{run, serve, Api};
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+
+use tokio::net::TcpListener;
+
+pub use config::{Api, Config};
 pub use state::AppState;
+
+/// Why the server could not start or stop cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// A listener could not be opened.
+    #[error("cannot listen on {addr} ({key}): {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The key of `config.properties` that sets it.
+        key: &'static str,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+    /// A task of the server failed (it panicked).
+    #[error("a server task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+    /// Connections and queues were still busy when `shutdown_grace_period` ran out.
+    #[error("the shutdown took longer than shutdown_grace_period ({0:?})")]
+    GraceExceeded(Duration),
+}
+
+/// The listeners of the three APIs, bound.
+#[derive(Debug)]
+pub struct Listeners {
+    listeners: [TcpListener; Api::ALL.len()],
+}
+
+impl Listeners {
+    /// Where `api` listens (with the port the system chose for port 0).
+    ///
+    /// # Errors
+    /// When the socket's address cannot be read.
+    pub fn local_addr(&self, api: Api) -> std::io::Result<SocketAddr> {
+        self.listeners[api.index()].local_addr()
+    }
+}
+
+/// Binds the three APIs' addresses. Each accept queue holds up to `max_connections` connections (the kernel caps
+/// it at `somaxconn`), so that a burst of new connections waits to be accepted (and answered, 503 past
+/// `max_connections`) instead of being dropped by the kernel.
+///
+/// # Errors
+/// [`ServeError::Bind`] naming the address and its key.
+pub async fn bind(config: &Config) -> Result<Listeners, ServeError> {
+    let backlog = u32::try_from(config.max_connections).unwrap_or(u32::MAX);
+    let open = |api: Api| {
+        let addr = config.address(api);
+        listen(addr, backlog).map_err(|source| ServeError::Bind { addr, key: api.address_key(), source })
+    };
+    Ok(Listeners { listeners: [open(Api::Inference)?, open(Api::Management)?, open(Api::Metrics)?] })
+}
+
+fn listen(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
+}
+
+/// Serves the three APIs over `state` until `shutdown` completes, then shuts down in order: readiness off,
+/// listeners closed, open connections finish their requests, the model queues drain and the workers are joined,
+/// all within `shutdown_grace_period`.
+///
+/// # Errors
+/// [`ServeError::GraceExceeded`] when the shutdown takes longer (the caller should then exit: workers may still
+/// run), [`ServeError::Task`] when a task of the server panicked.
+pub async fn run(
+    listeners: Listeners,
+    state: Arc<AppState>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    let (stop, _) = tokio::sync::broadcast::channel::<()>(1);
+    let mut servers = tokio::task::JoinSet::new();
+    for (api, listener) in Api::ALL.into_iter().zip(listeners.listeners) {
+        let mut stopped = stop.subscribe();
+        servers.spawn(serve::serve(listener, Arc::clone(&state), api, async move {
+            let _ = stopped.recv().await;
+        }));
+    }
+    shutdown.await;
+    state.stop_ready();
+    let _ = stop.send(());
+    let grace = state.config.shutdown_grace_period;
+    let registry = Arc::clone(&state.registry);
+    let drain = async move {
+        while let Some(done) = servers.join_next().await {
+            done?;
+        }
+        tracing::info!("connections closed; draining the model queues");
+        tokio::task::spawn_blocking(move || registry.shutdown()).await?;
+        Ok(())
+    };
+    tokio::time::timeout(grace, drain).await.map_err(|_| ServeError::GraceExceeded(grace))?
+}

@@ -1,4 +1,4 @@
-//! The metrics API (`GET /metrics`, Prometheus text format) and the metrics the server itself records:
+//! The metrics the server records (the metrics API renders them, see `api::metrics`):
 //! end-to-end request latency per model, responses by status class, and TorchServe's names for compatibility
 //! (`ts_inference_requests_total`, `ts_inference_latency_microseconds`, `ts_queue_latency_microseconds`,
 //! `Requests2XX`/`4XX`/`5XX`), which `ts_metric_names=false` turns off.
@@ -6,15 +6,10 @@
 use std::time::Duration;
 
 use ferroserve_engine::{metrics::EngineMetrics, Model};
-use hyper::{body::Incoming, Method, Request, StatusCode};
+use hyper::StatusCode;
 use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry, TextEncoder};
 
-use crate::{
-    config::Config,
-    error::ApiError,
-    http::{error_reply, query, with_type, Api, Reply},
-    state::AppState,
-};
+use crate::config::{Api, Config};
 
 /// Every metric family, in one Prometheus registry.
 pub struct ServerMetrics {
@@ -145,21 +140,5 @@ impl TorchServeNames {
             )?,
             by_class: [class("Requests2XX")?, class("Requests4XX")?, class("Requests5XX")?],
         })
-    }
-}
-
-/// `GET /metrics[?name[]=family...]` (TorchServe's filter).
-pub fn route(req: &Request<Incoming>, state: &AppState) -> Reply {
-    match (req.method(), req.uri().path()) {
-        (&Method::GET, "/metrics") => {
-            for model in state.registry.all() {
-                model.metrics().queue_depth.set(i64::try_from(model.queue_len()).unwrap_or(i64::MAX));
-            }
-            let params = query(req);
-            let names: Vec<&str> = params.get("name[]").map(|n| n.split(',').collect()).unwrap_or_default();
-            with_type(StatusCode::OK, state.metrics.render(&names), "text/plain; version=0.0.4")
-        }
-        (_, "/metrics") => error_reply(&ApiError::method_not_allowed()),
-        (_, path) => error_reply(&ApiError::not_found(path)),
     }
 }

@@ -4,16 +4,17 @@ use std::{
     collections::BTreeMap,
     sync::{
         atomic::{AtomicBool, Ordering},
-        Arc, PoisonError, RwLock,
+        Arc,
     },
 };
 
 use ferroserve_engine::Registry;
+use parking_lot::RwLock;
 use tokio::sync::Semaphore;
 
 use crate::{
     auth::{Keys, Tokens},
-    config::Config,
+    config::{Api, Config},
     metrics::ServerMetrics,
 };
 
@@ -28,7 +29,7 @@ pub struct AppState {
     /// Permits for inference requests in flight (`max_inflight_requests`).
     pub inflight: Arc<Semaphore>,
     /// Permits for open connections, per API (`max_connections`).
-    pub connections: [Arc<Semaphore>; 3],
+    pub connections: [Arc<Semaphore>; Api::ALL.len()],
     /// False once a shutdown has begun: health checks then report not ready.
     ready: AtomicBool,
     /// Models that failed to load, with the reason, until a later registration of the name succeeds.
@@ -70,7 +71,7 @@ impl AppState {
 
     /// Records that model `name` failed to load (`None`: it loaded since).
     pub fn set_failure(&self, name: &str, error: Option<String>) {
-        let mut failed = self.failed.write().unwrap_or_else(PoisonError::into_inner);
+        let mut failed = self.failed.write();
         match error {
             Some(e) => failed.insert(name.to_string(), e),
             None => failed.remove(name),
@@ -80,7 +81,7 @@ impl AppState {
     /// Why model `name` failed to load, if it did.
     #[must_use]
     pub fn failure(&self, name: &str) -> Option<String> {
-        self.failed.read().unwrap_or_else(PoisonError::into_inner).get(name).cloned()
+        self.failed.read().get(name).cloned()
     }
 
     /// Marks the server as shutting down.

@@ -7,7 +7,7 @@ mod support;
 
 use std::{io::Write, path::Path, sync::Arc};
 
-use ferroserve::{app, config::LoadModels, AppState};
+use ferroserve::{config::LoadModels, load, AppState};
 use hyper::{Method, StatusCode};
 use support::{metrics_for, models_dir, test_config, TestServer};
 use zip::{write::SimpleFileOptions, CompressionMethod, ZipWriter};
@@ -68,7 +68,7 @@ async fn server_with(store: &Path, load_models: &str, models: &str) -> TestServe
     ];
     config.apply(settings.iter().map(|(k, v)| ((*k).to_string(), (*v).to_string(), None)).collect()).expect("valid");
     let metrics = metrics_for(&config);
-    let (registry, failed) = app::load_all(&config, &metrics.engine).expect("start-up");
+    let (registry, failed) = load::load_all(&config, &metrics.engine).expect("start-up");
     assert!(failed.is_empty(), "{failed:?}");
     TestServer::start_state(Arc::new(AppState::new(registry, config, metrics))).await
 }
@@ -214,7 +214,8 @@ fn manifest_with_config(name: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_archives_model_config_yaml_sets_its_batching_over_models() {
     let store = tempfile::tempdir().expect("store");
-    let yaml = "minWorkers: 1\nbatchSize: 4\nmaxBatchDelay: 7\nresponseTimeout: 9\nhandler:\n  topk: 3\n";
+    let yaml =
+        "minWorkers: 1\nmaxWorkers: 3\nbatchSize: 4\nmaxBatchDelay: 7\nresponseTimeout: 9\nhandler:\n  topk: 3\n";
     let files = ["signnet.onnx", "index_to_name.json"];
     write_mar_with(
         &store.path().join("y.mar"),
@@ -233,11 +234,19 @@ async fn an_archives_model_config_yaml_sets_its_batching_over_models() {
         "{d}"
     );
     assert_eq!(d["jobQueueStatus"]["remainingCapacity"], 5, "{d}");
-    // The register call's parameters win over the YAML.
+    assert_eq!((d["maxWorkers"].as_u64(), d["loadedAtStartup"].as_bool()), (Some(3), Some(true)), "{d}");
+    // The register call's parameters win over the YAML; what it does not give comes from the YAML, as at
+    // start-up (one load plan for both).
     let url = "/models?url=y.mar&model_name=other&batch_size=2&synchronous=true";
     assert_eq!(server.manage(Method::POST, url).await.status, StatusCode::OK);
     let d = &server.manage(Method::GET, "/models/other").await.json[0];
     assert_eq!((d["batchSize"].as_u64(), d["maxBatchDelay"].as_f64()), (Some(2), Some(7.0)), "{d}");
+    assert_eq!(
+        (d["minWorkers"].as_u64(), d["maxWorkers"].as_u64(), d["responseTimeout"].as_u64()),
+        (Some(1), Some(3), Some(9)),
+        "{d}"
+    );
+    assert_eq!((d["modelUrl"].as_str(), d["loadedAtStartup"].as_bool()), (Some("y.mar"), Some(false)), "{d}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

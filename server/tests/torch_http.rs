@@ -36,7 +36,7 @@ async fn server(store: &Path) -> TestServer {
     let metrics = metrics_for(&config);
     let registry = Arc::new(Registry::new());
     for name in ["onnx", "ts"] {
-        let model = ferroserve::app::load_model(&config, (name, "1.0"), name, &metrics.engine).expect("signnet loads");
+        let model = ferroserve::load::load_model(&config, (name, "1.0"), name, &metrics.engine).expect("signnet loads");
         assert!(registry.register(model).is_ok());
     }
     TestServer::start_state(Arc::new(AppState::new(registry, config, metrics))).await

@@ -83,24 +83,20 @@ impl TestServer {
         Self::start_state(Arc::new(AppState::new(registry, config, metrics))).await
     }
 
-    /// Starts the three APIs over `state` on 127.0.0.1 port 0.
+    /// Starts the server over `state` as `ferroserve` does ([`ferroserve::bind`], [`ferroserve::run`]), its three
+    /// APIs on the addresses of `state.config` (127.0.0.1 port 0 in [`test_config`]).
     pub async fn start_state(state: Arc<AppState>) -> Self {
         let (stop, _) = tokio::sync::broadcast::channel::<()>(1);
-        let mut addrs = Vec::new();
-        for api in [Api::Inference, Api::Management, Api::Metrics] {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
-            addrs.push(listener.local_addr().expect("local addr"));
-            let mut stopped = stop.subscribe();
-            let state = Arc::clone(&state);
-            tokio::spawn(async move {
-                let shutdown = async move {
-                    let _ = stopped.recv().await;
-                };
-                ferroserve::serve(listener, state, api, shutdown).await.expect("server runs");
-            });
-        }
+        let listeners = ferroserve::bind(&state.config).await.expect("bind the test addresses");
+        let addr = |api| listeners.local_addr(api).expect("local addr");
+        let (inference, management, metrics) = (addr(Api::Inference), addr(Api::Management), addr(Api::Metrics));
+        let mut stopped = stop.subscribe();
+        let shutdown = async move {
+            let _ = stopped.recv().await;
+        };
+        tokio::spawn(ferroserve::run(listeners, Arc::clone(&state), shutdown));
         let client = Client::builder(TokioExecutor::new()).build_http();
-        Self { addr: addrs[0], management: addrs[1], metrics: addrs[2], state, stop: Some(stop), client }
+        Self { addr: inference, management, metrics, state, stop: Some(stop), client }
     }
 
     /// Sends a request to `addr` and reads the whole answer.
@@ -296,7 +292,7 @@ pub async fn signnet_server(batch_size: &str) -> TestServer {
         .expect("valid settings");
     let metrics = metrics_for(&config);
     let model =
-        ferroserve::app::load_model(&config, ("signnet", "1.0"), "signnet", &metrics.engine).expect("signnet loads");
+        ferroserve::load::load_model(&config, ("signnet", "1.0"), "signnet", &metrics.engine).expect("signnet loads");
     let registry = Arc::new(Registry::new());
     assert!(registry.register(model).is_ok());
     TestServer::start_state(Arc::new(AppState::new(registry, config, metrics))).await

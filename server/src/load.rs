@@ -1,15 +1,22 @@
-//! Start-up: turns a [`Config`] into running models in a [`Registry`], each on its device (its `deviceType` and
-//! `deviceIds`, else `TORCH_DEVICE`, else detection: CUDA, MPS, CPU) in the format that suits the device.
+//! Loading models, at start-up and on registration alike: one [`LoadPlan`] says what a model runs with (its
+//! files, its archive's `model-config.yaml` over its `models` entry over the defaults, then the registration
+//! call's [`Overrides`]), and one function builds it. A plan loads into a running [`Model`] on its devices (its
+//! `deviceType` and `deviceIds`, else `TORCH_DEVICE`, else detection: CUDA, MPS, CPU) in the format that suits
+//! the device.
 
 use std::{
     path::{Path, PathBuf},
     sync::Arc,
 };
 
+use std::time::Duration;
+
 #[cfg(feature = "torch")]
 use ferroserve_engine::backend::torch::{self, TorchFactory};
+#[cfg(feature = "onnx")]
+use ferroserve_engine::backend::{OnnxFactory, OnnxOptions};
 use ferroserve_engine::{
-    backend::{MultiDevice, OnnxFactory, OnnxOptions},
+    backend::MultiDevice,
     device::{self, Availability, DeviceError, DeviceRequest},
     metrics::EngineMetrics,
     store::{self, ModelFiles, ModelFormat},
@@ -187,10 +194,7 @@ pub fn identity(config: &Config, given: Option<&str>, entry: &str) -> (String, S
 
 /// Loads a model from its `files` with `settings` ([`model_settings`]: they choose its devices) and `options`,
 /// and starts its workers, recording into `metrics`.
-///
-/// # Errors
-/// [`LoadError`] naming the model.
-pub fn load_model_with(
+fn start_model(
     config: &Config,
     files: ModelFiles,
     settings: &ModelConfig,
@@ -247,13 +251,20 @@ fn choose_format(files: &ModelFiles, device: Device) -> Option<(ModelFormat, &Pa
 
 /// Opens the model's file in the format [`choose_format`] picks, on `device`, with `threads` intra-op threads
 /// (per ONNX Runtime session; for libtorch, once per process).
+#[cfg_attr(not(any(feature = "onnx", feature = "torch")), allow(unused_variables))]
 fn open_factory(files: &ModelFiles, device: Device, threads: usize) -> Result<Arc<dyn BackendFactory>, BackendError> {
     let no_file = || BackendError::load(format!("model \"{}\" has no model file", files.name));
     match choose_format(files, device).ok_or_else(no_file)? {
+        #[cfg(feature = "onnx")]
         (ModelFormat::Onnx, path) => {
             let onnx = OnnxOptions { dylib: ort_dylib(), intra_threads: threads };
             Ok(Arc::new(OnnxFactory::load_on(path, onnx, device)?))
         }
+        #[cfg(not(feature = "onnx"))]
+        (ModelFormat::Onnx, path) => Err(BackendError::load(format!(
+            "{}: this build has no ONNX backend (cargo feature `onnx`)",
+            path.display()
+        ))),
         #[cfg(feature = "torch")]
         (ModelFormat::TorchScript, path) => {
             torch::set_intra_op_threads(threads);
@@ -267,27 +278,100 @@ fn open_factory(files: &ModelFiles, device: Device, threads: usize) -> Result<Ar
     }
 }
 
-/// Loads model `name` at `version` from `entry` in the store with its configured settings (the `models` JSON over
-/// the top-level defaults; its `marName` replaces `entry`), recording into `metrics`.
+/// Settings a registration call gives (`POST /models?initial_workers=&batch_size=&max_batch_delay=
+/// &response_timeout=`): each wins over the model's own, and only those given change anything.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Overrides {
+    /// Workers to start (`initial_workers`).
+    pub workers: Option<usize>,
+    /// Most requests in one batch (`batch_size`).
+    pub batch_size: Option<usize>,
+    /// Longest wait for a batch to fill (`max_batch_delay`).
+    pub max_batch_delay: Option<Duration>,
+    /// How long a request may wait for its answer (`response_timeout`).
+    pub response_timeout: Option<Duration>,
+}
+
+impl Overrides {
+    /// `options` with the settings given here in place of theirs.
+    fn apply(&self, mut options: ModelOptions) -> ModelOptions {
+        options.workers = self.workers.unwrap_or(options.workers);
+        options.policy.max_batch_size = self.batch_size.unwrap_or(options.policy.max_batch_size);
+        options.policy.max_delay = self.max_batch_delay.unwrap_or(options.policy.max_delay);
+        options.response_timeout = self.response_timeout.unwrap_or(options.response_timeout);
+        options
+    }
+}
+
+/// When a model is loaded: it decides where its file comes from and what describe reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// By `load_models` at start-up: a `marName` in `models` replaces the entry.
+    Startup,
+    /// By `POST /models`: the URL given is the entry.
+    Registration,
+}
+
+/// Everything a model is loaded with, read from the store and the configuration before any worker starts.
+#[derive(Debug)]
+pub struct LoadPlan {
+    /// Its files in the model store (a `.mar` unpacked).
+    pub files: ModelFiles,
+    /// Its settings: the archive's `model-config.yaml` over its `models` entry.
+    pub settings: ModelConfig,
+    /// How it runs: the settings over the top-level defaults, then the [`Overrides`].
+    pub options: ModelOptions,
+    /// The store entry it comes from (TorchServe's `modelUrl`).
+    pub entry: String,
+    /// When it is loaded.
+    pub origin: Origin,
+}
+
+impl LoadPlan {
+    /// The plan of model `name` at `version` from `entry` in the store: the one function that start-up and
+    /// registration both use. Reads the store (and unpacks an archive): call it off the async threads.
+    ///
+    /// # Errors
+    /// [`LoadError::Store`] when the entry is not in the store, or its files or `model-config.yaml` are bad.
+    pub fn new(
+        config: &Config,
+        (name, version): (&str, &str),
+        entry: &str,
+        origin: Origin,
+        overrides: &Overrides,
+    ) -> Result<Self, LoadError> {
+        let configured = config.model_config(name, version).and_then(|m| m.mar_name.as_deref());
+        let entry = configured.filter(|_| origin == Origin::Startup).unwrap_or(entry).to_string();
+        let files = store::locate(&config.model_store, name, &entry)?;
+        let settings = model_settings(config, name, version, Some(&files))?;
+        let options = overrides.apply(model_options(config, name, version, &settings));
+        Ok(Self { files, settings, options, entry, origin })
+    }
+
+    /// Loads the model and starts its workers, recording into `metrics`.
+    ///
+    /// # Errors
+    /// [`LoadError`] naming the model.
+    pub fn load(self, config: &Config, metrics: &EngineMetrics) -> Result<Model, LoadError> {
+        let model = start_model(config, self.files, &self.settings, self.options, metrics)?;
+        if let Some(max) = self.settings.max_workers {
+            model.set_max_workers(max);
+        }
+        Ok(model.with_source(self.entry, self.origin == Origin::Startup))
+    }
+}
+
+/// Loads model `name` at `version` from `entry` as start-up does (see [`LoadPlan`]), recording into `metrics`.
 ///
 /// # Errors
 /// [`LoadError`] naming the model.
 pub fn load_model(
     config: &Config,
-    (name, version): (&str, &str),
+    identity: (&str, &str),
     entry: &str,
     metrics: &EngineMetrics,
 ) -> Result<Model, LoadError> {
-    let configured = config.model_config(name, version);
-    let entry = configured.and_then(|m| m.mar_name.as_deref()).unwrap_or(entry);
-    let files = store::locate(&config.model_store, name, entry)?;
-    let settings = model_settings(config, name, version, Some(&files))?;
-    let options = model_options(config, name, version, &settings);
-    let model = load_model_with(config, files, &settings, options, metrics)?;
-    if let Some(max) = settings.max_workers {
-        model.set_max_workers(max);
-    }
-    Ok(model.with_source(entry, true))
+    LoadPlan::new(config, identity, entry, Origin::Startup, &Overrides::default())?.load(config, metrics)
 }
 
 /// The models loaded at start-up, and those that failed with their error.

@@ -6,35 +6,37 @@
 
 use std::{collections::HashMap, path::Component, sync::Arc};
 
-use ferroserve_engine::{store::StoreError, BatchPolicy, Model};
+use ferroserve_engine::{BatchPolicy, Model};
 use hyper::{body::Incoming, Method, Request, StatusCode};
 use serde::Serialize;
 use serde_json::json;
 
 use crate::{
-    app::{self, LoadError},
     config::delay_ms,
     error::ApiError,
-    http::{error_reply, json_value, query, Reply},
-    inference::find_model,
+    infer::find_model,
+    load::{self, LoadPlan, Origin, Overrides},
+    reply::{json_value, query, status, Reply},
     state::AppState,
 };
 
 /// TorchServe's default page size of `GET /models`.
 const DEFAULT_LIMIT: usize = 100;
 
-/// Routes one management-API request.
-pub async fn route(req: Request<Incoming>, state: &Arc<AppState>) -> Reply {
+/// Answers one management-API request.
+///
+/// # Errors
+/// [`ApiError`] for an unknown path or method, a disabled model API, and whatever the call refuses.
+pub async fn handle(req: Request<Incoming>, state: &Arc<AppState>) -> Result<Reply, ApiError> {
     let path = req.uri().path().to_string();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let params = query(&req);
     let registering = matches!(req.method(), &Method::POST | &Method::DELETE);
     if registering && !state.config.enable_model_api {
         let message = "The model API is disabled: set enable_model_api=true to register or unregister models";
-        let e = ApiError { message: message.into(), ..ApiError::method_not_allowed() };
-        return error_reply(&e);
+        return Err(ApiError { message: message.into(), ..ApiError::method_not_allowed() });
     }
-    let result = match (req.method(), segments.as_slice()) {
+    match (req.method(), segments.as_slice()) {
         (&Method::GET, ["models"]) => list(state, &params),
         (&Method::POST, ["models"]) => register(state, &params).await,
         (&Method::GET, ["models", name]) => describe(state, name, Some(None)),
@@ -47,12 +49,7 @@ pub async fn route(req: Request<Incoming>, state: &Arc<AppState>) -> Reply {
         (&Method::DELETE, ["models", name, version]) => unregister(state, name, Some(version)).await,
         (_, ["models", ..]) => Err(ApiError::method_not_allowed()),
         _ => Err(ApiError::not_found(&path)),
-    };
-    result.unwrap_or_else(|e| error_reply(&e))
-}
-
-fn status(code: StatusCode, message: String) -> Reply {
-    json_value(code, &json!({ "status": message }))
+    }
 }
 
 /// A query parameter parsed as `T`, or a 400 naming it.
@@ -216,39 +213,24 @@ async fn register(state: &Arc<AppState>, params: &HashMap<String, String>) -> Re
     check_allowed(&state.config.allowed_urls, &url)?;
     // The manifest is read, and a .mar unpacked, off the async threads.
     let (config, given, entry) = (state.config.clone(), params.get("model_name").cloned(), url.clone());
-    let (name, version) = blocking(move || app::identity(&config, given.as_deref(), &entry)).await?;
+    let (name, version) = blocking(move || load::identity(&config, given.as_deref(), &entry)).await?;
     if state.registry.get(&name, Some(&version)).is_some() {
         return Err(ApiError::conflict(format!("Model version {version} is already registered for model {name}")));
     }
-    // The parameters are checked now and win over the model's settings (as in TorchServe) once those are read.
-    let initial_workers = positive(params, "initial_workers")?;
-    let response_timeout = positive(params, "response_timeout")?;
+    // The parameters are checked before the store is read, and win over the model's settings (as in TorchServe).
+    let overrides = overrides(params)?;
     let synchronous = flag(params, "synchronous")?;
-    batch_policy(params, BatchPolicy::default())?;
     // Before answering: a URL that is not in the store, or a broken archive, fails here even when loading goes
     // on in the background.
-    let (config, located) = (state.config.clone(), (name.clone(), version.clone(), url.clone()));
-    let (files, settings) = blocking(move || {
-        let (name, version, url) = located;
-        let files = ferroserve_engine::store::locate(&config.model_store, &name, &url)?;
-        let settings = app::model_settings(&config, &name, &version, Some(&files))?;
-        Ok::<_, LoadError>((files, settings))
-    })
-    .await?
-    .map_err(load_error)?;
-    let mut options = app::model_options(&state.config, &name, &version, &settings);
-    if let Some(workers) = initial_workers {
-        options.workers = workers;
-    }
-    options.policy = batch_policy(params, options.policy)?;
-    if let Some(seconds) = response_timeout {
-        options.response_timeout = std::time::Duration::from_secs(seconds as u64);
-    }
-    let workers = options.workers;
+    let (config, identity) = (state.config.clone(), (name.clone(), version.clone()));
+    let plan =
+        blocking(move || LoadPlan::new(&config, (&identity.0, &identity.1), &url, Origin::Registration, &overrides))
+            .await??;
+    let workers = plan.options.workers;
     let (config, metrics, registry) = (state.config.clone(), state.metrics.engine.clone(), Arc::clone(&state.registry));
     let task = tokio::task::spawn_blocking(move || {
-        let model = app::load_model_with(&config, files, &settings, options, &metrics)?.with_source(url, false);
-        registry.register(model).map(drop).map_err(|m| LoadError::Duplicate(m.name().to_string()))
+        let model = plan.load(&config, &metrics)?;
+        registry.register(model).map(drop).map_err(|m| load::LoadError::Duplicate(m.name().to_string()))
     });
     if !synchronous {
         let (state, loading) = (Arc::clone(state), name.clone());
@@ -264,12 +246,23 @@ async fn register(state: &Arc<AppState>, params: &HashMap<String, String>) -> Re
             state.set_failure(&loading, outcome);
         });
         let message = format!("Model \"{name}\" Version: {version} registration accepted, starting {workers} workers");
-        return Ok(status(StatusCode::ACCEPTED, message));
+        return Ok(status(StatusCode::ACCEPTED, &message));
     }
-    task.await.map_err(|e| ApiError::internal(e.to_string()))?.map_err(load_error)?;
+    task.await.map_err(|e| ApiError::internal(e.to_string()))??;
     state.set_failure(&name, None);
     let message = format!("Model \"{name}\" Version: {version} registered with {workers} initial workers");
-    Ok(status(StatusCode::OK, message))
+    Ok(status(StatusCode::OK, &message))
+}
+
+/// The registration call's settings over the model's own.
+fn overrides(params: &HashMap<String, String>) -> Result<Overrides, ApiError> {
+    let seconds = |s: usize| std::time::Duration::from_secs(s as u64);
+    Ok(Overrides {
+        workers: positive(params, "initial_workers")?,
+        batch_size: positive(params, "batch_size")?,
+        max_batch_delay: max_batch_delay(params)?,
+        response_timeout: positive(params, "response_timeout")?.map(seconds),
+    })
 }
 
 /// Runs file work on the blocking pool.
@@ -277,28 +270,19 @@ async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) 
     tokio::task::spawn_blocking(work).await.map_err(|e| ApiError::internal(e.to_string()))
 }
 
-fn load_error(e: LoadError) -> ApiError {
-    match e {
-        LoadError::Store(StoreError::NotFound { .. }) => ApiError::model_not_found(e.to_string()),
-        LoadError::Duplicate(_) => ApiError::conflict(e.to_string()),
-        LoadError::Store(StoreError::Labels { .. } | StoreError::Archive { .. }) | LoadError::Mismatch { .. } => {
-            ApiError::bad_request(e.to_string())
-        }
-        LoadError::Backend { .. } => ApiError::internal(e.to_string()),
-    }
+/// `max_batch_delay` (ms, fractions allowed), when given.
+fn max_batch_delay(params: &HashMap<String, String>) -> Result<Option<std::time::Duration>, ApiError> {
+    param::<f64>(params, "max_batch_delay")?
+        .map(|ms| delay_ms(ms).map_err(|e| ApiError::bad_request(format!("Parameter max_batch_delay: {e}"))))
+        .transpose()
 }
 
 /// `batch_size` and `max_batch_delay` (ms) over `current`.
 fn batch_policy(params: &HashMap<String, String>, current: BatchPolicy) -> Result<BatchPolicy, ApiError> {
-    let mut policy = current;
-    if let Some(size) = positive(params, "batch_size")? {
-        policy.max_batch_size = size;
-    }
-    if let Some(ms) = param::<f64>(params, "max_batch_delay")? {
-        policy.max_delay =
-            delay_ms(ms).map_err(|e| ApiError::bad_request(format!("Parameter max_batch_delay: {e}")))?;
-    }
-    Ok(policy)
+    Ok(BatchPolicy {
+        max_batch_size: positive(params, "batch_size")?.unwrap_or(current.max_batch_size),
+        max_delay: max_batch_delay(params)?.unwrap_or(current.max_delay),
+    })
 }
 
 /// `PUT /models/{m}[/{v}]?min_worker=&max_worker=&synchronous=` scales workers; ferroserve's `batch_size` and
@@ -333,7 +317,7 @@ async fn update(
             policy.max_batch_size,
             policy.max_delay.as_secs_f64() * 1000.0
         );
-        return Ok(status(StatusCode::OK, message));
+        return Ok(status(StatusCode::OK, &message));
     };
     let scaling = Arc::clone(&model);
     let task = tokio::task::spawn_blocking(move || scaling.scale(workers));
@@ -343,12 +327,12 @@ async fn update(
                 tracing::error!(%error, "scaling failed");
             }
         });
-        return Ok(status(StatusCode::ACCEPTED, "Processing worker updates...".into()));
+        return Ok(status(StatusCode::ACCEPTED, "Processing worker updates..."));
     }
     task.await
         .map_err(|e| ApiError::internal(e.to_string()))?
         .map_err(|e| ApiError::internal(format!("cannot start workers: {e}")))?;
-    Ok(status(StatusCode::OK, format!("Workers scaled to {workers} for model: {name}")))
+    Ok(status(StatusCode::OK, &format!("Workers scaled to {workers} for model: {name}")))
 }
 
 /// `PUT /models/{m}/{v}/set-default`
@@ -358,7 +342,7 @@ fn set_default(state: &AppState, name: &str, version: &str) -> Result<Reply, Api
         return Err(ApiError::model_not_found(format!("Model version: {version} does not exist for model: {name}")));
     }
     let message = format!("Default version successfully updated for model \"{name}\" to \"{version}\"");
-    Ok(status(StatusCode::OK, message))
+    Ok(status(StatusCode::OK, &message))
 }
 
 /// `DELETE /models/{m}[/{v}]`: no new request reaches the model; it answers what it accepted, then stops.
@@ -371,5 +355,5 @@ async fn unregister(state: &AppState, name: &str, version: Option<&str>) -> Resu
     let version = model.version().to_string();
     model.close();
     tokio::task::spawn_blocking(move || model.shutdown()).await.map_err(|e| ApiError::internal(e.to_string()))?;
-    Ok(status(StatusCode::OK, format!("Model \"{name}\" Version: {version} unregistered")))
+    Ok(status(StatusCode::OK, &format!("Model \"{name}\" Version: {version} unregistered")))
 }

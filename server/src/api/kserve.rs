@@ -15,15 +15,15 @@ mod tensor;
 use std::sync::Arc;
 
 use ferroserve_engine::{InferOutput, Model};
-use hyper::{body::Body as _, body::Incoming, header::HeaderValue, Method, Request, StatusCode};
+use hyper::{body::Incoming, header::HeaderValue, Method, Request, StatusCode};
 use serde::Serialize;
 use serde_json::json;
 use tokio::task::JoinSet;
 
 use crate::{
     error::ApiError,
-    http::{json_value, read_body_timed, with_type, Reply},
-    inference::{find_model, infer_within, observed, request_timeout, timing_headers},
+    infer::{find_model, infer_within, observed, request_timeout, timing_headers},
+    reply::{json_value, read_body_timed, with_type, Reply},
     state::AppState,
 };
 use tensor::TensorRequest;
@@ -75,11 +75,15 @@ impl<'p> Endpoint<'p> {
     }
 }
 
-/// Routes `/v2/...`; `path` is what follows `v2`. Every error, and a response above `max_response_size`, is
-/// answered with the protocol's body.
-pub async fn route(req: Request<Incoming>, state: &AppState, path: &[&str]) -> Reply {
-    let result = match Endpoint::of(path) {
-        None => Err(ApiError::not_found(req.uri().path())),
+/// Answers one KServe v2 request (a path under `/v2`).
+///
+/// # Errors
+/// [`ApiError`] for an unknown path or method, an unknown model, and whatever the infer call refuses.
+pub async fn handle(req: Request<Incoming>, state: &Arc<AppState>) -> Result<Reply, ApiError> {
+    let path = req.uri().path().to_string();
+    let segments: Vec<&str> = path.trim_matches('/').split('/').skip(1).collect();
+    match Endpoint::of(&segments) {
+        None => Err(ApiError::not_found(&path)),
         Some(endpoint) if *req.method() != endpoint.method() => Err(ApiError::method_not_allowed()),
         Some(Endpoint::Server) => Ok(server_metadata()),
         Some(Endpoint::Live) => Ok(json_value(StatusCode::OK, &json!({ "live": true }))),
@@ -87,14 +91,6 @@ pub async fn route(req: Request<Incoming>, state: &AppState, path: &[&str]) -> R
         Some(Endpoint::Model(name, version)) => find_model(state, name, version).map(|m| model_metadata(&m)),
         Some(Endpoint::ModelReady(name, version)) => find_model(state, name, version).map(|m| model_ready(&m)),
         Some(Endpoint::Infer(name, version)) => handle_infer(req, state, name, version).await,
-    };
-    let reply = result.unwrap_or_else(|e| error(&e));
-    match reply.body().size_hint().exact() {
-        Some(n) if n > state.config.max_response_size as u64 => error(&ApiError::internal(format!(
-            "the response ({n} bytes) is larger than max_response_size ({} bytes)",
-            state.config.max_response_size
-        ))),
-        _ => reply,
     }
 }
 
@@ -109,12 +105,6 @@ pub fn validate_request(
     spec: &ferroserve_engine::ModelSpec,
 ) -> Result<usize, ApiError> {
     tensor::parse(body, json_len, spec).map(|request| request.samples)
-}
-
-/// The protocol's error body.
-#[must_use]
-pub fn error(e: &ApiError) -> Reply {
-    json_value(e.status, &json!({ "error": e.message }))
 }
 
 fn server_metadata() -> Reply {

@@ -1,0 +1,86 @@
+//! What the inference handlers of both protocols share: finding the model a request names, the client's
+//! deadline, queueing a sample and waiting for its answer, recording the request's latency, and the timing
+//! headers every answer carries.
+
+use std::{
+    future::Future,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use ferroserve_engine::{InferOutput, Model};
+use hyper::{body::Incoming, header::HeaderValue, Request};
+
+use crate::{error::ApiError, reply::Reply, state::AppState};
+
+/// The model `name` at `version` (or its default), or TorchServe's 404.
+///
+/// # Errors
+/// [`ApiError`] 404 naming the model or the version (and why the model failed to load, when it did).
+pub fn find_model(state: &AppState, name: &str, version: Option<&str>) -> Result<Arc<Model>, ApiError> {
+    state.registry.get(name, version).ok_or_else(|| match version {
+        Some(v) if state.registry.get(name, None).is_some() => {
+            ApiError::model_not_found(format!("Model version: {v} does not exist for model: {name}"))
+        }
+        _ => match state.failure(name) {
+            Some(why) => ApiError::model_not_found(format!("Model not found: {name} (it failed to load: {why})")),
+            None => ApiError::model_not_found(format!("Model not found: {name}")),
+        },
+    })
+}
+
+/// The client's deadline, `x-request-timeout-ms` (a positive integer), when it sends one.
+///
+/// # Errors
+/// 400 when the header is not a positive integer.
+pub fn request_timeout(req: &Request<Incoming>) -> Result<Option<Duration>, ApiError> {
+    let Some(value) = req.headers().get("x-request-timeout-ms") else { return Ok(None) };
+    match value.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok()) {
+        Some(ms) if ms > 0 => Ok(Some(Duration::from_millis(ms))),
+        _ => Err(ApiError::bad_request("header x-request-timeout-ms must be a positive number of milliseconds")),
+    }
+}
+
+/// Runs `work` for a request to `model` and records its end-to-end latency, whatever its outcome.
+pub async fn observed<T>(state: &AppState, model: &Model, work: impl Future<Output = T>) -> T {
+    let started = Instant::now();
+    let result = work.await;
+    state.metrics.observe_request(model, started.elapsed());
+    result
+}
+
+/// Queues one sample and waits for its answer, within `timeout` when it is shorter than the model's
+/// `responseTimeout`. A request still queued at its deadline never runs; one whose batch runs past it is answered
+/// 504 while the worker finishes the batch.
+///
+/// # Errors
+/// The engine's refusal or failure, or 504 at the deadline, as an [`ApiError`].
+pub async fn infer_within(model: &Model, input: Vec<f32>, timeout: Option<Duration>) -> Result<InferOutput, ApiError> {
+    let limit = timeout.map_or(model.options().response_timeout, |t| t.min(model.options().response_timeout));
+    let reply = model.submit_within(input, Some(limit))?;
+    let answer = tokio::time::timeout(limit, reply)
+        .await
+        .map_err(|_| {
+            ApiError::gateway_timeout(format!("no answer from model {} within {} ms", model.name(), limit.as_millis()))
+        })?
+        .map_err(|_| ApiError::internal(format!("model {} dropped the request (it is shutting down)", model.name())))?;
+    Ok(answer?)
+}
+
+/// Adds `x-queue-time`, `x-inference-time` (ms), `x-batch-size` and `x-device`, so that a client can join its
+/// own timings with the server's.
+pub fn timing_headers(response: &mut Reply, output: &InferOutput) {
+    let timing = output.timing;
+    let headers = response.headers_mut();
+    let ms = |d: Duration| HeaderValue::from_str(&format!("{:.3}", d.as_secs_f64() * 1000.0));
+    for (name, value) in [
+        ("x-queue-time", ms(timing.queue)),
+        ("x-inference-time", ms(timing.inference)),
+        ("x-batch-size", HeaderValue::from_str(&timing.batch_size.to_string())),
+        ("x-device", HeaderValue::from_str(&output.device.to_string())),
+    ] {
+        if let Ok(value) = value {
+            headers.insert(name, value);
+        }
+    }
+}

@@ -1,0 +1,122 @@
+//! The router: what holds for every request of every API, decided once, before and after its handler. The
+//! protocol (TorchServe's or KServe v2's, which chooses the error body) is decided from the path; then the token
+//! check, the in-flight limit of inference requests, the handler of the API, the `max_response_size` limit,
+//! `Retry-After` on overload answers and the count of responses by status class. Each request runs in a
+//! `request` span (DEBUG), the parent of its span in the engine's queue.
+
+use std::sync::Arc;
+
+use hyper::{
+    body::{Body as _, Incoming},
+    header::{HeaderValue, CONNECTION, RETRY_AFTER},
+    Method, Request, StatusCode,
+};
+use tracing::Instrument as _;
+
+use crate::{
+    api,
+    config::Api,
+    error::{ApiError, Protocol},
+    reply::{self, read_body_timed, Reply},
+    state::AppState,
+};
+
+/// Answers one request to `api`: never fails, every error becomes an answer in the request's protocol.
+pub(crate) async fn route(req: Request<Incoming>, state: &Arc<AppState>, api: Api) -> Reply {
+    let protocol = protocol_of(api, req.uri().path());
+    let span = tracing::debug_span!("request", api = api.name(), method = %req.method(), path = %req.uri().path());
+    let reply = handle(req, state, api, protocol)
+        .instrument(span)
+        .await
+        .and_then(|reply| within_limit(reply, state.config.max_response_size))
+        .unwrap_or_else(|e| reply::error(&e, protocol));
+    finish(reply, state, api)
+}
+
+/// KServe v2 for `/v2` and the paths under it on the inference API; TorchServe's everywhere else.
+fn protocol_of(api: Api, path: &str) -> Protocol {
+    match (api, path.trim_matches('/').split('/').next()) {
+        (Api::Inference, Some("v2")) => Protocol::KServeV2,
+        _ => Protocol::TorchServe,
+    }
+}
+
+/// Checks the request's token and admission, then runs the API's handler.
+async fn handle(
+    req: Request<Incoming>,
+    state: &Arc<AppState>,
+    api: Api,
+    protocol: Protocol,
+) -> Result<Reply, ApiError> {
+    if let (Api::Management, "/token", Some(tokens)) = (api, req.uri().path(), &state.keys) {
+        // The token API checks the API key itself.
+        return api::token::handle(&req, state, tokens).await;
+    }
+    if let Some(tokens) = &state.keys {
+        tokens.check(api, &req)?;
+    }
+    match api {
+        Api::Inference => {
+            let admitted = (req.method() == Method::POST).then(|| Arc::clone(&state.inflight).try_acquire_owned());
+            if let Some(Err(_)) = admitted {
+                return Err(refuse_in_flight(req, state).await);
+            }
+            match protocol {
+                Protocol::KServeV2 => api::kserve::handle(req, state).await,
+                Protocol::TorchServe => api::predictions::handle(req, state).await,
+            }
+        }
+        Api::Management => api::management::handle(req, state).await,
+        Api::Metrics => api::metrics::handle(&req, state),
+    }
+}
+
+/// The 429 for an inference request beyond `max_inflight_requests`, once its body is read: closing a connection
+/// with unread data resets it, and the client would never see the answer.
+async fn refuse_in_flight(req: Request<Incoming>, state: &AppState) -> ApiError {
+    state.metrics.refuse(Api::Inference, "too_many_requests");
+    let _ = read_body_timed(req, &state.config).await;
+    let limit = state.config.max_inflight_requests;
+    ApiError::too_many_requests(format!("{limit} requests are in flight already, retry later"))
+}
+
+/// The reply, or a 500 when its body is larger than `max_response_size`.
+fn within_limit(reply: Reply, limit: usize) -> Result<Reply, ApiError> {
+    match reply.body().size_hint().exact() {
+        Some(n) if n > limit as u64 => Err(ApiError::internal(format!(
+            "the response ({n} bytes) is larger than max_response_size ({limit} bytes)"
+        ))),
+        _ => Ok(reply),
+    }
+}
+
+/// What every answer gets: `Retry-After` on overload, `Connection: close` when the request body was left
+/// unread, and its count by status class.
+fn finish(mut reply: Reply, state: &AppState, api: Api) -> Reply {
+    let status = reply.status();
+    if matches!(status, StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE) {
+        reply.headers_mut().entry(RETRY_AFTER).or_insert(HeaderValue::from_static("1"));
+    }
+    // The body of a refused upload was not read: the connection cannot carry another request.
+    if matches!(status, StatusCode::PAYLOAD_TOO_LARGE | StatusCode::REQUEST_TIMEOUT) {
+        reply.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+    }
+    state.metrics.count_response(api, status);
+    reply
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_protocol_is_kserve_v2_under_v2_on_the_inference_api_only() {
+        for path in ["/v2", "/v2/", "/v2/health/ready", "/v2/models/m/infer"] {
+            assert_eq!(protocol_of(Api::Inference, path), Protocol::KServeV2, "{path}");
+        }
+        for path in ["/", "/ping", "/predictions/v2", "/v2x", "/v20/models"] {
+            assert_eq!(protocol_of(Api::Inference, path), Protocol::TorchServe, "{path}");
+        }
+        assert_eq!(protocol_of(Api::Management, "/v2/models"), Protocol::TorchServe);
+    }
+}

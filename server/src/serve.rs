@@ -1,0 +1,154 @@
+//! The transport of one API: the accept loop over hyper 1 (HTTP/1.1 and HTTP/2) with TCP_NODELAY, a
+//! header-read timeout, the `max_connections` limit, back-off on accept errors, and graceful shutdown. Every
+//! request it reads goes to the router.
+
+use std::{convert::Infallible, future::Future, sync::Arc, time::Duration};
+
+use hyper::service::service_fn;
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::{conn::auto, graceful::GracefulShutdown},
+};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::{
+    config::Api,
+    error::{ApiError, Protocol},
+    router,
+    state::AppState,
+};
+
+/// How long a client may take to send its request headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a refused connection may keep sending before it is closed.
+const LINGER: Duration = Duration::from_secs(2);
+
+/// Serves `api` on `listener` until `shutdown` completes, then lets open connections finish their requests (for
+/// `shutdown_grace_period` at most).
+pub(crate) async fn serve(listener: TcpListener, state: Arc<AppState>, api: Api, shutdown: impl Future<Output = ()>) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+    let graceful = GracefulShutdown::new();
+    let mut backoff = Backoff::default();
+    tokio::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = &mut shutdown => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(conn) => {
+                backoff.reset();
+                conn
+            }
+            Err(error) => {
+                let pause = backoff.failed(api, &error);
+                tokio::select! {
+                    () = tokio::time::sleep(pause) => continue,
+                    () = &mut shutdown => break,
+                }
+            }
+        };
+        let Ok(permit) = Arc::clone(&state.connections[api.index()]).try_acquire_owned() else {
+            state.metrics.refuse(api, "too_many_connections");
+            tokio::spawn(refuse_connection(stream));
+            continue;
+        };
+        // Small responses must not wait for Nagle's algorithm (about 40 ms otherwise).
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%error, %peer, "cannot set TCP_NODELAY");
+        }
+        let routed = Arc::clone(&state);
+        let service = service_fn(move |req| {
+            let state = Arc::clone(&routed);
+            async move { Ok::<_, Infallible>(router::route(req, &state, api).await) }
+        });
+        let conn = graceful.watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned());
+        tokio::spawn(async move {
+            if let Err(error) = conn.await {
+                tracing::debug!(%error, %peer, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    let grace = state.config.shutdown_grace_period;
+    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+        tracing::warn!(api = api.name(), "some connections were still open after {grace:?}");
+    }
+}
+
+/// Answers a connection over `max_connections` with a 503 and closes it, without parsing its request. What the
+/// client still sends is read and dropped for a moment (a lingering close), so that closing with unread data
+/// does not reset the connection before the client has read the 503.
+async fn refuse_connection(mut stream: TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let body = ApiError::unavailable("too many open connections, retry later").body(Protocol::TorchServe);
+    let head = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\n\
+         connection: close\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    if stream.write_all(head.as_bytes()).await.is_err() || stream.write_all(&body).await.is_err() {
+        return;
+    }
+    let _ = stream.shutdown().await;
+    let mut sink = [0u8; 16 * 1024];
+    let _ =
+        tokio::time::timeout(LINGER, async { while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {} }).await;
+}
+
+/// The pause after a failed accept. Accept fails when the process runs out of file descriptors (EMFILE) or the
+/// kernel of memory: retrying at once would spin and flood the log, so the pause doubles from 10 ms up to 1 s
+/// while the failures last, and one warning is logged per run of failures.
+#[derive(Debug, Default)]
+struct Backoff {
+    /// Accept errors in a row.
+    failures: u32,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(10);
+    const MAX: Duration = Duration::from_secs(1);
+
+    /// Records a failed accept and returns how long to wait before the next one.
+    fn failed(&mut self, api: Api, error: &std::io::Error) -> Duration {
+        if self.failures == 0 {
+            tracing::warn!(api = api.name(), %error, "accept failed; retrying with back-off while it fails");
+        } else {
+            tracing::debug!(api = api.name(), %error, failures = self.failures + 1, "accept failed again");
+        }
+        self.failures = self.failures.saturating_add(1);
+        self.pause()
+    }
+
+    /// The pause after the failures so far.
+    fn pause(&self) -> Duration {
+        let doublings = self.failures.saturating_sub(1).min(16);
+        Self::FIRST.saturating_mul(1 << doublings).min(Self::MAX)
+    }
+
+    /// A connection was accepted: the next failure starts a new run.
+    fn reset(&mut self) {
+        if self.failures > 0 {
+            tracing::info!(failures = self.failures, "accepting again after failed accepts");
+        }
+        self.failures = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_errors_back_off_up_to_a_second_and_start_again_after_a_success() {
+        let mut backoff = Backoff::default();
+        let emfile = std::io::Error::from_raw_os_error(24);
+        let pauses: Vec<u128> = (0..10).map(|_| backoff.failed(Api::Inference, &emfile).as_millis()).collect();
+        assert_eq!(pauses, [10, 20, 40, 80, 160, 320, 640, 1000, 1000, 1000]);
+        backoff.reset();
+        assert_eq!(backoff.failed(Api::Inference, &emfile), Duration::from_millis(10));
+    }
+}

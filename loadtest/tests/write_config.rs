@@ -5,30 +5,8 @@ use std::time::Duration;
 
 use ferroserve_loadtest::tune::{management::BatchSetting, properties::write_batch_setting};
 
-const CONFIG: &str = "\
-# ferroserve's configuration
-inference_address=http://127.0.0.1:8080
-model_store=models
-models={\\
-  \"signnet\": {\\
-    \"1.0\": {\\
-      \"defaultVersion\": true,\\
-      \"batchSize\": 16,\\
-      \"maxBatchDelay\": 2\\
-    },\\
-    \"2.0\": {\\
-      \"minWorkers\": 1\\
-    }\\
-  },\\
-  \"other\": {\\
-    \"1.0\": {\\
-      \"batchSize\": 16,\\
-      \"maxBatchDelay\": 2\\
-    }\\
-  }\\
-}
-job_queue_size=100
-";
+/// A `config.properties` with a multi-line `models` value: two models, one of them with two versions.
+const CONFIG: &str = include_str!("fixtures/multiline.properties");
 
 const SETTING: BatchSetting = BatchSetting { batch_size: 8, max_batch_delay: Duration::from_micros(1500) };
 

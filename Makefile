@@ -22,7 +22,7 @@ TORCH_LIB := third_party/libtorch/lib/libtorch.so
 CONFIG  ?= config/config.properties
 BIN     := target/release/ferroserve
 
-.PHONY: deps tools run build test fmt lint bench bench-backend bench-e2e soak loadtest tune model fuzz clean
+.PHONY: deps tools run build test fmt lint features bench bench-backend bench-e2e soak loadtest tune model fuzz clean
 
 ## deps: install onnxruntime==$(ORT_VERSION) and torch==$(TORCH_VERSION) (once each) and link
 ## third_party/onnxruntime and third_party/libtorch (the wheel's torch folder: lib/ and include/) to them
@@ -64,8 +64,8 @@ build: deps
 run: build
 	$(BIN) --ts-config $(CONFIG)
 
-## test: formatting, clippy with -D warnings, and every test
-test: deps tools fmt lint
+## test: formatting, clippy with -D warnings, every cargo feature combination, and every test
+test: deps tools fmt lint features
 	cargo test --workspace --all-targets
 	cargo test --workspace --doc
 
@@ -74,6 +74,14 @@ fmt:
 
 lint: deps
 	cargo clippy --workspace --all-targets -- -D warnings
+
+## features: the server and engine build with each backend alone and with none (the default has both)
+SERVER_FEATURE_SETS := "" "onnx" "torch"
+features: deps
+	for f in $(SERVER_FEATURE_SETS); do \
+		echo "cargo clippy -p ferroserve --no-default-features --features '$$f'"; \
+		cargo clippy -p ferroserve --lib --bins --no-default-features --features "$$f" -- -D warnings || exit 1; \
+	done
 
 ## bench: the in-process backend benchmark and the end-to-end HTTP benchmark
 bench: bench-backend bench-e2e

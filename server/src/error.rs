@@ -49,9 +49,15 @@ impl ApiError {
         Self { status: StatusCode::UNAUTHORIZED, kind: "InvalidKeyException", message: message.into() }
     }
 
-    /// 404: no such model (or version).
+    /// 404: no such model.
     pub fn model_not_found(message: impl Into<String>) -> Self {
         Self { status: StatusCode::NOT_FOUND, kind: "ModelNotFoundException", message: message.into() }
+    }
+
+    /// 404: the model exists, not at this version (TorchServe's own exception name for it).
+    pub fn version_not_found(name: &str, version: &str) -> Self {
+        let message = format!("Model version: {version} does not exist for model: {name}");
+        Self { status: StatusCode::NOT_FOUND, kind: "ModelVersionNotFoundException", message }
     }
 
     /// 404: no such endpoint.

@@ -16,12 +16,11 @@ use crate::{error::ApiError, reply::Reply, state::AppState};
 /// The model `name` at `version` (or its default), or TorchServe's 404.
 ///
 /// # Errors
-/// [`ApiError`] 404 naming the model or the version (and why the model failed to load, when it did).
+/// [`ApiError`] 404 naming the model (and why it failed to load, when it did), or the version of a known model
+/// (`ModelVersionNotFoundException`, as in TorchServe).
 pub fn find_model(state: &AppState, name: &str, version: Option<&str>) -> Result<Arc<Model>, ApiError> {
     state.registry.get(name, version).ok_or_else(|| match version {
-        Some(v) if state.registry.get(name, None).is_some() => {
-            ApiError::model_not_found(format!("Model version: {v} does not exist for model: {name}"))
-        }
+        Some(v) if state.registry.get(name, None).is_some() => ApiError::version_not_found(name, v),
         _ => match state.failure(name) {
             Some(why) => ApiError::model_not_found(format!("Model not found: {name} (it failed to load: {why})")),
             None => ApiError::model_not_found(format!("Model not found: {name}")),

@@ -69,7 +69,7 @@ async fn describes_models_with_torchserve_fields() {
         assert!(d.get(field).is_some(), "missing {field} in {d}");
     }
     assert_eq!((d["modelName"].as_str(), d["modelVersion"].as_str()), (Some("alpha"), Some("1.0")));
-    assert_eq!((d["batchSize"].as_u64(), d["maxBatchDelay"].as_f64()), (Some(4), Some(1.0)));
+    assert_eq!((d["batchSize"].as_u64(), d["maxBatchDelay"].as_u64()), (Some(4), Some(1)), "an integer, as TorchServe");
     assert_eq!(d["workers"].as_array().expect("workers").len(), 1);
     assert_eq!(d["workers"][0]["status"], "READY");
     assert_eq!(d["workers"][0]["device"], "cpu");
@@ -257,4 +257,48 @@ async fn unregistering_under_load_answers_every_accepted_request() {
     let stats = model.stats();
     assert_eq!(ok, stats.accepted, "every accepted request was answered 200");
     assert_eq!(stats.batched, stats.accepted);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_version_of_a_known_model_is_torchserves_version_not_found() {
+    let server = TestServer::start(three_fakes(), MB).await;
+    for (method, path) in [
+        (Method::GET, "/models/alpha/9.9"),
+        (Method::PUT, "/models/alpha/9.9/set-default"),
+        (Method::PUT, "/models/alpha/9.9?min_worker=2"),
+        (Method::DELETE, "/models/alpha/9.9"),
+    ] {
+        let reply = server.manage(method.clone(), path).await;
+        assert_eq!(
+            (reply.status, reply.json["type"].as_str()),
+            (StatusCode::NOT_FOUND, Some("ModelVersionNotFoundException")),
+            "{method} {path}: {}",
+            reply.text
+        );
+        assert_eq!(reply.json["message"], "Model version: 9.9 does not exist for model: alpha");
+    }
+    let reply = server.send(Method::POST, "/predictions/alpha/9.9", body()).await;
+    assert_eq!(
+        (reply.status, reply.json["type"].as_str()),
+        (StatusCode::NOT_FOUND, Some("ModelVersionNotFoundException"))
+    );
+    // An unknown model stays ModelNotFoundException, with or without a version.
+    let reply = server.send(Method::POST, "/predictions/nope/1.0", body()).await;
+    assert_eq!(reply.json["type"], "ModelNotFoundException");
+    assert_eq!(server.manage(Method::DELETE, "/models/alpha").await.status, StatusCode::OK, "alpha itself is there");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_batch_delay_is_an_integer_when_whole_and_a_fraction_when_not() {
+    let server = TestServer::start(three_fakes(), MB).await;
+    for (delay, expected) in
+        [("7", serde_json::json!(7)), ("0.25", serde_json::json!(0.25)), ("100", serde_json::json!(100))]
+    {
+        let put = server.manage(Method::PUT, &format!("/models/beta?max_batch_delay={delay}")).await;
+        assert_eq!(put.status, StatusCode::OK, "{}", put.text);
+        let d = &server.manage(Method::GET, "/models/beta").await.json[0];
+        assert_eq!(d["maxBatchDelay"], expected, "{d}");
+        let text = server.manage(Method::GET, "/models/beta").await.text;
+        assert!(text.contains(&format!("\"maxBatchDelay\":{expected},")), "{text}");
+    }
 }

@@ -100,7 +100,8 @@ struct Description {
     min_workers: usize,
     max_workers: usize,
     batch_size: usize,
-    max_batch_delay: f64,
+    /// Milliseconds: an integer when whole, as TorchServe sends it (fractions are ferroserve's extension).
+    max_batch_delay: serde_json::Number,
     loaded_at_startup: bool,
     response_timeout: u64,
     job_queue_size: usize,
@@ -141,7 +142,7 @@ fn description(model: &Model) -> Description {
         min_workers: wanted,
         max_workers: model.max_workers(),
         batch_size: policy.max_batch_size,
-        max_batch_delay: policy.max_delay.as_secs_f64() * 1000.0,
+        max_batch_delay: milliseconds(policy.max_delay),
         loaded_at_startup,
         response_timeout: options.response_timeout.as_secs(),
         job_queue_size: capacity,
@@ -161,6 +162,14 @@ fn description(model: &Model) -> Description {
             remaining_capacity: capacity.saturating_sub(pending),
             pending_requests: pending,
         },
+    }
+}
+
+/// `delay` in milliseconds: an integer when it is a whole number of them.
+fn milliseconds(delay: std::time::Duration) -> serde_json::Number {
+    match u64::try_from(delay.as_micros()) {
+        Ok(us) if us % 1000 == 0 => (us / 1000).into(),
+        _ => serde_json::Number::from_f64(delay.as_secs_f64() * 1000.0).unwrap_or_else(|| u64::MAX.into()),
     }
 }
 
@@ -339,7 +348,7 @@ async fn update(
 fn set_default(state: &AppState, name: &str, version: &str) -> Result<Reply, ApiError> {
     find_model(state, name, Some(version))?;
     if !state.registry.set_default(name, version) {
-        return Err(ApiError::model_not_found(format!("Model version: {version} does not exist for model: {name}")));
+        return Err(ApiError::version_not_found(name, version));
     }
     let message = format!("Default version successfully updated for model \"{name}\" to \"{version}\"");
     Ok(status(StatusCode::OK, &message))

@@ -3,13 +3,14 @@
 use std::{
     sync::{
         atomic::{AtomicUsize, Ordering},
-        Arc, Mutex, PoisonError, RwLock,
+        Arc,
     },
     thread::JoinHandle,
     time::{Duration, Instant},
 };
 
 use crossbeam_channel::Sender;
+use parking_lot::{Mutex, RwLock};
 use tokio::sync::oneshot;
 
 use crate::{
@@ -87,7 +88,7 @@ impl Model {
         let shared = Arc::new(Shared {
             rx,
             policy: RwLock::new(options.policy),
-            collector: parking_lot::Mutex::new(()),
+            collector: Mutex::new(()),
             stats: ModelStats::default(),
             metrics: metrics.for_model(&options.name, &options.version, device.kind()),
             spec: factory.spec().clone(),
@@ -124,7 +125,7 @@ impl Model {
     /// running are kept.
     pub fn scale(&self, workers: usize) -> Result<(), BackendError> {
         let workers = workers.max(1);
-        let mut handles = self.workers.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut handles = self.workers.lock();
         handles.retain(|h| !h.is_finished());
         let mut ids = self.shared.ids();
         self.shared.target_workers.store(workers, Ordering::Release);
@@ -245,7 +246,7 @@ impl Model {
                 input.len()
             )));
         }
-        let tx = self.tx.read().unwrap_or_else(PoisonError::into_inner);
+        let tx = self.tx.read();
         let closed = || EngineError::ShuttingDown(self.options.name.clone());
         let tx = tx.as_ref().ok_or_else(closed)?;
         if self.shared.has_no_worker() {
@@ -279,13 +280,13 @@ impl Model {
 
     /// Stops taking requests; the workers finish what is queued, then exit.
     pub fn close(&self) {
-        self.tx.write().unwrap_or_else(PoisonError::into_inner).take();
+        self.tx.write().take();
     }
 
     /// Closes the model and waits for its workers to finish (blocking: not for an async task).
     pub fn shutdown(&self) {
         self.close();
-        let handles = std::mem::take(&mut *self.workers.lock().unwrap_or_else(PoisonError::into_inner));
+        let handles = std::mem::take(&mut *self.workers.lock());
         for handle in handles {
             if handle.join().is_err() {
                 tracing::error!(model = %self.options.name, "a worker thread panicked");
@@ -338,12 +339,12 @@ impl Model {
     /// The batch policy in force.
     #[must_use]
     pub fn policy(&self) -> BatchPolicy {
-        *self.shared.policy.read().unwrap_or_else(PoisonError::into_inner)
+        *self.shared.policy.read()
     }
 
     /// Changes batch size and delay live; the next batch formed uses them.
     pub fn set_policy(&self, policy: BatchPolicy) {
-        *self.shared.policy.write().unwrap_or_else(PoisonError::into_inner) = policy;
+        *self.shared.policy.write() = policy;
     }
 
     /// Requests waiting in the queue.

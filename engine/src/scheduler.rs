@@ -7,14 +7,12 @@ use std::{
     cell::Cell,
     collections::BTreeSet,
     panic::{catch_unwind, AssertUnwindSafe},
-    sync::{
-        atomic::{AtomicUsize, Ordering},
-        Mutex, MutexGuard, PoisonError, RwLock,
-    },
+    sync::atomic::{AtomicUsize, Ordering},
     time::{Duration, Instant},
 };
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
+use parking_lot::{Mutex, MutexGuard, RwLock};
 
 use crate::{
     backend::{check_output, Backend, BackendError, BackendFactory, Device, ModelSpec},
@@ -32,8 +30,8 @@ const IDLE_POLL: Duration = Duration::from_millis(50);
 pub(crate) struct Shared {
     pub(crate) rx: Receiver<InferRequest>,
     pub(crate) policy: RwLock<BatchPolicy>,
-    /// Held while a worker forms a batch (parking_lot's, for its timed wait: see `wait_to_collect`).
-    pub(crate) collector: parking_lot::Mutex<()>,
+    /// Held while a worker forms a batch (timed waits on it: see `wait_to_collect`).
+    pub(crate) collector: Mutex<()>,
     pub(crate) stats: ModelStats,
     pub(crate) metrics: ModelMetrics,
     pub(crate) spec: ModelSpec,
@@ -68,7 +66,7 @@ impl Shared {
 
     /// The running workers' ids, locked.
     pub(crate) fn ids(&self) -> MutexGuard<'_, BTreeSet<usize>> {
-        self.live_ids.lock().unwrap_or_else(PoisonError::into_inner)
+        self.live_ids.lock()
     }
 
     /// Records worker `id` as running.
@@ -185,7 +183,7 @@ fn worker_loop(mut backend: Box<dyn Backend>, shared: &Shared, id: usize, device
             let Some(_collecting) = wait_to_collect(shared, id) else {
                 break; // Retired while another worker collected.
             };
-            let policy = || *shared.policy.read().unwrap_or_else(PoisonError::into_inner);
+            let policy = || *shared.policy.read();
             collect_with(policy, &source, |request, why| answer_skipped(request, why, shared))
         };
         match batch {
@@ -208,7 +206,7 @@ fn worker_loop(mut backend: Box<dyn Backend>, shared: &Shared, id: usize, device
 /// Waits for the collector's lock, looking every [`IDLE_POLL`] whether this worker must retire: the worker that
 /// holds the lock may wait for requests for a long time, and a worker to retire must not wait behind it. `None`
 /// when it retired. The wait is parked on the lock, so a freed lock passes to a waiting worker at once.
-fn wait_to_collect(shared: &Shared, id: usize) -> Option<parking_lot::MutexGuard<'_, ()>> {
+fn wait_to_collect(shared: &Shared, id: usize) -> Option<MutexGuard<'_, ()>> {
     loop {
         if let Some(guard) = shared.collector.try_lock_for(IDLE_POLL) {
             return Some(guard);

@@ -18,11 +18,10 @@ use crate::{
     backend::{BackendError, BackendFactory, Device, ModelSpec},
     batcher::BatchPolicy,
     error::EngineError,
-    metrics::{EngineMetrics, ModelMetrics},
+    metrics::{EngineMetrics, ModelMetrics, StatsSnapshot},
     queue::{self, PushError},
     request::{InferRequest, InferResult},
     scheduler::{supervise, Shared},
-    stats::{ModelStats, StatsSnapshot},
 };
 
 /// How to run one model (TorchServe's per-model settings).
@@ -59,6 +58,8 @@ pub struct Model {
     /// The folder a `.mar` was unpacked into, removed when the model is dropped (workers started later, by
     /// scaling or a restart, open the model file again).
     unpacked: Option<Unpacked>,
+    /// The model's counters when it started: [`Model::stats`] counts from there.
+    stats_base: StatsSnapshot,
 }
 
 impl Model {
@@ -89,7 +90,6 @@ impl Model {
             rx,
             policy: RwLock::new(options.policy),
             collector: Mutex::new(()),
-            stats: ModelStats::default(),
             metrics: metrics.for_model(&options.name, &options.version, device.kind()),
             spec: factory.spec().clone(),
             device,
@@ -100,6 +100,7 @@ impl Model {
             #[cfg(test)]
             panic_after_batches: AtomicUsize::new(0),
         });
+        let stats_base = shared.metrics.snapshot();
         let model = Self {
             runtime: factory.runtime(),
             factory,
@@ -110,6 +111,7 @@ impl Model {
             source: (options.name.clone(), false),
             max_workers: AtomicUsize::new(options.workers.max(1)),
             unpacked: None,
+            stats_base,
             options,
         };
         model.scale(model.options.workers)?;
@@ -258,7 +260,7 @@ impl Model {
         let request = InferRequest { input, reply, arrived, deadline: arrived + timeout };
         match queue::push(tx, request) {
             Ok(()) => {
-                ModelStats::bump(&self.shared.stats.accepted);
+                self.shared.metrics.accepted.inc();
                 // The last worker may have gone, and drained the queue, between the check above and the push:
                 // then nobody would take this request, so answer it (and any other) now.
                 if self.shared.has_no_worker() {
@@ -267,7 +269,6 @@ impl Model {
                 Ok(rx)
             }
             Err(PushError::Full(_)) => {
-                ModelStats::bump(&self.shared.stats.rejected_queue_full);
                 self.shared.metrics.rejected_queue_full.inc();
                 Err(EngineError::QueueFull {
                     model: self.options.name.clone(),
@@ -353,10 +354,15 @@ impl Model {
         self.shared.rx.len()
     }
 
-    /// The model's counters.
+    /// The model's counters since it started, read from its metrics ([`ModelMetrics::snapshot`]).
+    ///
+    /// The metrics are label children keyed by name, version and device kind (`cuda`, not `cuda:1`), shared by
+    /// every model with the same three in one metrics registry. Should another such model record into them while
+    /// this one runs, its events are counted here too; one that ran before this model started is not (a model
+    /// loaded again under the same version counts from zero).
     #[must_use]
     pub fn stats(&self) -> StatsSnapshot {
-        self.shared.stats.snapshot()
+        self.shared.metrics.snapshot().since(&self.stats_base)
     }
 }
 

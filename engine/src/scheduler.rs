@@ -20,7 +20,6 @@ use crate::{
     error::EngineError,
     metrics::ModelMetrics,
     request::{InferOutput, InferRequest, Timing},
-    stats::ModelStats,
 };
 
 /// How often an idle worker looks whether it should retire.
@@ -32,7 +31,6 @@ pub(crate) struct Shared {
     pub(crate) policy: RwLock<BatchPolicy>,
     /// Held while a worker forms a batch (timed waits on it: see `wait_to_collect`).
     pub(crate) collector: Mutex<()>,
-    pub(crate) stats: ModelStats,
     pub(crate) metrics: ModelMetrics,
     pub(crate) spec: ModelSpec,
     pub(crate) device: Device,
@@ -160,7 +158,7 @@ pub(crate) fn supervise(backend: Box<dyn Backend>, shared: &Shared, factory: &dy
         if catch_unwind(AssertUnwindSafe(|| worker_loop(current, shared, id, device))).is_ok() {
             return;
         }
-        ModelStats::bump(&shared.stats.restarts);
+        shared.metrics.worker_restarts.inc();
         tracing::error!(worker = id, "worker thread panicked; restarting it");
         match factory.create(id) {
             Ok(fresh) => backend = Some(fresh),
@@ -219,12 +217,8 @@ fn wait_to_collect(shared: &Shared, id: usize) -> Option<MutexGuard<'_, ()>> {
 
 fn answer_skipped(request: InferRequest, why: Skip, shared: &Shared) {
     match why {
-        Skip::CallerGone => {
-            ModelStats::bump(&shared.stats.caller_gone);
-            shared.metrics.dropped_client_gone.inc();
-        }
+        Skip::CallerGone => shared.metrics.dropped_client_gone.inc(),
         Skip::Expired => {
-            ModelStats::bump(&shared.stats.expired);
             shared.metrics.dropped_expired.inc();
             let waited_ms = u64::try_from(request.arrived.elapsed().as_millis()).unwrap_or(u64::MAX);
             // The caller may have gone in the meantime; nobody is left to tell then.
@@ -257,7 +251,7 @@ fn run_batch(backend: &mut dyn Backend, batch: Vec<InferRequest>, shared: &Share
             }
         }
         Err(error) => {
-            ModelStats::bump(&shared.stats.failed_batches);
+            shared.metrics.failed_batches.inc();
             tracing::warn!(%error, batch = n, "batch failed");
             for request in batch {
                 let _ = request.reply.send(Err(EngineError::Backend(error.clone())));
@@ -274,8 +268,6 @@ fn record_queue_time(shared: &Shared, waited: Duration) {
 }
 
 fn record_batch(shared: &Shared, n: usize, took: Duration) {
-    ModelStats::bump(&shared.stats.batches);
-    shared.stats.batched.fetch_add(n as u64, Ordering::Relaxed);
     let m = &shared.metrics;
     m.execution_count.inc();
     m.inference_count.inc_by(n as u64);

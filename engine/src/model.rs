@@ -91,6 +91,7 @@ impl Model {
             policy: RwLock::new(options.policy),
             collector: Mutex::new(()),
             metrics: metrics.for_model(&options.name, &options.version, device.kind()),
+            version: options.version.clone(),
             spec: factory.spec().clone(),
             device,
             target_workers: AtomicUsize::new(0),
@@ -257,7 +258,7 @@ impl Model {
         let (reply, rx) = oneshot::channel();
         let arrived = Instant::now();
         let timeout = timeout.map_or(self.options.response_timeout, |t| t.min(self.options.response_timeout));
-        let request = InferRequest { input, reply, arrived, deadline: arrived + timeout };
+        let request = InferRequest { input, reply, arrived, deadline: arrived + timeout, span: self.request_span() };
         match queue::push(tx, request) {
             Ok(()) => {
                 self.shared.metrics.accepted.inc();
@@ -277,6 +278,14 @@ impl Model {
             }
             Err(PushError::Closed(_)) => Err(closed()),
         }
+    }
+
+    /// A new request's span, a child of the current one (the caller's). At DEBUG only: when that level is off,
+    /// the macro's level check is all it costs, with no allocation and no look-up of the current span.
+    fn request_span(&self) -> tracing::Span {
+        use tracing::field::Empty;
+        let (model, version) = (self.options.name.as_str(), self.options.version.as_str());
+        tracing::debug_span!("queued", model, version, queue_us = Empty, inference_us = Empty, batch_size = Empty)
     }
 
     /// Stops taking requests; the workers finish what is queued, then exit.

@@ -321,6 +321,34 @@ mod tests {
         assert!(collect(&policy(16, 1_000_000), &src, no_skip).is_none());
     }
 
+    /// The policy in force at each virtual instant: `before` until `at_us`, `after` from then on, as a
+    /// `Model::set_policy` at that instant would make it.
+    fn changes_at(src: &Script, at_us: u128, before: BatchPolicy, after: BatchPolicy) -> impl Fn() -> BatchPolicy + '_ {
+        move || if src.elapsed_us() < at_us { before } else { after }
+    }
+
+    #[test]
+    fn a_larger_size_set_while_waiting_for_the_first_request_fills_the_batch_being_formed() {
+        // Batches of one until 500 µs, while the collector waits for a first request; then of four. The request
+        // at 1 ms must not go alone: the batch waits for the fourth and goes when it arrives.
+        let src = Script::new(&[(1_000, None), (1_100, None), (1_200, None), (1_300, None), (1_400, None)], false);
+        let policy = changes_at(&src, 500, policy(1, 0), policy(4, 1_000_000));
+        let batch = collect_with(policy, &src, no_skip).expect("batch");
+        assert_eq!(ids(&batch), vec![0, 1, 2, 3]);
+        assert_eq!(src.elapsed_us(), 1_300);
+    }
+
+    #[test]
+    fn a_delay_shortened_in_the_middle_of_a_batch_dispatches_it_at_the_new_deadline() {
+        // A 20 ms delay until 5 ms, then 8 ms. The batch holds two requests when it changes; the next arrival
+        // (6 ms) joins, and the batch goes 8 ms after its oldest arrival, not 20 ms.
+        let src = Script::new(&[(0, None), (1_000, None), (6_000, None), (50_000, None)], false);
+        let policy = changes_at(&src, 5_000, policy(16, 20_000), policy(16, 8_000));
+        let batch = collect_with(policy, &src, no_skip).expect("batch");
+        assert_eq!(ids(&batch), vec![0, 1, 2]);
+        assert_eq!(src.elapsed_us(), 8_000);
+    }
+
     #[test]
     fn policy_next_is_pure() {
         let t0 = Instant::now();

@@ -17,7 +17,6 @@ pub mod queue;
 pub mod registry;
 pub mod request;
 pub mod scheduler;
-pub mod stats;
 pub mod store;
 
 pub use backend::{Backend, BackendError, BackendFactory, Device, ModelSpec};

@@ -1,6 +1,8 @@
-//! Prometheus metrics the engine records as batches form and run: queue latency per request, execution latency
-//! and size per batch, inference vs execution counts, drops and rejections by cause, queue depth. Labels:
-//! `model_name`, `model_version` and `device`. The text exposition is the server's job.
+//! Prometheus metrics the engine records as requests are queued and batches form and run: admissions, queue
+//! latency per request, execution latency and size per batch, inference vs execution counts, failed batches,
+//! worker restarts, drops and rejections by cause, queue depth. Labels: `model_name`, `model_version` and
+//! `device`. They are the engine's only record of these events: [`StatsSnapshot`] reads them back. The text
+//! exposition is the server's job.
 
 use prometheus::{
     exponential_buckets, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
@@ -18,11 +20,14 @@ pub const DEFAULT_LATENCY_BUCKETS: &[f64] = &[
 /// The engine's metric families, registered once in a Prometheus registry.
 #[derive(Clone)]
 pub struct EngineMetrics {
+    accepted: IntCounterVec,
     queue_latency: HistogramVec,
     inference_latency: HistogramVec,
     batch_size: HistogramVec,
     inference_count: IntCounterVec,
     execution_count: IntCounterVec,
+    failed_batches: IntCounterVec,
+    worker_restarts: IntCounterVec,
     dropped: IntCounterVec,
     rejected: IntCounterVec,
     queue_depth: IntGaugeVec,
@@ -32,6 +37,8 @@ pub struct EngineMetrics {
 /// One model's metrics, with labels resolved once so that recording is a few atomic adds.
 #[derive(Clone)]
 pub struct ModelMetrics {
+    /// Requests accepted into the queue.
+    pub accepted: IntCounter,
     /// Arrival to dispatch, per request (seconds).
     pub queue_latency: Histogram,
     /// Backend execution, per batch (seconds).
@@ -40,8 +47,12 @@ pub struct ModelMetrics {
     pub batch_size: Histogram,
     /// Requests run.
     pub inference_count: IntCounter,
-    /// Batches run.
+    /// Batches run, failed ones included.
     pub execution_count: IntCounter,
+    /// Batches the backend failed (or panicked) on.
+    pub failed_batches: IntCounter,
+    /// Worker threads restarted after a panic outside the backend call.
+    pub worker_restarts: IntCounter,
     /// Requests skipped because the client had gone.
     pub dropped_client_gone: IntCounter,
     /// Requests dropped because their deadline passed in the queue.
@@ -76,6 +87,7 @@ impl EngineMetrics {
             IntGaugeVec::new(Opts::new("ferroserve_queue_depth", "Requests waiting in the queue"), LABELS)?;
         registry.register(Box::new(queue_depth.clone()))?;
         Ok(Self {
+            accepted: counter("ferroserve_requests_accepted_total", "Requests accepted into the queue", LABELS)?,
             queue_latency: histogram(
                 "ferroserve_queue_latency_seconds",
                 "Time from a request's arrival to the dispatch of its batch",
@@ -93,6 +105,16 @@ impl EngineMetrics {
             )?,
             inference_count: counter("ferroserve_inference_count_total", "Requests run by the backend", LABELS)?,
             execution_count: counter("ferroserve_execution_count_total", "Batches run by the backend", LABELS)?,
+            failed_batches: counter(
+                "ferroserve_batches_failed_total",
+                "Batches the backend failed or panicked on",
+                LABELS,
+            )?,
+            worker_restarts: counter(
+                "ferroserve_worker_restarts_total",
+                "Worker threads restarted after a panic outside the backend call",
+                LABELS,
+            )?,
             dropped: counter(
                 "ferroserve_requests_dropped_total",
                 "Queued requests dropped before they ran, by reason (client_gone, expired)",
@@ -131,11 +153,14 @@ impl EngineMetrics {
         let labels = [name, version, device];
         let reason = |vec: &IntCounterVec, why: &str| vec.with_label_values(&[name, version, device, why]);
         ModelMetrics {
+            accepted: self.accepted.with_label_values(&labels),
             queue_latency: self.queue_latency.with_label_values(&labels),
             inference_latency: self.inference_latency.with_label_values(&labels),
             batch_size: self.batch_size.with_label_values(&labels),
             inference_count: self.inference_count.with_label_values(&labels),
             execution_count: self.execution_count.with_label_values(&labels),
+            failed_batches: self.failed_batches.with_label_values(&labels),
+            worker_restarts: self.worker_restarts.with_label_values(&labels),
             dropped_client_gone: reason(&self.dropped, "client_gone"),
             dropped_expired: reason(&self.dropped, "expired"),
             rejected_queue_full: reason(&self.rejected, "queue_full"),
@@ -148,5 +173,65 @@ impl EngineMetrics {
     #[must_use]
     pub fn rejected(&self, name: &str, version: &str, device: &str, reason: &str) -> IntCounter {
         self.rejected.with_label_values(&[name, version, device, reason])
+    }
+}
+
+impl ModelMetrics {
+    /// Reads the counters behind [`StatsSnapshot`]. They are the label children of the model's name, version and
+    /// device, so they hold the events of every model recorded under those labels in the same registry since
+    /// it was made.
+    #[must_use]
+    pub fn snapshot(&self) -> StatsSnapshot {
+        StatsSnapshot {
+            accepted: self.accepted.get(),
+            rejected_queue_full: self.rejected_queue_full.get(),
+            caller_gone: self.dropped_client_gone.get(),
+            expired: self.dropped_expired.get(),
+            batches: self.execution_count.get(),
+            batched: self.inference_count.get(),
+            failed_batches: self.failed_batches.get(),
+            restarts: self.worker_restarts.get(),
+        }
+    }
+}
+
+/// A model's counters at one instant, read from its metrics (see [`crate::Model::stats`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    /// Requests accepted into the queue (`ferroserve_requests_accepted_total`).
+    pub accepted: u64,
+    /// Requests refused because the queue was full (`ferroserve_requests_rejected_total{reason="queue_full"}`).
+    pub rejected_queue_full: u64,
+    /// Requests skipped because their caller had gone before dispatch
+    /// (`ferroserve_requests_dropped_total{reason="client_gone"}`).
+    pub caller_gone: u64,
+    /// Requests skipped because their deadline passed in the queue
+    /// (`ferroserve_requests_dropped_total{reason="expired"}`).
+    pub expired: u64,
+    /// Batches run, failed ones included (`ferroserve_execution_count_total`).
+    pub batches: u64,
+    /// Requests run, summed over batches; `batched / batches` is the mean batch size
+    /// (`ferroserve_inference_count_total`).
+    pub batched: u64,
+    /// Batches the backend failed (or panicked) on (`ferroserve_batches_failed_total`).
+    pub failed_batches: u64,
+    /// Worker threads restarted after a panic outside the backend call (`ferroserve_worker_restarts_total`).
+    pub restarts: u64,
+}
+
+impl StatsSnapshot {
+    /// What was counted since `earlier`, a snapshot of the same counters.
+    #[must_use]
+    pub fn since(&self, earlier: &Self) -> Self {
+        Self {
+            accepted: self.accepted.saturating_sub(earlier.accepted),
+            rejected_queue_full: self.rejected_queue_full.saturating_sub(earlier.rejected_queue_full),
+            caller_gone: self.caller_gone.saturating_sub(earlier.caller_gone),
+            expired: self.expired.saturating_sub(earlier.expired),
+            batches: self.batches.saturating_sub(earlier.batches),
+            batched: self.batched.saturating_sub(earlier.batched),
+            failed_batches: self.failed_batches.saturating_sub(earlier.failed_batches),
+            restarts: self.restarts.saturating_sub(earlier.restarts),
+        }
     }
 }

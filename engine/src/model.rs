@@ -3,13 +3,14 @@
 use std::{
     sync::{
         atomic::{AtomicUsize, Ordering},
-        Arc, Mutex, PoisonError, RwLock,
+        Arc,
     },
     thread::JoinHandle,
     time::{Duration, Instant},
 };
 
 use crossbeam_channel::Sender;
+use parking_lot::{Mutex, RwLock};
 use tokio::sync::oneshot;
 
 use crate::{
@@ -17,11 +18,10 @@ use crate::{
     backend::{BackendError, BackendFactory, Device, ModelSpec},
     batcher::BatchPolicy,
     error::EngineError,
-    metrics::{EngineMetrics, ModelMetrics},
+    metrics::{EngineMetrics, ModelMetrics, StatsSnapshot},
     queue::{self, PushError},
     request::{InferRequest, InferResult},
     scheduler::{supervise, Shared},
-    stats::{ModelStats, StatsSnapshot},
 };
 
 /// How to run one model (TorchServe's per-model settings).
@@ -58,6 +58,8 @@ pub struct Model {
     /// The folder a `.mar` was unpacked into, removed when the model is dropped (workers started later, by
     /// scaling or a restart, open the model file again).
     unpacked: Option<Unpacked>,
+    /// The model's counters when it started: [`Model::stats`] counts from there.
+    stats_base: StatsSnapshot,
 }
 
 impl Model {
@@ -87,9 +89,9 @@ impl Model {
         let shared = Arc::new(Shared {
             rx,
             policy: RwLock::new(options.policy),
-            collector: parking_lot::Mutex::new(()),
-            stats: ModelStats::default(),
+            collector: Mutex::new(()),
             metrics: metrics.for_model(&options.name, &options.version, device.kind()),
+            version: options.version.clone(),
             spec: factory.spec().clone(),
             device,
             target_workers: AtomicUsize::new(0),
@@ -99,6 +101,7 @@ impl Model {
             #[cfg(test)]
             panic_after_batches: AtomicUsize::new(0),
         });
+        let stats_base = shared.metrics.snapshot();
         let model = Self {
             runtime: factory.runtime(),
             factory,
@@ -109,6 +112,7 @@ impl Model {
             source: (options.name.clone(), false),
             max_workers: AtomicUsize::new(options.workers.max(1)),
             unpacked: None,
+            stats_base,
             options,
         };
         model.scale(model.options.workers)?;
@@ -124,7 +128,7 @@ impl Model {
     /// running are kept.
     pub fn scale(&self, workers: usize) -> Result<(), BackendError> {
         let workers = workers.max(1);
-        let mut handles = self.workers.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut handles = self.workers.lock();
         handles.retain(|h| !h.is_finished());
         let mut ids = self.shared.ids();
         self.shared.target_workers.store(workers, Ordering::Release);
@@ -245,7 +249,7 @@ impl Model {
                 input.len()
             )));
         }
-        let tx = self.tx.read().unwrap_or_else(PoisonError::into_inner);
+        let tx = self.tx.read();
         let closed = || EngineError::ShuttingDown(self.options.name.clone());
         let tx = tx.as_ref().ok_or_else(closed)?;
         if self.shared.has_no_worker() {
@@ -254,10 +258,10 @@ impl Model {
         let (reply, rx) = oneshot::channel();
         let arrived = Instant::now();
         let timeout = timeout.map_or(self.options.response_timeout, |t| t.min(self.options.response_timeout));
-        let request = InferRequest { input, reply, arrived, deadline: arrived + timeout };
+        let request = InferRequest { input, reply, arrived, deadline: arrived + timeout, span: self.request_span() };
         match queue::push(tx, request) {
             Ok(()) => {
-                ModelStats::bump(&self.shared.stats.accepted);
+                self.shared.metrics.accepted.inc();
                 // The last worker may have gone, and drained the queue, between the check above and the push:
                 // then nobody would take this request, so answer it (and any other) now.
                 if self.shared.has_no_worker() {
@@ -266,7 +270,6 @@ impl Model {
                 Ok(rx)
             }
             Err(PushError::Full(_)) => {
-                ModelStats::bump(&self.shared.stats.rejected_queue_full);
                 self.shared.metrics.rejected_queue_full.inc();
                 Err(EngineError::QueueFull {
                     model: self.options.name.clone(),
@@ -277,15 +280,23 @@ impl Model {
         }
     }
 
+    /// A new request's span, a child of the current one (the caller's). At DEBUG only: when that level is off,
+    /// the macro's level check is all it costs, with no allocation and no look-up of the current span.
+    fn request_span(&self) -> tracing::Span {
+        use tracing::field::Empty;
+        let (model, version) = (self.options.name.as_str(), self.options.version.as_str());
+        tracing::debug_span!("queued", model, version, queue_us = Empty, inference_us = Empty, batch_size = Empty)
+    }
+
     /// Stops taking requests; the workers finish what is queued, then exit.
     pub fn close(&self) {
-        self.tx.write().unwrap_or_else(PoisonError::into_inner).take();
+        self.tx.write().take();
     }
 
     /// Closes the model and waits for its workers to finish (blocking: not for an async task).
     pub fn shutdown(&self) {
         self.close();
-        let handles = std::mem::take(&mut *self.workers.lock().unwrap_or_else(PoisonError::into_inner));
+        let handles = std::mem::take(&mut *self.workers.lock());
         for handle in handles {
             if handle.join().is_err() {
                 tracing::error!(model = %self.options.name, "a worker thread panicked");
@@ -338,12 +349,12 @@ impl Model {
     /// The batch policy in force.
     #[must_use]
     pub fn policy(&self) -> BatchPolicy {
-        *self.shared.policy.read().unwrap_or_else(PoisonError::into_inner)
+        *self.shared.policy.read()
     }
 
     /// Changes batch size and delay live; the next batch formed uses them.
     pub fn set_policy(&self, policy: BatchPolicy) {
-        *self.shared.policy.write().unwrap_or_else(PoisonError::into_inner) = policy;
+        *self.shared.policy.write() = policy;
     }
 
     /// Requests waiting in the queue.
@@ -352,10 +363,15 @@ impl Model {
         self.shared.rx.len()
     }
 
-    /// The model's counters.
+    /// The model's counters since it started, read from its metrics ([`ModelMetrics::snapshot`]).
+    ///
+    /// The metrics are label children keyed by name, version and device kind (`cuda`, not `cuda:1`), shared by
+    /// every model with the same three in one metrics registry. Should another such model record into them while
+    /// this one runs, its events are counted here too; one that ran before this model started is not (a model
+    /// loaded again under the same version counts from zero).
     #[must_use]
     pub fn stats(&self) -> StatsSnapshot {
-        self.shared.stats.snapshot()
+        self.shared.metrics.snapshot().since(&self.stats_base)
     }
 }
 

@@ -2,8 +2,10 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    sync::{Arc, PoisonError, RwLock},
+    sync::Arc,
 };
+
+use parking_lot::RwLock;
 
 use crate::model::Model;
 
@@ -32,7 +34,7 @@ impl Registry {
     /// # Errors
     /// Gives the model back when that name and version is registered already.
     pub fn register(&self, model: Model) -> Result<Arc<Model>, Box<Model>> {
-        let mut models = self.models.write().unwrap_or_else(PoisonError::into_inner);
+        let mut models = self.models.write();
         let versions = models.entry(model.name().to_string()).or_default();
         if versions.by_version.contains_key(model.version()) {
             return Err(Box::new(model));
@@ -48,7 +50,7 @@ impl Registry {
     /// The model `name` at `version`, or at its default version.
     #[must_use]
     pub fn get(&self, name: &str, version: Option<&str>) -> Option<Arc<Model>> {
-        let models = self.models.read().unwrap_or_else(PoisonError::into_inner);
+        let models = self.models.read();
         let versions = models.get(name)?;
         versions.by_version.get(version.unwrap_or(&versions.default)).cloned()
     }
@@ -56,7 +58,7 @@ impl Registry {
     /// Every version of `name`, sorted, with the default one's version.
     #[must_use]
     pub fn versions(&self, name: &str) -> Option<(Vec<Arc<Model>>, String)> {
-        let models = self.models.read().unwrap_or_else(PoisonError::into_inner);
+        let models = self.models.read();
         let versions = models.get(name)?;
         Some((versions.by_version.values().cloned().collect(), versions.default.clone()))
     }
@@ -64,7 +66,7 @@ impl Registry {
     /// The default version of every model name, sorted by name.
     #[must_use]
     pub fn defaults(&self) -> Vec<Arc<Model>> {
-        let models = self.models.read().unwrap_or_else(PoisonError::into_inner);
+        let models = self.models.read();
         let mut all: Vec<_> = models.values().filter_map(|v| v.by_version.get(&v.default).cloned()).collect();
         all.sort_by(|a, b| a.name().cmp(b.name()));
         all
@@ -74,7 +76,7 @@ impl Registry {
     /// the caller closes and drains it. When the default version goes, the highest remaining one becomes default.
     #[must_use]
     pub fn remove(&self, name: &str, version: Option<&str>) -> Option<Arc<Model>> {
-        let mut models = self.models.write().unwrap_or_else(PoisonError::into_inner);
+        let mut models = self.models.write();
         let versions = models.get_mut(name)?;
         let version = version.map_or_else(|| versions.default.clone(), str::to_string);
         let model = versions.by_version.remove(&version)?;
@@ -90,7 +92,7 @@ impl Registry {
 
     /// Makes `version` the default of `name`; false when there is no such version.
     pub fn set_default(&self, name: &str, version: &str) -> bool {
-        let mut models = self.models.write().unwrap_or_else(PoisonError::into_inner);
+        let mut models = self.models.write();
         match models.get_mut(name) {
             Some(versions) if versions.by_version.contains_key(version) => {
                 versions.default = version.to_string();
@@ -103,7 +105,7 @@ impl Registry {
     /// Every model, every version, sorted by name then version.
     #[must_use]
     pub fn all(&self) -> Vec<Arc<Model>> {
-        let models = self.models.read().unwrap_or_else(PoisonError::into_inner);
+        let models = self.models.read();
         let mut all: Vec<_> = models.values().flat_map(|v| v.by_version.values().cloned()).collect();
         all.sort_by(|a, b| (a.name(), a.version()).cmp(&(b.name(), b.version())));
         all

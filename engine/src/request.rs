@@ -1,4 +1,4 @@
-//! One inference request as it travels through the engine, carrying its own reply channel.
+//! One inference request as it travels through the engine, carrying its own reply channel and tracing span.
 
 use std::time::{Duration, Instant};
 
@@ -9,7 +9,7 @@ use crate::{backend::Device, error::EngineError};
 /// The result a request's caller receives.
 pub type InferResult = Result<InferOutput, EngineError>;
 
-/// One request: one sample's input, where to send the answer, and its clock.
+/// One request: one sample's input, where to send the answer, its clock and its span.
 #[derive(Debug)]
 pub struct InferRequest {
     /// One sample, flattened row-major in the model's per-sample input shape.
@@ -20,6 +20,10 @@ pub struct InferRequest {
     pub arrived: Instant,
     /// When the caller stops waiting for it; a request still queued past this is answered with a timeout.
     pub deadline: Instant,
+    /// Its span (`queued`, DEBUG): a child of the span current where it was submitted, so the caller's own
+    /// request span reaches the worker. The worker links it to its batch's span (`follows_from`) and records the
+    /// queue time, inference time and batch size into it. Disabled, and free, unless DEBUG spans are on.
+    pub span: tracing::Span,
 }
 
 /// The answer to one request: its own row of the model output and where its time went.

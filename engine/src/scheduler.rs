@@ -2,19 +2,21 @@
 //! free (one collector at a time, so that batches fill up instead of being split between idle workers), runs it
 //! on its own backend and answers every request with its own row. The number of workers can change live: workers
 //! beyond the number wanted retire between batches, never with a request in hand.
+//!
+//! Tracing: a worker lives inside its `worker` span (INFO); a batch runs inside a `batch` span (DEBUG) that the
+//! spans of its requests follow from, and each request's span gets its queue and inference times.
 
 use std::{
     cell::Cell,
     collections::BTreeSet,
     panic::{catch_unwind, AssertUnwindSafe},
-    sync::{
-        atomic::{AtomicUsize, Ordering},
-        Mutex, MutexGuard, PoisonError, RwLock,
-    },
+    sync::atomic::{AtomicUsize, Ordering},
     time::{Duration, Instant},
 };
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
+use parking_lot::{Mutex, MutexGuard, RwLock};
+use tracing::Span;
 
 use crate::{
     backend::{check_output, Backend, BackendError, BackendFactory, Device, ModelSpec},
@@ -22,7 +24,6 @@ use crate::{
     error::EngineError,
     metrics::ModelMetrics,
     request::{InferOutput, InferRequest, Timing},
-    stats::ModelStats,
 };
 
 /// How often an idle worker looks whether it should retire.
@@ -32,9 +33,8 @@ const IDLE_POLL: Duration = Duration::from_millis(50);
 pub(crate) struct Shared {
     pub(crate) rx: Receiver<InferRequest>,
     pub(crate) policy: RwLock<BatchPolicy>,
-    /// Held while a worker forms a batch (parking_lot's, for its timed wait: see `wait_to_collect`).
-    pub(crate) collector: parking_lot::Mutex<()>,
-    pub(crate) stats: ModelStats,
+    /// Held while a worker forms a batch (timed waits on it: see `wait_to_collect`).
+    pub(crate) collector: Mutex<()>,
     pub(crate) metrics: ModelMetrics,
     pub(crate) spec: ModelSpec,
     pub(crate) device: Device,
@@ -45,8 +45,10 @@ pub(crate) struct Shared {
     /// The ids of the running workers. Ids decide devices (worker `w` on device `w % n`), so a worker retires only
     /// when its own id is beyond the target, and scaling up starts exactly the missing ids.
     pub(crate) live_ids: Mutex<BTreeSet<usize>>,
-    /// The model's name, for the errors the workers answer with.
+    /// The model's name, for the errors the workers answer with and the workers' span.
     pub(crate) name: String,
+    /// The model's version, for the workers' span.
+    pub(crate) version: String,
     /// Unit tests' fault: this many of the next batches are followed by a panic of their worker outside the
     /// backend call, where nothing but the supervisor catches it.
     #[cfg(test)]
@@ -68,7 +70,7 @@ impl Shared {
 
     /// The running workers' ids, locked.
     pub(crate) fn ids(&self) -> MutexGuard<'_, BTreeSet<usize>> {
-        self.live_ids.lock().unwrap_or_else(PoisonError::into_inner)
+        self.live_ids.lock()
     }
 
     /// Records worker `id` as running.
@@ -155,21 +157,26 @@ impl Source for WorkerSource<'_> {
 /// with a new backend, so that a model never silently loses a worker. When the new backend cannot be made, the
 /// worker is gone; if it was the last one, the requests left in the queue are answered at once rather than at
 /// their deadline, and the model refuses new ones (`EngineError::NoWorkers`) until it is scaled again.
+///
+/// The worker's span (`worker`, INFO, naming model, version, worker id and device) is entered for the thread's
+/// whole life, so every line a worker logs says which it is.
 pub(crate) fn supervise(backend: Box<dyn Backend>, shared: &Shared, factory: &dyn BackendFactory, id: usize) {
     let device = factory.worker_device(id);
+    let (model, version) = (shared.name.as_str(), shared.version.as_str());
+    let _worker = tracing::info_span!(parent: None, "worker", model, version, worker = id, %device).entered();
     let mut backend = Some(backend);
     while let Some(current) = backend.take() {
         if catch_unwind(AssertUnwindSafe(|| worker_loop(current, shared, id, device))).is_ok() {
             return;
         }
-        ModelStats::bump(&shared.stats.restarts);
-        tracing::error!(worker = id, "worker thread panicked; restarting it");
+        shared.metrics.worker_restarts.inc();
+        tracing::error!("worker thread panicked; restarting it");
         match factory.create(id) {
             Ok(fresh) => backend = Some(fresh),
             Err(error) => {
-                tracing::error!(%error, worker = id, model = %shared.name, "cannot restart the worker");
+                tracing::error!(%error, "cannot restart the worker");
                 if shared.leave(id) == 0 {
-                    tracing::error!(model = %shared.name, "no worker is left: requests are refused until it is scaled");
+                    tracing::error!("no worker is left: requests are refused until it is scaled");
                     shared.drain_without_workers();
                 }
             }
@@ -185,12 +192,12 @@ fn worker_loop(mut backend: Box<dyn Backend>, shared: &Shared, id: usize, device
             let Some(_collecting) = wait_to_collect(shared, id) else {
                 break; // Retired while another worker collected.
             };
-            let policy = || *shared.policy.read().unwrap_or_else(PoisonError::into_inner);
+            let policy = || *shared.policy.read();
             collect_with(policy, &source, |request, why| answer_skipped(request, why, shared))
         };
         match batch {
             Some(batch) => {
-                run_batch(backend.as_mut(), batch, shared, device);
+                run_batch(backend.as_mut(), batch, shared, id, device);
                 #[cfg(test)]
                 shared.inject_panic();
             }
@@ -208,7 +215,7 @@ fn worker_loop(mut backend: Box<dyn Backend>, shared: &Shared, id: usize, device
 /// Waits for the collector's lock, looking every [`IDLE_POLL`] whether this worker must retire: the worker that
 /// holds the lock may wait for requests for a long time, and a worker to retire must not wait behind it. `None`
 /// when it retired. The wait is parked on the lock, so a freed lock passes to a waiting worker at once.
-fn wait_to_collect(shared: &Shared, id: usize) -> Option<parking_lot::MutexGuard<'_, ()>> {
+fn wait_to_collect(shared: &Shared, id: usize) -> Option<MutexGuard<'_, ()>> {
     loop {
         if let Some(guard) = shared.collector.try_lock_for(IDLE_POLL) {
             return Some(guard);
@@ -221,12 +228,8 @@ fn wait_to_collect(shared: &Shared, id: usize) -> Option<parking_lot::MutexGuard
 
 fn answer_skipped(request: InferRequest, why: Skip, shared: &Shared) {
     match why {
-        Skip::CallerGone => {
-            ModelStats::bump(&shared.stats.caller_gone);
-            shared.metrics.dropped_client_gone.inc();
-        }
+        Skip::CallerGone => shared.metrics.dropped_client_gone.inc(),
         Skip::Expired => {
-            ModelStats::bump(&shared.stats.expired);
             shared.metrics.dropped_expired.inc();
             let waited_ms = u64::try_from(request.arrived.elapsed().as_millis()).unwrap_or(u64::MAX);
             // The caller may have gone in the meantime; nobody is left to tell then.
@@ -235,20 +238,28 @@ fn answer_skipped(request: InferRequest, why: Skip, shared: &Shared) {
     }
 }
 
-/// Stacks the batch into one buffer (one copy per request), runs it, and answers each request with its row.
-fn run_batch(backend: &mut dyn Backend, batch: Vec<InferRequest>, shared: &Shared, device: Device) {
+/// Stacks the batch into one buffer (one copy per request), runs it on worker `id`'s `device`, and answers each
+/// request with its row. The batch's span (`batch`, DEBUG) is entered meanwhile; each request's span follows
+/// from it.
+fn run_batch(backend: &mut dyn Backend, batch: Vec<InferRequest>, shared: &Shared, id: usize, device: Device) {
     let n = batch.len();
+    let span = tracing::debug_span!("batch", size = n, worker = id).entered();
     let dispatched = Instant::now();
     let mut input = Vec::with_capacity(n * shared.spec.input_len());
     for request in &batch {
         input.extend_from_slice(&request.input);
-        record_queue_time(shared, dispatched - request.arrived);
+        let queued = dispatched - request.arrived;
+        record_queue_time(shared, queued);
+        trace_dispatch(&request.span, &span, queued, n);
     }
     let result = catch_unwind(AssertUnwindSafe(|| backend.infer(n, &input)))
         .unwrap_or_else(|panic| Err(BackendError::inference(panic_message(&*panic))))
         .and_then(|out| check_output(&shared.spec, n, &out).map(|()| out));
     let inference = dispatched.elapsed();
     record_batch(shared, n, inference);
+    for request in batch.iter().filter(|r| !r.span.is_disabled()) {
+        request.span.record("inference_us", micros(inference));
+    }
     match result {
         Ok(output) => {
             let rows = output.chunks_exact(shared.spec.output_len().max(1));
@@ -259,7 +270,7 @@ fn run_batch(backend: &mut dyn Backend, batch: Vec<InferRequest>, shared: &Share
             }
         }
         Err(error) => {
-            ModelStats::bump(&shared.stats.failed_batches);
+            shared.metrics.failed_batches.inc();
             tracing::warn!(%error, batch = n, "batch failed");
             for request in batch {
                 let _ = request.reply.send(Err(EngineError::Backend(error.clone())));
@@ -268,16 +279,30 @@ fn run_batch(backend: &mut dyn Backend, batch: Vec<InferRequest>, shared: &Share
     }
 }
 
+/// Links a request's span to its batch's and records its queue time and batch size; nothing when the request's
+/// span is disabled (DEBUG off).
+fn trace_dispatch(request: &Span, batch: &Span, queued: Duration, n: usize) {
+    if request.is_disabled() {
+        return;
+    }
+    request.follows_from(batch);
+    request.record("queue_us", micros(queued));
+    request.record("batch_size", n);
+}
+
 fn record_queue_time(shared: &Shared, waited: Duration) {
     shared.metrics.queue_latency.observe(waited.as_secs_f64());
     if let Some(ts) = &shared.metrics.ts_queue_latency_us {
-        ts.inc_by(u64::try_from(waited.as_micros()).unwrap_or(u64::MAX));
+        ts.inc_by(micros(waited));
     }
 }
 
+/// Whole microseconds, saturating.
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
 fn record_batch(shared: &Shared, n: usize, took: Duration) {
-    ModelStats::bump(&shared.stats.batches);
-    shared.stats.batched.fetch_add(n as u64, Ordering::Relaxed);
     let m = &shared.metrics;
     m.execution_count.inc();
     m.inference_count.inc_by(n as u64);

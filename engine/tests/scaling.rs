@@ -1,11 +1,12 @@
-//! Live changes to a running model: scaling workers up and down under load loses no accepted request, and a
-//! batch policy changed while a worker waits applies to the batch it forms.
+//! Live changes to a running model: scaling workers up and down under load loses no accepted request, and
+//! scaling to zero keeps one worker. (A batch policy changed while a worker waits is tested on virtual time in
+//! `batcher.rs`.)
 
 mod support;
 
 use std::time::Duration;
 
-use support::{echo, echoed, options, output, policy, start, submit_all, FOREVER};
+use support::{echo, echoed, options, output, policy, start, submit_all};
 
 /// Waits (bounded) until the model runs `want` workers; retirement happens between batches.
 fn wait_live(model: &ferroserve_engine::Model, want: usize) {
@@ -44,17 +45,4 @@ fn scaling_to_zero_keeps_one_worker() {
     wait_live(&model, 1);
     let (id, rx) = submit_all(&model, 7..8).pop().expect("one request");
     assert_eq!(output(rx).output, echoed(id));
-}
-
-#[test]
-fn a_policy_set_while_a_worker_waits_applies_to_its_next_batch() {
-    let fake = echo();
-    let model = start(&fake, options(1, policy(1, Duration::ZERO)));
-    // The worker is idle, waiting for a first request with batches of one; then batches become 4.
-    model.set_policy(policy(4, FOREVER));
-    let pending = submit_all(&model, 0..4);
-    for (id, rx) in pending {
-        assert_eq!(output(rx).output, echoed(id));
-    }
-    assert_eq!(fake.batch_sizes(), vec![4]);
 }

@@ -5,10 +5,12 @@ use std::{
     collections::VecDeque,
     sync::{
         atomic::{AtomicUsize, Ordering},
-        Arc, Condvar, Mutex, PoisonError,
+        Arc,
     },
     time::Duration,
 };
+
+use parking_lot::{Condvar, Mutex, MutexGuard};
 
 use super::{Backend, BackendError, BackendFactory, Device, ModelSpec};
 
@@ -40,11 +42,11 @@ pub struct FakeScript(Arc<Mutex<VecDeque<FakeStep>>>);
 impl FakeScript {
     /// Appends a step.
     pub fn push(&self, step: FakeStep) {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).push_back(step);
+        self.0.lock().push_back(step);
     }
 
     fn pop(&self) -> Option<FakeStep> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).pop_front()
+        self.0.lock().pop_front()
     }
 }
 
@@ -83,7 +85,7 @@ impl Gate {
     pub fn wait_arrived(&self, n: usize) {
         let mut state = self.state();
         while state.arrived < n {
-            state = self.0 .1.wait(state).unwrap_or_else(PoisonError::into_inner);
+            self.0 .1.wait(&mut state);
         }
     }
 
@@ -92,12 +94,12 @@ impl Gate {
         state.arrived += 1;
         self.0 .1.notify_all();
         while state.closed {
-            state = self.0 .1.wait(state).unwrap_or_else(PoisonError::into_inner);
+            self.0 .1.wait(&mut state);
         }
     }
 
-    fn state(&self) -> std::sync::MutexGuard<'_, GateState> {
-        self.0 .0.lock().unwrap_or_else(PoisonError::into_inner)
+    fn state(&self) -> MutexGuard<'_, GateState> {
+        self.0 .0.lock()
     }
 }
 
@@ -146,7 +148,7 @@ impl FakeBackend {
     /// The sizes of the batches run so far.
     #[must_use]
     pub fn batch_sizes(&self) -> Vec<usize> {
-        self.batches.lock().unwrap_or_else(PoisonError::into_inner).clone()
+        self.batches.lock().clone()
     }
 
     fn compute(&self, batch: usize, input: &[f32]) -> Vec<f32> {
@@ -169,7 +171,7 @@ impl FakeBackend {
 impl Backend for FakeBackend {
     fn infer(&mut self, batch: usize, input: &[f32]) -> Result<Vec<f32>, BackendError> {
         self.gate.pass();
-        self.batches.lock().unwrap_or_else(PoisonError::into_inner).push(batch);
+        self.batches.lock().push(batch);
         match self.script.pop() {
             Some(FakeStep::Sleep(d)) => std::thread::sleep(d),
             Some(FakeStep::Fail(msg)) => return Err(BackendError::inference(msg)),

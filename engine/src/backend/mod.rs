@@ -11,10 +11,9 @@ mod onnx;
 #[cfg(feature = "torch")]
 pub mod torch;
 
-use std::{
-    fmt,
-    sync::{Arc, Mutex, PoisonError},
-};
+use std::{fmt, sync::Arc};
+
+use parking_lot::Mutex;
 
 pub use fake::{FakeBackend, FakeMode, FakeScript, FakeStep, Gate};
 #[cfg(feature = "onnx")]
@@ -160,14 +159,14 @@ impl MultiDevice {
         let first_device = *devices.first().ok_or_else(|| BackendError::load("a model needs at least one device"))?;
         let first = load(first_device)?;
         let loaded = devices.iter().map(|_| Mutex::new(None)).collect::<Vec<_>>();
-        *loaded[0].lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::clone(&first));
+        *loaded[0].lock() = Some(Arc::clone(&first));
         Ok(Self { devices, loaded, first, load: Box::new(load) })
     }
 
     /// The model on the device of worker `worker`, loaded now if no worker ran there yet.
     fn factory(&self, worker: usize) -> Result<Arc<dyn BackendFactory>, BackendError> {
         let slot = worker % self.devices.len();
-        let mut loaded = self.loaded[slot].lock().unwrap_or_else(PoisonError::into_inner);
+        let mut loaded = self.loaded[slot].lock();
         if let Some(factory) = loaded.as_ref() {
             return Ok(Arc::clone(factory));
         }

@@ -19,6 +19,7 @@ use hyper::{body::Incoming, header::HeaderValue, Method, Request, StatusCode};
 use serde::Serialize;
 use serde_json::json;
 use tokio::task::JoinSet;
+use tracing::Instrument as _;
 
 use crate::{
     error::ApiError,
@@ -193,7 +194,8 @@ async fn infer_rows(
     let mut tasks = JoinSet::new();
     for (k, row) in rows.into_iter().enumerate() {
         let model = Arc::clone(model);
-        tasks.spawn(async move { (k, infer_within(&model, row, timeout).await) });
+        // In the request's span, which the engine's queued span takes as its parent.
+        tasks.spawn(async move { (k, infer_within(&model, row, timeout).await) }.in_current_span());
     }
     let mut answers = vec![None; tasks.len()];
     while let Some(joined) = tasks.join_next().await {

@@ -1,8 +1,9 @@
 //! The router: what holds for every request of every API, decided once, before and after its handler. The
 //! protocol (TorchServe's or KServe v2's, which chooses the error body) is decided from the path; then the token
 //! check, the in-flight limit of inference requests, the handler of the API, the `max_response_size` limit,
-//! `Retry-After` on overload answers and the count of responses by status class. Each request runs in a
-//! `request` span (DEBUG), the parent of its span in the engine's queue.
+//! `Retry-After` on overload answers and the count of responses by status class. Each request has an id (the
+//! client's `x-request-id`, else a new UUID) sent back in `x-request-id`, and runs in a `request` span (DEBUG)
+//! that names it, the parent of its span in the engine's queue.
 
 use std::sync::Arc;
 
@@ -21,16 +22,41 @@ use crate::{
     state::AppState,
 };
 
+/// The header that names a request, in both directions (as TorchServe sends it).
+const X_REQUEST_ID: &str = "x-request-id";
+
 /// Answers one request to `api`: never fails, every error becomes an answer in the request's protocol.
 pub(crate) async fn route(req: Request<Incoming>, state: &Arc<AppState>, api: Api) -> Reply {
     let protocol = protocol_of(api, req.uri().path());
-    let span = tracing::debug_span!("request", api = api.name(), method = %req.method(), path = %req.uri().path());
+    let id = request_id(&req);
+    let span = tracing::debug_span!(
+        "request",
+        id = id.to_str().unwrap_or_default(),
+        api = api.name(),
+        method = %req.method(),
+        path = %req.uri().path(),
+    );
     let reply = handle(req, state, api, protocol)
         .instrument(span)
         .await
         .and_then(|reply| within_limit(reply, state.config.max_response_size))
         .unwrap_or_else(|e| reply::error(&e, protocol));
-    finish(reply, state, api)
+    let mut reply = finish(reply, state, api);
+    reply.headers_mut().insert(X_REQUEST_ID, id);
+    reply
+}
+
+/// The client's `x-request-id` when it sends one (visible ASCII, 128 bytes at most), else a new UUID.
+fn request_id(req: &Request<Incoming>) -> HeaderValue {
+    let given = req.headers().get(X_REQUEST_ID);
+    let usable = |v: &&HeaderValue| {
+        (1..=128).contains(&v.len()) && v.to_str().is_ok_and(|s| s.bytes().all(|b| b.is_ascii_graphic()))
+    };
+    given.filter(usable).cloned().unwrap_or_else(|| {
+        let mut buffer = uuid::Uuid::encode_buffer();
+        HeaderValue::from_str(uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buffer))
+            .unwrap_or(HeaderValue::from_static("-"))
+    })
 }
 
 /// KServe v2 for `/v2` and the paths under it on the inference API; TorchServe's everywhere else.

@@ -48,6 +48,7 @@ pub async fn handle(req: Request<Incoming>, state: &Arc<AppState>) -> Result<Rep
         (&Method::DELETE, ["models", name]) => unregister(state, name, None).await,
         (&Method::DELETE, ["models", name, version]) => unregister(state, name, Some(version)).await,
         (_, ["models", ..]) => Err(ApiError::method_not_allowed()),
+        (method, [page @ ("" | "api-description")]) => super::description::management(method, page),
         _ => Err(ApiError::not_found(&path)),
     }
 }

@@ -2,6 +2,7 @@
 //! [`ApiError`](crate::error::ApiError), which the router renders in the request's protocol. Handlers know
 //! neither the router nor the transport.
 
+pub mod description;
 pub mod kserve;
 pub mod management;
 pub mod metrics;

@@ -26,6 +26,7 @@ pub async fn handle(req: Request<Incoming>, state: &Arc<AppState>) -> Result<Rep
         (&Method::POST, ["predictions", model]) => predict(req, state, model, None).await,
         (&Method::POST, ["predictions", model, version]) => predict(req, state, model, Some(version)).await,
         (_, ["ping"] | ["predictions", _] | ["predictions", _, _]) => Err(ApiError::method_not_allowed()),
+        (method, [page @ ("" | "api-description")]) => super::description::inference(method, page),
         _ => Err(ApiError::not_found(&path)),
     }
 }

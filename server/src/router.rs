@@ -31,7 +31,7 @@ pub(crate) async fn route(req: Request<Incoming>, state: &Arc<AppState>, api: Ap
     let id = request_id(&req);
     let span = tracing::debug_span!(
         "request",
-        id = id.to_str().unwrap_or_default(),
+        id = %id.to_str().unwrap_or_default(),
         api = api.name(),
         method = %req.method(),
         path = %req.uri().path(),

@@ -97,6 +97,7 @@ impl Model {
             target_workers: AtomicUsize::new(0),
             live_workers: AtomicUsize::new(0),
             live_ids: Mutex::default(),
+            workers_changed: parking_lot::Condvar::new(),
             name: options.name.clone(),
             #[cfg(test)]
             panic_after_batches: AtomicUsize::new(0),
@@ -119,15 +120,16 @@ impl Model {
         Ok(model)
     }
 
-    /// Sets the number of workers (at least 1): workers `0..workers` run. Missing ones are started, each with its
-    /// own backend, before this returns; those beyond retire after their current batch (or within 50 ms when
-    /// idle), so no queued request is dropped. Worker ids decide devices, so the spread over devices stays even.
+    /// Sets the number of workers: workers `0..workers` run. Missing ones are started, each with its own backend,
+    /// before this returns; those beyond retire after their current batch (or within 50 ms when idle), so no
+    /// queued request is dropped ([`Model::wait_for_workers`] waits for them). Worker ids decide devices, so the
+    /// spread over devices stays even. With zero workers the model stays loaded and refuses requests
+    /// ([`EngineError::NoWorkers`]) until it is scaled up, as TorchServe's `min_worker=0` does.
     ///
     /// # Errors
     /// [`BackendError::Load`] when a new backend cannot be made or its thread spawned; the workers already
     /// running are kept.
     pub fn scale(&self, workers: usize) -> Result<(), BackendError> {
-        let workers = workers.max(1);
         let mut handles = self.workers.lock();
         handles.retain(|h| !h.is_finished());
         let mut ids = self.shared.ids();
@@ -149,6 +151,13 @@ impl Model {
             }
         }
         Ok(())
+    }
+
+    /// Waits until the workers [`Model::scale`] asked for run and the surplus ones have stopped, for `timeout` at
+    /// most (blocking: not for an async task). Returns whether they did.
+    #[must_use]
+    pub fn wait_for_workers(&self, timeout: Duration) -> bool {
+        self.shared.wait_for_target(timeout)
     }
 
     /// The ids of the running workers (worker `w` runs on [`Model::worker_device`]`(w)`).

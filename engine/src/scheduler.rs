@@ -45,6 +45,8 @@ pub(crate) struct Shared {
     /// The ids of the running workers. Ids decide devices (worker `w` on device `w % n`), so a worker retires only
     /// when its own id is beyond the target, and scaling up starts exactly the missing ids.
     pub(crate) live_ids: Mutex<BTreeSet<usize>>,
+    /// Notified whenever `live_ids` changes (see `wait_for_target`).
+    pub(crate) workers_changed: parking_lot::Condvar,
     /// The model's name, for the errors the workers answer with and the workers' span.
     pub(crate) name: String,
     /// The model's version, for the workers' span.
@@ -56,13 +58,19 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    /// Whether every worker died and none could be restarted (scaling down never goes below one worker).
+    /// Whether no worker runs: every one died and none could be restarted, or the model was scaled to zero.
     pub(crate) fn has_no_worker(&self) -> bool {
-        self.live_workers.load(Ordering::Acquire) == 0 && self.target_workers.load(Ordering::Acquire) > 0
+        self.live_workers.load(Ordering::Acquire) == 0
     }
 
-    /// Answers every queued request [`EngineError::NoWorkers`]: nothing would ever run them.
+    /// Answers every queued request [`EngineError::NoWorkers`] when no worker runs: nothing would ever run them.
+    /// The check and the answers hold the workers' lock, so that a worker started meanwhile (which enlists under
+    /// that lock) keeps what is queued for itself.
     pub(crate) fn drain_without_workers(&self) {
+        let ids = self.ids();
+        if !ids.is_empty() {
+            return;
+        }
         while let Ok(request) = self.rx.try_recv() {
             let _ = request.reply.send(Err(EngineError::NoWorkers(self.name.clone())));
         }
@@ -77,13 +85,30 @@ impl Shared {
     pub(crate) fn enlist(&self, ids: &mut BTreeSet<usize>, id: usize) {
         ids.insert(id);
         self.live_workers.store(ids.len(), Ordering::Release);
+        self.workers_changed.notify_all();
     }
 
     /// Records that worker `id` no longer runs; returns how many still do.
     pub(crate) fn dismiss(&self, ids: &mut BTreeSet<usize>, id: usize) -> usize {
         ids.remove(&id);
         self.live_workers.store(ids.len(), Ordering::Release);
+        self.workers_changed.notify_all();
         ids.len()
+    }
+
+    /// Waits until exactly workers `0..target_workers` run, for `timeout` at most; whether they do.
+    pub(crate) fn wait_for_target(&self, timeout: Duration) -> bool {
+        let until = Instant::now() + timeout;
+        let mut ids = self.ids();
+        loop {
+            let target = self.target_workers.load(Ordering::Acquire);
+            if ids.len() == target && ids.iter().all(|&w| w < target) {
+                return true;
+            }
+            if self.workers_changed.wait_until(&mut ids, until).timed_out() {
+                return false;
+            }
+        }
     }
 
     /// Records that worker `id` stopped; returns how many still run.
@@ -102,7 +127,11 @@ impl Shared {
         if id < self.target_workers.load(Ordering::Acquire) {
             return false;
         }
-        self.dismiss(&mut ids, id);
+        if self.dismiss(&mut ids, id) == 0 {
+            // Scaled to zero: a request pushed while this worker was leaving would wait for nobody.
+            drop(ids);
+            self.drain_without_workers();
+        }
         true
     }
 }

@@ -1,5 +1,5 @@
-//! Live changes to a running model: scaling workers up and down under load loses no accepted request, and
-//! scaling to zero keeps one worker. (A batch policy changed while a worker waits is tested on virtual time in
+//! Live changes to a running model: scaling workers up and down under load loses no accepted request, a caller
+//! can wait for the surplus workers to stop, and a model scaled to zero refuses requests until it is scaled up. (A batch policy changed while a worker waits is tested on virtual time in
 //! `batcher.rs`.)
 
 mod support;
@@ -38,11 +38,39 @@ fn scaling_up_and_down_under_load_answers_every_request() {
 }
 
 #[test]
-fn scaling_to_zero_keeps_one_worker() {
+fn a_model_scaled_to_zero_refuses_at_once_and_serves_again_when_scaled_up() {
     let fake = echo();
     let model = start(&fake, options(2, policy(1, Duration::ZERO)));
     model.scale(0).expect("scale");
-    wait_live(&model, 1);
+    assert!(model.wait_for_workers(Duration::from_secs(60)), "both workers stop");
+    assert_eq!(model.workers(), (0, 0));
+    match model.submit(vec![0.0; support::INPUT_LEN]) {
+        Err(ferroserve_engine::EngineError::NoWorkers(name)) => assert_eq!(name, "fake"),
+        other => panic!("expected NoWorkers, got {other:?}"),
+    }
+    model.scale(1).expect("scale up");
+    assert_eq!(model.workers(), (1, 1));
     let (id, rx) = submit_all(&model, 7..8).pop().expect("one request");
     assert_eq!(output(rx).output, echoed(id));
+}
+
+#[test]
+fn waiting_for_workers_returns_once_the_surplus_ones_have_stopped() {
+    let fake = echo();
+    let model = start(&fake, options(3, policy(1, Duration::ZERO)));
+    model.scale(1).expect("scale down");
+    assert!(model.wait_for_workers(Duration::from_secs(60)), "the two surplus workers stop");
+    assert_eq!((model.workers(), model.worker_ids()), ((1, 1), vec![0]));
+    // Held by a batch in progress, a surplus worker cannot stop: the wait gives up at its timeout.
+    model.scale(2).expect("scale up");
+    fake.gate.close();
+    let pending = submit_all(&model, 0..2);
+    fake.gate.wait_arrived(2);
+    model.scale(1).expect("scale down");
+    assert!(!model.wait_for_workers(Duration::from_millis(100)), "worker 1 is still in its batch");
+    fake.gate.open();
+    assert!(model.wait_for_workers(Duration::from_secs(60)));
+    for (id, rx) in pending {
+        assert_eq!(output(rx).output, echoed(id));
+    }
 }

@@ -56,10 +56,12 @@ impl AppState {
         }
     }
 
-    /// Whether the server takes traffic: not shutting down, and every model has a live worker.
+    /// Whether the server takes traffic: not shutting down, and every model has a live worker, but those scaled
+    /// to zero on purpose (TorchServe's `min_worker=0`).
     #[must_use]
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire) && self.registry.all().iter().all(|m| m.workers().1 > 0)
+        let serving = |m: &Arc<ferroserve_engine::Model>| matches!(m.workers(), (0, _) | (_, 1..));
+        self.ready.load(Ordering::Acquire) && self.registry.all().iter().all(serving)
     }
 
     /// Requires `keys` on the APIs they protect (see [`crate::auth`]).

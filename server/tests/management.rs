@@ -158,12 +158,7 @@ async fn scales_and_rebatches_live() {
     let model = server.state.registry.get("beta", None).expect("beta");
     assert_eq!(model.policy().max_delay, Duration::from_micros(250));
 
-    for bad in [
-        "/models/alpha",
-        "/models/alpha?min_worker=0",
-        "/models/alpha?min_worker=4&max_worker=2",
-        "/models/alpha?batch_size=none",
-    ] {
+    for bad in ["/models/alpha", "/models/alpha?min_worker=4&max_worker=2", "/models/alpha?batch_size=none"] {
         assert_eq!(server.manage(Method::PUT, bad).await.status, StatusCode::BAD_REQUEST, "{bad}");
     }
     assert_eq!(server.manage(Method::PUT, "/models/nope?min_worker=1").await.status, StatusCode::NOT_FOUND);
@@ -301,4 +296,44 @@ async fn max_batch_delay_is_an_integer_when_whole_and_a_fraction_when_not() {
         let text = server.manage(Method::GET, "/models/beta").await.text;
         assert!(text.contains(&format!("\"maxBatchDelay\":{expected},")), "{text}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_synchronous_scale_down_answers_once_the_surplus_workers_have_stopped() {
+    let registry = Arc::new(Registry::new());
+    add_fake(&registry, FakeMode::Echo, options("pair", 2, 10, 1, Duration::ZERO));
+    let server = TestServer::start(registry, MB).await;
+    let scaled = server.manage(Method::PUT, "/models/pair/1.0?min_worker=1&max_worker=1&synchronous=true").await;
+    assert_eq!(scaled.status, StatusCode::OK, "{}", scaled.text);
+    let d = &server.manage(Method::GET, "/models/pair").await.json[0];
+    assert_eq!(d["workers"].as_array().expect("workers").len(), 1, "{d}");
+    assert_eq!((d["minWorkers"].as_u64(), d["maxWorkers"].as_u64()), (Some(1), Some(1)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_with_zero_workers_stays_registered_and_answers_503_until_scaled_up() {
+    let server = TestServer::start(Arc::new(Registry::new()), MB).await;
+    let url = "/models?url=signnet&model_name=idle&initial_workers=0&synchronous=true";
+    let created = server.manage(Method::POST, url).await;
+    assert_eq!(created.status, StatusCode::OK, "{}", created.text);
+    let d = &server.manage(Method::GET, "/models/idle").await.json[0];
+    assert_eq!((d["minWorkers"].as_u64(), d["workers"].as_array().map(Vec::len)), (Some(0), Some(0)), "{d}");
+    let example = std::fs::read(support::models_dir().join("signnet/example.json")).expect("example");
+    let refused = server.predict("idle", example.clone()).await;
+    assert_eq!(
+        (refused.status, refused.json["type"].as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("ServiceUnavailableException")),
+        "{}",
+        refused.text
+    );
+    assert_eq!(server.send(Method::GET, "/ping", "").await.status, StatusCode::OK, "scaled to zero on purpose");
+
+    let up = server.manage(Method::PUT, "/models/idle?min_worker=1&synchronous=true").await;
+    assert_eq!(up.status, StatusCode::OK, "{}", up.text);
+    assert_eq!(server.predict("idle", example.clone()).await.json["predictions"][0]["label"], "hello");
+    let down = server.manage(Method::PUT, "/models/idle?min_worker=0&synchronous=true").await;
+    assert_eq!(down.status, StatusCode::OK, "{}", down.text);
+    assert_eq!(server.predict("idle", example).await.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(server.manage(Method::DELETE, "/models/idle").await.status, StatusCode::OK);
+    assert_eq!(server.manage(Method::GET, "/models/idle").await.status, StatusCode::NOT_FOUND);
 }

@@ -268,7 +268,7 @@ async fn register(state: &Arc<AppState>, params: &HashMap<String, String>) -> Re
 fn overrides(params: &HashMap<String, String>) -> Result<Overrides, ApiError> {
     let seconds = |s: usize| std::time::Duration::from_secs(s as u64);
     Ok(Overrides {
-        workers: positive(params, "initial_workers")?,
+        workers: param::<usize>(params, "initial_workers")?,
         batch_size: positive(params, "batch_size")?,
         max_batch_delay: max_batch_delay(params)?,
         response_timeout: positive(params, "response_timeout")?.map(seconds),
@@ -308,8 +308,9 @@ async fn update(
     if !known.iter().any(|k| params.contains_key(*k)) {
         return Err(ApiError::bad_request(format!("Give at least one of the parameters {}", known.join(", "))));
     }
-    let min = positive(params, "min_worker")?;
-    let max = positive(params, "max_worker")?;
+    // Zero workers keep the model loaded and refusing requests (503) until it is scaled up, as in TorchServe.
+    let min = param::<usize>(params, "min_worker")?;
+    let max = param::<usize>(params, "max_worker")?;
     if let (Some(min), Some(max)) = (min, max) {
         if max < min {
             return Err(ApiError::bad_request(format!("max_worker {max} is below min_worker {min}")));
@@ -329,9 +330,13 @@ async fn update(
         );
         return Ok(status(StatusCode::OK, &message));
     };
-    let scaling = Arc::clone(&model);
-    let task = tokio::task::spawn_blocking(move || scaling.scale(workers));
-    if !flag(params, "synchronous")? {
+    let synchronous = flag(params, "synchronous")?;
+    let (scaling, limit) = (Arc::clone(&model), model.options().response_timeout);
+    // A synchronous call answers once the surplus workers have stopped (after their batch), as TorchServe does.
+    let task = tokio::task::spawn_blocking(move || {
+        scaling.scale(workers).map(|()| !synchronous || scaling.wait_for_workers(limit))
+    });
+    if !synchronous {
         tokio::spawn(async move {
             if let Ok(Err(error)) = task.await {
                 tracing::error!(%error, "scaling failed");
@@ -339,9 +344,16 @@ async fn update(
         });
         return Ok(status(StatusCode::ACCEPTED, "Processing worker updates..."));
     }
-    task.await
+    let settled = task
+        .await
         .map_err(|e| ApiError::internal(e.to_string()))?
         .map_err(|e| ApiError::internal(format!("cannot start workers: {e}")))?;
+    if !settled {
+        return Err(ApiError::internal(format!(
+            "Workers of model {name} are still finishing their batches after {} s; they stop after them",
+            limit.as_secs()
+        )));
+    }
     Ok(status(StatusCode::OK, &format!("Workers scaled to {workers} for model: {name}")))
 }
 

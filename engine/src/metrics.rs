@@ -31,7 +31,6 @@ pub struct EngineMetrics {
     dropped: IntCounterVec,
     rejected: IntCounterVec,
     queue_depth: IntGaugeVec,
-    ts_queue_latency: Option<IntCounterVec>,
 }
 
 /// One model's metrics, with labels resolved once so that recording is a few atomic adds.
@@ -61,17 +60,15 @@ pub struct ModelMetrics {
     pub rejected_queue_full: IntCounter,
     /// Requests waiting in the queue (set when metrics are read).
     pub queue_depth: IntGauge,
-    /// TorchServe's `ts_queue_latency_microseconds`, when TorchServe's names are on.
-    pub ts_queue_latency_us: Option<IntCounter>,
 }
 
 impl EngineMetrics {
     /// Registers the engine's families in `registry`, with `latency_buckets` (seconds) for the latency
-    /// histograms; `torchserve_names` adds TorchServe's `ts_queue_latency_microseconds` counter.
+    /// histograms. (TorchServe's names are the server's: they label by the version the URL named.)
     ///
     /// # Errors
     /// When a family of the same name is registered already, or the buckets are not increasing.
-    pub fn new(registry: &Registry, latency_buckets: &[f64], torchserve_names: bool) -> prometheus::Result<Self> {
+    pub fn new(registry: &Registry, latency_buckets: &[f64]) -> prometheus::Result<Self> {
         let histogram = |name: &str, help: &str, buckets: Vec<f64>| -> prometheus::Result<HistogramVec> {
             let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), LABELS)?;
             registry.register(Box::new(h.clone()))?;
@@ -126,22 +123,13 @@ impl EngineMetrics {
                 &with_reason,
             )?,
             queue_depth,
-            ts_queue_latency: if torchserve_names {
-                Some(counter(
-                    "ts_queue_latency_microseconds",
-                    "Cumulative queue latency in microseconds (TorchServe's name)",
-                    &["model_name", "model_version"],
-                )?)
-            } else {
-                None
-            },
         })
     }
 
     /// Metrics registered in a private registry with the default buckets: for models started without a server.
     #[must_use]
     pub fn detached() -> Self {
-        match Self::new(&Registry::new(), DEFAULT_LATENCY_BUCKETS, false) {
+        match Self::new(&Registry::new(), DEFAULT_LATENCY_BUCKETS) {
             Ok(metrics) => metrics,
             Err(e) => unreachable!("a fresh registry accepts the engine's families: {e}"),
         }
@@ -165,7 +153,6 @@ impl EngineMetrics {
             dropped_expired: reason(&self.dropped, "expired"),
             rejected_queue_full: reason(&self.rejected, "queue_full"),
             queue_depth: self.queue_depth.with_label_values(&labels),
-            ts_queue_latency_us: self.ts_queue_latency.as_ref().map(|c| c.with_label_values(&[name, version])),
         }
     }
 

@@ -321,9 +321,6 @@ fn trace_dispatch(request: &Span, batch: &Span, queued: Duration, n: usize) {
 
 fn record_queue_time(shared: &Shared, waited: Duration) {
     shared.metrics.queue_latency.observe(waited.as_secs_f64());
-    if let Some(ts) = &shared.metrics.ts_queue_latency_us {
-        ts.inc_by(micros(waited));
-    }
 }
 
 /// Whole microseconds, saturating.

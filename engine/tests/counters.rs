@@ -35,7 +35,7 @@ fn exposed(registry: &Registry, name: &str) -> Option<f64> {
 #[test]
 fn stats_read_the_counters_the_registry_exposes() {
     let registry = Registry::new();
-    let metrics = EngineMetrics::new(&registry, DEFAULT_LATENCY_BUCKETS, false).expect("fresh registry");
+    let metrics = EngineMetrics::new(&registry, DEFAULT_LATENCY_BUCKETS).expect("fresh registry");
     let fake = echo();
     fake.script.push(FakeStep::Fail("out of memory".into()));
     let model = start_in(&(Arc::new(fake) as Arc<dyn BackendFactory>), &metrics);
@@ -56,7 +56,7 @@ fn stats_read_the_counters_the_registry_exposes() {
 #[test]
 fn a_model_loaded_again_under_the_same_labels_counts_from_zero() {
     let registry = Registry::new();
-    let metrics = EngineMetrics::new(&registry, DEFAULT_LATENCY_BUCKETS, false).expect("fresh registry");
+    let metrics = EngineMetrics::new(&registry, DEFAULT_LATENCY_BUCKETS).expect("fresh registry");
     let factory: Arc<dyn BackendFactory> = Arc::new(echo());
     let first = start_in(&factory, &metrics);
     assert_own_rows(submit_all(&first, 0..BATCH));

@@ -40,11 +40,17 @@ pub fn request_timeout(req: &Request<Incoming>) -> Result<Option<Duration>, ApiE
     }
 }
 
-/// Runs `work` for a request to `model` and records its end-to-end latency, whatever its outcome.
-pub async fn observed<T>(state: &AppState, model: &Model, work: impl Future<Output = T>) -> T {
+/// Runs `work` for a request to `model` (at `url_version`, the version its URL named) and records its end-to-end
+/// latency, whatever its outcome: a request that reached the model counts, even when its body is refused.
+pub async fn observed<T>(
+    state: &AppState,
+    model: &Model,
+    url_version: Option<&str>,
+    work: impl Future<Output = T>,
+) -> T {
     let started = Instant::now();
     let result = work.await;
-    state.metrics.observe_request(model, started.elapsed());
+    state.metrics.observe_request(model, url_version, started.elapsed());
     result
 }
 

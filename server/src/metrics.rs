@@ -27,6 +27,7 @@ pub struct ServerMetrics {
 struct TorchServeNames {
     requests: IntCounterVec,
     latency_us: IntCounterVec,
+    queue_latency_us: IntCounterVec,
     by_class: [IntCounter; 3],
 }
 
@@ -37,7 +38,7 @@ impl ServerMetrics {
     /// When the buckets are not increasing (the configuration checks that first).
     pub fn new(config: &Config) -> prometheus::Result<Self> {
         let registry = Registry::new();
-        let engine = EngineMetrics::new(&registry, &config.latency_buckets, config.ts_metric_names)?;
+        let engine = EngineMetrics::new(&registry, &config.latency_buckets)?;
         let request_latency = HistogramVec::new(
             HistogramOpts::new(
                 "ferroserve_request_latency_seconds",
@@ -94,13 +95,23 @@ impl ServerMetrics {
     }
 
     /// Records one inference request to `model` that took `took` end to end (whatever its outcome).
-    pub fn observe_request(&self, model: &Model, took: Duration) {
+    /// `url_version` is the version its URL named: TorchServe's names label a request that named none
+    /// `model_version="default"`, as TorchServe does; ferroserve's own families carry the real version.
+    pub fn observe_request(&self, model: &Model, url_version: Option<&str>, took: Duration) {
         let labels = [model.name(), model.version(), model.device().kind()];
         self.request_latency.with_label_values(&labels).observe(took.as_secs_f64());
         if let Some(ts) = &self.ts {
-            let labels = [model.name(), model.version()];
+            let labels = ts_labels(model, url_version);
             ts.requests.with_label_values(&labels).inc();
-            ts.latency_us.with_label_values(&labels).inc_by(u64::try_from(took.as_micros()).unwrap_or(u64::MAX));
+            ts.latency_us.with_label_values(&labels).inc_by(micros(took));
+        }
+    }
+
+    /// Records the time an answered request to `model` waited in its queue, under TorchServe's name
+    /// (ferroserve's own queue histogram is the engine's, per sample).
+    pub fn observe_queue(&self, model: &Model, url_version: Option<&str>, waited: Duration) {
+        if let Some(ts) = &self.ts {
+            ts.queue_latency_us.with_label_values(&ts_labels(model, url_version)).inc_by(micros(waited));
         }
     }
 
@@ -138,7 +149,21 @@ impl TorchServeNames {
                 "ts_inference_latency_microseconds",
                 "Cumulative end-to-end inference latency in microseconds (TorchServe's name)",
             )?,
+            queue_latency_us: counter(
+                "ts_queue_latency_microseconds",
+                "Cumulative queue latency in microseconds (TorchServe's name)",
+            )?,
             by_class: [class("Requests2XX")?, class("Requests4XX")?, class("Requests5XX")?],
         })
     }
+}
+
+/// The labels of TorchServe's per-model names: the version the URL named, or `default`.
+fn ts_labels<'a>(model: &'a Model, url_version: Option<&'a str>) -> [&'a str; 2] {
+    [model.name(), url_version.unwrap_or("default")]
+}
+
+/// Whole microseconds, saturating.
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }

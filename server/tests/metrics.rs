@@ -47,9 +47,12 @@ async fn counts_and_histograms_match_the_requests_sent() {
     assert_eq!(metric(&text, "ferroserve_inference_latency_seconds_count", &m), Some(batches));
     assert!((10.0..=37.0).contains(&batches), "batches of at most 4: {batches}");
     assert_eq!(metric(&text, "ferroserve_request_latency_seconds_count", &m), Some(40.0), "bad requests count too");
-    assert_eq!(metric(&text, "ts_inference_requests_total", &m), Some(40.0));
-    assert!(metric(&text, "ts_inference_latency_microseconds", &m).expect("ts latency") > 0.0);
-    assert!(metric(&text, "ts_queue_latency_microseconds", &m).is_some());
+    // TorchServe's names label a request whose URL names no version "default", as TorchServe does.
+    let ts = [("model_name", "m"), ("model_version", "default")];
+    assert_eq!(metric(&text, "ts_inference_requests_total", &ts), Some(40.0));
+    assert_eq!(metric(&text, "ts_inference_requests_total", &m), None);
+    assert!(metric(&text, "ts_inference_latency_microseconds", &ts).expect("ts latency") > 0.0);
+    assert!(metric(&text, "ts_queue_latency_microseconds", &ts).is_some());
     assert_eq!(metric(&text, "Requests2XX", &[]), Some(37.0));
     assert_eq!(metric(&text, "Requests4XX", &[]), Some(3.0));
     assert_eq!(metric(&text, "ferroserve_http_responses_total", &[("api", "inference"), ("class", "2xx")]), Some(37.0));
@@ -163,4 +166,29 @@ async fn promtool_accepts_the_exposition() {
             "promtool: {line}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn torchserves_names_label_the_version_the_url_named_and_count_refused_bodies() {
+    let server = metered_server(test_config(MB)).await;
+    let engine = &server.state.metrics.engine;
+    add_fake_metered(&server.state.registry, engine, FakeMode::Echo, options("m", 1, 100, 1, Duration::ZERO));
+    let good = landmark_body(&[0.5; 18]);
+    for path in ["/predictions/m", "/predictions/m/1.0", "/predictions/m/1.0"] {
+        assert_eq!(server.send(Method::POST, path, good.clone()).await.status, StatusCode::OK, "{path}");
+    }
+    // Requests that reached the model and were refused for their body count too, in both protocols.
+    for path in ["/predictions/m", "/v2/models/m/infer", "/v2/models/m/versions/1.0/infer"] {
+        assert_eq!(server.send(Method::POST, path, "{").await.status, StatusCode::BAD_REQUEST, "{path}");
+    }
+    // An unknown model is counted by nobody.
+    assert_eq!(server.send(Method::POST, "/predictions/nope", good).await.status, StatusCode::NOT_FOUND);
+    let text = server.scrape().await;
+    let at = |version| [("model_name", "m"), ("model_version", version)];
+    assert_eq!(metric(&text, "ts_inference_requests_total", &at("default")), Some(3.0), "{text}");
+    assert_eq!(metric(&text, "ts_inference_requests_total", &at("1.0")), Some(3.0), "{text}");
+    assert!(metric(&text, "ts_queue_latency_microseconds", &at("1.0")).is_some());
+    assert_eq!(metric(&text, "ts_inference_requests_total", &[("model_name", "nope")]), None);
+    // ferroserve's own families carry the model's real version whatever the URL said.
+    assert_eq!(metric(&text, "ferroserve_request_latency_seconds_count", &at("1.0")), Some(6.0));
 }

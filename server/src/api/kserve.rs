@@ -157,11 +157,16 @@ async fn handle_infer(
     version: Option<&str>,
 ) -> Result<Reply, ApiError> {
     let model = find_model(state, name, version)?;
-    observed(state, &model, run_infer(req, state, &model)).await
+    observed(state, &model, version, run_infer(req, state, &model, version)).await
 }
 
 /// Runs the request's samples as concurrent engine requests, so that they can share batches.
-async fn run_infer(req: Request<Incoming>, state: &AppState, model: &Arc<Model>) -> Result<Reply, ApiError> {
+async fn run_infer(
+    req: Request<Incoming>,
+    state: &AppState,
+    model: &Arc<Model>,
+    version: Option<&str>,
+) -> Result<Reply, ApiError> {
     let json_len = header_length(&req)?;
     let timeout = request_timeout(&req)?;
     let mut body = read_body_timed(req, &state.config).await?;
@@ -177,6 +182,10 @@ async fn run_infer(req: Request<Incoming>, state: &AppState, model: &Arc<Model>)
         )));
     }
     let answers = infer_rows(model, rows(std::mem::take(&mut request.input), request.samples), timeout).await?;
+    if let Some(first) = answers.first() {
+        // Once per request, as TorchServe counts a v2 request (its rows wait side by side).
+        state.metrics.observe_queue(model, version, first.timing.queue);
+    }
     Ok(response(model, &request, &answers))
 }
 

@@ -58,27 +58,29 @@ async fn predict(
     version: Option<&str>,
 ) -> Result<Reply, ApiError> {
     let model = find_model(state, name, version)?;
-    let shape = LandmarkShape::of(model.spec()).ok_or_else(|| {
-        ApiError::bad_request(format!(
-            "model {name} takes input `{}` of shape {:?}, not hand landmarks [frames, points, 3]",
-            model.spec().input_name,
-            model.spec().input_shape
-        ))
-    })?;
-    observed(state, &model, run_landmarks(req, state, &model, shape)).await
+    observed(state, &model, version, run_landmarks(req, state, &model, version)).await
 }
 
 async fn run_landmarks(
     req: Request<Incoming>,
     state: &AppState,
     model: &Model,
-    shape: LandmarkShape,
+    version: Option<&str>,
 ) -> Result<Reply, ApiError> {
+    let shape = LandmarkShape::of(model.spec()).ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "model {} takes input `{}` of shape {:?}, not hand landmarks [frames, points, 3]",
+            model.name(),
+            model.spec().input_name,
+            model.spec().input_shape
+        ))
+    })?;
     let query_k = query_topk(&req)?;
     let timeout = request_timeout(&req)?;
     let mut body = read_body_timed(req, &state.config).await?;
     let request = landmarks::parse(&mut body, shape)?;
     let output = infer_within(model, request.input, timeout).await?;
+    state.metrics.observe_queue(model, version, output.timing.queue);
     let topk = request.topk.or(query_k).unwrap_or(1);
     Ok(prediction_response(model, &output, topk))
 }

@@ -2,7 +2,8 @@
 # End-to-end benchmark: the release server with the bundled model, driven over loopback by wrk (closed loop,
 # one connection per concurrent client) at concurrency 1, 16 and 64, for batchSize 1 and 16.
 # Usage: bash benches/e2e.sh            (from the repository root, after `make build`; `make bench-e2e` does both)
-# Env: DURATION (per run, default 10s), BATCH_SIZES ("1 16"), CONCURRENCY ("1 16 64"), DELAY_MS (2), WORKERS (2).
+# Env: DURATION (per run, default 10s), BATCH_SIZES ("1 16"), CONCURRENCY ("1 16 64"), DELAY_MS (2), WORKERS (2),
+# BIN (the server binary, default target/release/ferroserve: another build to compare with).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,7 +12,7 @@ BATCH_SIZES=${BATCH_SIZES:-1 16}
 CONCURRENCY=${CONCURRENCY:-1 16 64}
 DELAY_MS=${DELAY_MS:-2}
 WORKERS=${WORKERS:-2}
-BIN=target/release/ferroserve
+BIN=${BIN:-target/release/ferroserve}
 
 if ! command -v wrk >/dev/null; then
     echo "installing wrk (Debian package)" >&2

@@ -13,6 +13,7 @@ pub mod kserve;
 pub mod landmarks;
 pub mod management;
 pub mod metrics;
+pub mod slo;
 pub mod state;
 
 pub use config::Config;

@@ -48,19 +48,22 @@ const MAX_PERIOD_DAYS: u32 = 366;
 const WINDOWS: [&str; 7] = ["5m", "30m", "1h", "2h", "6h", "1d", "3d"];
 
 /// One multiwindow burn-rate alert: it fires while the error ratio over both windows exceeds `burn_rate` times
-/// the error budget (SRE workbook, chapter 5, table 5-8).
+/// the error budget (the SRE workbook's *Alerting on SLOs*, its recommended windows).
 struct BurnAlert {
     severity: &'static str,
     long_window: &'static str,
     short_window: &'static str,
+    /// As written in the expression and the labels.
     burn_rate: &'static str,
+    /// The same, as a number.
+    factor: f64,
 }
 
 const ALERTS: [BurnAlert; 4] = [
-    BurnAlert { severity: "page", long_window: "1h", short_window: "5m", burn_rate: "14.4" },
-    BurnAlert { severity: "page", long_window: "6h", short_window: "30m", burn_rate: "6" },
-    BurnAlert { severity: "ticket", long_window: "1d", short_window: "2h", burn_rate: "3" },
-    BurnAlert { severity: "ticket", long_window: "3d", short_window: "6h", burn_rate: "1" },
+    BurnAlert { severity: "page", long_window: "1h", short_window: "5m", burn_rate: "14.4", factor: 14.4 },
+    BurnAlert { severity: "page", long_window: "6h", short_window: "30m", burn_rate: "6", factor: 6.0 },
+    BurnAlert { severity: "ticket", long_window: "1d", short_window: "2h", burn_rate: "3", factor: 3.0 },
+    BurnAlert { severity: "ticket", long_window: "3d", short_window: "6h", burn_rate: "1", factor: 1.0 },
 ];
 
 impl SloConfig {
@@ -298,16 +301,16 @@ fn render_alert_group(out: &mut String, sli: &Sli) {
         out.push_str("        annotations:\n");
         let summary =
             format!("{} {}: the {} error budget burns {}x too fast", sli.model, sli.version, sli.name, alert.burn_rate);
+        let lasts = f64::from(sli.period_days) / alert.factor;
         let description = format!(
             "Requests {} over the last {} and {}: at this rate the {}-day error budget of the {}% {} objective \
-             lasts {} days.",
+             lasts {lasts:.1} days.",
             sli.meaning,
             alert.long_window,
             alert.short_window,
             sli.period_days,
             number(sli.objective * 100.0),
             sli.name,
-            format!("{:.1}", f64::from(sli.period_days) / alert.burn_rate.parse::<f64>().unwrap_or(1.0)),
         );
         let _ = writeln!(out, "          summary: {}", quote(&summary));
         let _ = writeln!(out, "          description: {}", quote(&description));

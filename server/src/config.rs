@@ -73,8 +73,8 @@ pub struct ModelConfig {
     pub device_type: Option<String>,
     /// CUDA device ids for `deviceType: gpu`: the model's workers are spread over them, in order.
     pub device_ids: Option<Vec<usize>>,
-    /// Service level objectives, rendered as Prometheus rules by `crate::slo::rules`.
-    pub slo: Option<crate::slo::SloConfig>,
+    /// Service level objectives (`crate::slo_config`), rendered as Prometheus rules by `crate::slo::rules`.
+    pub slo: Option<crate::slo_config::SloConfig>,
     /// Every other key, warned about at start-up.
     #[serde(flatten)]
     pub other: BTreeMap<String, serde_json::Value>,

@@ -13,7 +13,9 @@ pub mod kserve;
 pub mod landmarks;
 pub mod management;
 pub mod metrics;
+pub mod model_responses;
 pub mod slo;
+pub mod slo_config;
 pub mod state;
 
 pub use config::Config;

@@ -12,37 +12,10 @@
 
 use std::fmt::Write as _;
 
-use serde::Deserialize;
-
-use crate::config::Config;
-
-/// The per-model objectives of a model version (`"slo"` in its `models` entry).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct SloConfig {
-    /// Percent of requests answered without a 5xx (e.g. 99.9).
-    pub availability: Option<f64>,
-    /// Percent of requests answered within a threshold.
-    pub latency: Option<LatencyObjective>,
-    /// The period the error budget covers, in days (default 30).
-    pub period_days: Option<u32>,
-}
-
-/// "`objective` percent of requests answered within `threshold_ms`".
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct LatencyObjective {
-    /// Percent of requests (e.g. 99).
-    pub objective: f64,
-    /// The threshold in milliseconds, from arrival at the server to the response (fractions allowed).
-    pub threshold_ms: f64,
-}
-
-/// The period of an error budget when `periodDays` is not given, as in the SRE workbook.
-const DEFAULT_PERIOD_DAYS: u32 = 30;
-
-/// The longest period accepted: a year.
-const MAX_PERIOD_DAYS: u32 = 366;
+use crate::{
+    config::Config,
+    slo_config::{LatencyObjective, SloConfig},
+};
 
 /// The windows the SLI error ratios are recorded over: every window of [`ALERTS`].
 const WINDOWS: [&str; 7] = ["5m", "30m", "1h", "2h", "6h", "1d", "3d"];
@@ -65,44 +38,6 @@ const ALERTS: [BurnAlert; 4] = [
     BurnAlert { severity: "ticket", long_window: "1d", short_window: "2h", burn_rate: "3", factor: 3.0 },
     BurnAlert { severity: "ticket", long_window: "3d", short_window: "6h", burn_rate: "1", factor: 1.0 },
 ];
-
-impl SloConfig {
-    /// Checks that the objectives can be rendered.
-    ///
-    /// # Errors
-    /// A message naming the key: an objective that is not strictly between 0 and 100 (100 % leaves no error
-    /// budget to burn), a threshold that is not a positive number of milliseconds up to an hour, a period that is
-    /// not 1 to 366 days, or no objective at all.
-    pub fn validate(&self) -> Result<(), String> {
-        if self.availability.is_none() && self.latency.is_none() {
-            return Err("slo: give `availability` and/or `latency`".into());
-        }
-        if let Some(percent) = self.availability {
-            check_percent("slo.availability", percent)?;
-        }
-        if let Some(latency) = &self.latency {
-            check_percent("slo.latency.objective", latency.objective)?;
-            let ms = latency.threshold_ms;
-            if !(ms.is_finite() && ms > 0.0 && ms <= 3_600_000.0) {
-                return Err(format!("slo.latency.thresholdMs: {ms} is not a number of milliseconds in (0, 3600000]"));
-            }
-        }
-        match self.period_days {
-            Some(days) if !(1..=MAX_PERIOD_DAYS).contains(&days) => {
-                Err(format!("slo.periodDays: {days} is not between 1 and {MAX_PERIOD_DAYS}"))
-            }
-            _ => Ok(()),
-        }
-    }
-}
-
-fn check_percent(key: &str, percent: f64) -> Result<(), String> {
-    if percent.is_finite() && percent > 0.0 && percent < 100.0 {
-        Ok(())
-    } else {
-        Err(format!("{key}: {percent} is not a percentage strictly between 0 and 100"))
-    }
-}
 
 /// A latency threshold in seconds, computed as `metrics_latency_buckets_ms` is (milliseconds / 1000), so that
 /// equal milliseconds give the same `f64` and the same `le` label.
@@ -167,7 +102,7 @@ fn slis(config: &Config) -> Vec<Sli> {
     let mut out = Vec::new();
     for stated in objectives(config) {
         let selector = format!("model_name=\"{}\",model_version=\"{}\"", escape(stated.model), escape(stated.version));
-        let period_days = stated.slo.period_days.unwrap_or(DEFAULT_PERIOD_DAYS);
+        let period_days = stated.slo.period();
         let sli = |name: &'static str, objective: f64, meaning: String, error_ratio: String| Sli {
             id: slo_id(stated.model, stated.version, name),
             name,

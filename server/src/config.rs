@@ -115,6 +115,8 @@ pub struct ModelConfig {
     pub device_type: Option<String>,
     /// CUDA device ids for `deviceType: gpu`: the model's workers are spread over them, in order.
     pub device_ids: Option<Vec<usize>>,
+    /// Service level objectives (`crate::slo_config`), rendered as Prometheus rules by `crate::slo::rules`.
+    pub slo: Option<crate::slo_config::SloConfig>,
     /// Every other key, warned about at start-up.
     #[serde(flatten)]
     pub other: BTreeMap<String, serde_json::Value>,
@@ -515,6 +517,7 @@ impl ModelConfig {
             mar_name: self.mar_name.or(base.mar_name),
             device_type: self.device_type.or(base.device_type),
             device_ids: self.device_ids.or(base.device_ids),
+            slo: self.slo.or(base.slo),
             other,
         }
     }
@@ -553,6 +556,9 @@ fn check_model_config(config: &ModelConfig) -> Result<(), String> {
     at_least_one("jobQueueSize", config.job_queue_size)?;
     if let Some(ms) = config.max_batch_delay {
         delay_ms(ms).map_err(|e| format!("maxBatchDelay: {e}"))?;
+    }
+    if let Some(slo) = &config.slo {
+        slo.validate()?;
     }
     if let (Some(min), Some(max)) = (config.min_workers, config.max_workers) {
         if max < min {

@@ -41,16 +41,18 @@ pub fn request_timeout(req: &Request<Incoming>) -> Result<Option<Duration>, ApiE
 }
 
 /// Runs `work` for a request to `model` (at `url_version`, the version its URL named) and records its end-to-end
-/// latency, whatever its outcome: a request that reached the model counts, even when its body is refused.
-pub async fn observed<T>(
+/// latency and status, whatever its outcome: a request that reached the model counts, even when its body is
+/// refused.
+pub async fn observed(
     state: &AppState,
     model: &Model,
     url_version: Option<&str>,
-    work: impl Future<Output = T>,
-) -> T {
+    work: impl Future<Output = Result<Reply, ApiError>>,
+) -> Result<Reply, ApiError> {
     let started = Instant::now();
     let result = work.await;
-    state.metrics.observe_request(model, url_version, started.elapsed());
+    let status = result.as_ref().map_or_else(|e| e.status, Reply::status);
+    state.metrics.observe_request(model, url_version, status, started.elapsed());
     result
 }
 

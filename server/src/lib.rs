@@ -16,9 +16,12 @@ mod json;
 pub mod landmarks;
 pub mod load;
 pub mod metrics;
+pub mod model_responses;
 pub mod reply;
 mod router;
 mod serve;
+pub mod slo;
+pub mod slo_config;
 pub mod state;
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};

@@ -22,6 +22,21 @@ struct Cli {
     /// `load_models`).
     #[arg(long, value_name = "MODELS", value_delimiter = ',')]
     models: Vec<String>,
+    /// Instead of serving, do this and exit.
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+/// What `ferroserve` can do besides serving.
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Prints the Prometheus recording and alerting rules (multiwindow, multi-burn-rate) of the objectives that
+    /// the `slo` entries of `models` state, for `promtool check rules` and a Prometheus `rule_files` entry.
+    SloRules {
+        /// The config.properties whose objectives to render.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -31,6 +46,11 @@ fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
+    if let Some(Command::SloRules { config }) = &cli.command {
+        let config = Config::from_file(config)?;
+        print!("{}", ferroserve::slo::rules(&config));
+        return Ok(());
+    }
     let config = load_config(&cli)?;
     let metrics = Arc::new(ServerMetrics::new(&config).context("cannot set up the metrics")?);
     let swept = ferroserve_engine::archive::sweep_stale(&std::env::temp_dir());

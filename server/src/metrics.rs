@@ -1,5 +1,5 @@
 //! The metrics the server records (the metrics API renders them, see `api::metrics`):
-//! end-to-end request latency per model, responses by status class, and TorchServe's names for compatibility
+//! end-to-end request latency per model, responses by status class (per API, and per model for the SLO rules), and TorchServe's names for compatibility
 //! (`ts_inference_requests_total`, `ts_inference_latency_microseconds`, `ts_queue_latency_microseconds`,
 //! `Requests2XX`/`4XX`/`5XX`), which `ts_metric_names=false` turns off.
 
@@ -9,7 +9,10 @@ use ferroserve_engine::{metrics::EngineMetrics, Model};
 use hyper::StatusCode;
 use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry, TextEncoder};
 
-use crate::config::{Api, Config};
+use crate::{
+    config::{Api, Config},
+    model_responses::ModelResponses,
+};
 
 /// Every metric family, in one Prometheus registry.
 pub struct ServerMetrics {
@@ -20,6 +23,7 @@ pub struct ServerMetrics {
     request_latency: HistogramVec,
     responses: IntCounterVec,
     refused: IntCounterVec,
+    model_responses: ModelResponses,
     ts: Option<TorchServeNames>,
 }
 
@@ -38,13 +42,15 @@ impl ServerMetrics {
     /// When the buckets are not increasing (the configuration checks that first).
     pub fn new(config: &Config) -> prometheus::Result<Self> {
         let registry = Registry::new();
-        let engine = EngineMetrics::new(&registry, &config.latency_buckets)?;
+        // With a bound at each latency objective's threshold, so that the SLO rules count exactly.
+        let buckets = crate::slo::latency_buckets(config);
+        let engine = EngineMetrics::new(&registry, &buckets)?;
         let request_latency = HistogramVec::new(
             HistogramOpts::new(
                 "ferroserve_request_latency_seconds",
                 "Time from a request's arrival at the server to its response, per model",
             )
-            .buckets(config.latency_buckets.clone()),
+            .buckets(buckets),
             &["model_name", "model_version", "device"],
         )?;
         registry.register(Box::new(request_latency.clone()))?;
@@ -62,7 +68,22 @@ impl ServerMetrics {
         )?;
         registry.register(Box::new(refused.clone()))?;
         let ts = if config.ts_metric_names { Some(TorchServeNames::new(&registry)?) } else { None };
-        Ok(Self { registry, engine, request_latency, responses, refused, ts })
+        let model_responses = ModelResponses::new(&registry)?;
+        Ok(Self { registry, engine, request_latency, responses, refused, model_responses, ts })
+    }
+
+    /// Brings the gauges and series of the models in `models` up to date, before an exposition: the queue depth
+    /// of each, and its response counts at 0 from its first scrape (the availability SLI needs them).
+    pub fn refresh(&self, models: &ferroserve_engine::Registry) {
+        for model in models.all() {
+            model.metrics().queue_depth.set(i64::try_from(model.queue_len()).unwrap_or(i64::MAX));
+            self.model_responses.add_model(model.name(), model.version(), model.device().kind());
+        }
+    }
+
+    /// Drops the response series of an unregistered model, so that it leaves no flat series behind.
+    pub fn forget(&self, model: &Model) {
+        self.model_responses.remove_model(model.name(), model.version(), model.device().kind());
     }
 
     /// Counts a request or connection refused by `api` for `reason` (`too_many_requests`,
@@ -97,9 +118,11 @@ impl ServerMetrics {
     /// Records one inference request to `model` that took `took` end to end (whatever its outcome).
     /// `url_version` is the version its URL named: TorchServe's names label a request that named none
     /// `model_version="default"`, as TorchServe does; ferroserve's own families carry the real version.
-    pub fn observe_request(&self, model: &Model, url_version: Option<&str>, took: Duration) {
-        let labels = [model.name(), model.version(), model.device().kind()];
-        self.request_latency.with_label_values(&labels).observe(took.as_secs_f64());
+    /// The answer's `status` counts in `ferroserve_model_responses_total`.
+    pub fn observe_request(&self, model: &Model, url_version: Option<&str>, status: StatusCode, took: Duration) {
+        let (name, version, device) = (model.name(), model.version(), model.device().kind());
+        self.request_latency.with_label_values(&[name, version, device]).observe(took.as_secs_f64());
+        self.model_responses.count(name, version, device, status.as_u16());
         if let Some(ts) = &self.ts {
             let labels = ts_labels(model, url_version);
             ts.requests.with_label_values(&labels).inc();

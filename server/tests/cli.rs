@@ -157,6 +157,28 @@ fn a_bad_value_stops_start_up_naming_the_key_and_line() {
     assert!(stderr.contains("`job_queue_size`") && stderr.contains("line 2"), "{stderr}");
 }
 
+#[test]
+fn slo_rules_prints_the_rules_of_a_configs_objectives() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = Command::new(env!("CARGO_BIN_EXE_ferroserve"))
+        .args(["slo-rules", "--config"])
+        .arg(repo.join("deploy/kubernetes/base/config.properties"))
+        .output()
+        .expect("run ferroserve slo-rules");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let committed = std::fs::read_to_string(repo.join("deploy/prometheus/slo-rules.yml")).expect("committed rules");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), committed, "the committed rules are the command's output");
+
+    let bad = config_file("models={\"m\": {\"1.0\": {\"slo\": {\"availability\": 100}}}}\n");
+    let out = Command::new(env!("CARGO_BIN_EXE_ferroserve"))
+        .args(["slo-rules", "--config"])
+        .arg(bad.path())
+        .output()
+        .expect("run ferroserve slo-rules");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("slo.availability"), "{stderr}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_model_that_fails_to_load_leaves_the_server_up() {
     let keys = tempfile::tempdir().expect("temp dir");

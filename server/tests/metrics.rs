@@ -192,3 +192,41 @@ async fn torchserves_names_label_the_version_the_url_named_and_count_refused_bod
     // ferroserve's own families carry the model's real version whatever the URL said.
     assert_eq!(metric(&text, "ferroserve_request_latency_seconds_count", &at("1.0")), Some(6.0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_model_counts_its_responses_by_class_from_its_first_scrape_until_it_leaves() {
+    let server = metered_server(test_config(MB)).await;
+    let engine = &server.state.metrics.engine;
+    add_fake_metered(&server.state.registry, engine, FakeMode::Echo, options("m", 1, 100, 1, Duration::ZERO));
+    let class = |c| [("model_name", "m"), ("model_version", "1.0"), ("class", c)];
+    let text = server.scrape().await;
+    for c in ["2xx", "4xx", "5xx"] {
+        assert_eq!(metric(&text, "ferroserve_model_responses_total", &class(c)), Some(0.0), "{c} at 0 before any");
+    }
+    assert_eq!(server.predict("m", landmark_body(&[0.5; 18])).await.status, StatusCode::OK);
+    assert_eq!(server.predict("m", "{").await.status, StatusCode::BAD_REQUEST);
+    assert_eq!(server.predict("m", "[]").await.status, StatusCode::BAD_REQUEST);
+    let text = server.scrape().await;
+    assert_eq!(metric(&text, "ferroserve_model_responses_total", &class("2xx")), Some(1.0));
+    assert_eq!(metric(&text, "ferroserve_model_responses_total", &class("4xx")), Some(2.0));
+    assert_eq!(metric(&text, "ferroserve_model_responses_total", &class("5xx")), Some(0.0));
+    assert_eq!(server.manage(Method::DELETE, "/models/m").await.status, StatusCode::OK);
+    let text = server.scrape().await;
+    assert_eq!(metric(&text, "ferroserve_model_responses_total", &class("2xx")), None, "no flat series left");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_latency_objective_gets_a_bucket_at_its_threshold() {
+    let mut config = test_config(MB);
+    let objective = r#"{"m": {"1.0": {"slo": {"latency": {"objective": 99, "thresholdMs": 30}}}}}"#;
+    config.apply(vec![("models".into(), objective.into(), None)]).expect("valid models");
+    assert!(!config.latency_buckets.contains(&0.03), "not among the default buckets");
+    let server = metered_server(config).await;
+    let engine = &server.state.metrics.engine;
+    add_fake_metered(&server.state.registry, engine, FakeMode::Echo, options("m", 1, 100, 1, Duration::ZERO));
+    assert_eq!(server.predict("m", landmark_body(&[0.5; 18])).await.status, StatusCode::OK);
+    let text = server.scrape().await;
+    for family in ["ferroserve_request_latency_seconds_bucket", "ferroserve_queue_latency_seconds_bucket"] {
+        assert_eq!(metric(&text, family, &[("model_name", "m"), ("le", "0.03")]), Some(1.0), "{family}");
+    }
+}

@@ -375,6 +375,7 @@ async fn unregister(state: &AppState, name: &str, version: Option<&str>) -> Resu
         .remove(name, version)
         .ok_or_else(|| ApiError::model_not_found(format!("Model not found: {name}")))?;
     let version = model.version().to_string();
+    state.metrics.forget(&model);
     model.close();
     tokio::task::spawn_blocking(move || model.shutdown()).await.map_err(|e| ApiError::internal(e.to_string()))?;
     Ok(status(StatusCode::OK, &format!("Model \"{name}\" Version: {version} unregistered")))

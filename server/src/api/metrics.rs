@@ -18,9 +18,7 @@ use crate::{
 pub fn handle(req: &Request<Incoming>, state: &Arc<AppState>) -> Result<Reply, ApiError> {
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/metrics") => {
-            for model in state.registry.all() {
-                model.metrics().queue_depth.set(i64::try_from(model.queue_len()).unwrap_or(i64::MAX));
-            }
+            state.metrics.refresh(&state.registry);
             let params = query(req);
             let names: Vec<&str> = params.get("name[]").map(|n| n.split(',').collect()).unwrap_or_default();
             Ok(with_type(StatusCode::OK, state.metrics.render(&names), "text/plain; version=0.0.4"))

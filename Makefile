@@ -22,7 +22,7 @@ TORCH_LIB := third_party/libtorch/lib/libtorch.so
 CONFIG  ?= config/config.properties
 BIN     := target/release/ferroserve
 
-.PHONY: deps tools run build test fmt lint features bench bench-backend bench-e2e soak loadtest tune model fuzz clean
+.PHONY: deps tools run build test fmt lint features deploy-check deploy-live bench bench-backend bench-e2e soak loadtest tune model fuzz clean
 
 ## deps: install onnxruntime==$(ORT_VERSION) and torch==$(TORCH_VERSION) (once each) and link
 ## third_party/onnxruntime and third_party/libtorch (the wheel's torch folder: lib/ and include/) to them
@@ -51,10 +51,11 @@ $(ORT_LIB): $(RUNTIME_VENV)/.stamp
 	test -f $(ORT_LIB)
 	touch -h third_party/onnxruntime
 
-## tools: promtool (Debian's prometheus package) for the metrics test, when it is missing
+## tools: Prometheus and promtool (Debian's prometheus package) for the metrics test and deploy/, when missing
 tools:
-	@command -v promtool >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null; } \
-		|| echo "warning: cannot install promtool; the promtool check will be skipped"
+	@{ command -v promtool && command -v prometheus; } >/dev/null || \
+		{ apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null; } \
+		|| echo "warning: cannot install prometheus; the promtool check will be skipped"
 
 ## build: the release binaries
 build: deps
@@ -64,10 +65,26 @@ build: deps
 run: build
 	$(BIN) --ts-config $(CONFIG)
 
-## test: formatting, clippy with -D warnings, every cargo feature combination, and every test
+## test: formatting, clippy with -D warnings, every cargo feature combination, every test, and the checks of
+## deploy/ (manifests and rules, then a live Prometheus against the server)
 test: deps tools fmt lint features
 	cargo test --workspace --all-targets
 	cargo test --workspace --doc
+	$(MAKE) deploy-check deploy-live
+
+## deploy-check: Kubernetes manifests against their schemas, KServe and KEDA resources against their CRDs,
+## yamllint, promtool check and test of the rules (installs its tools into a venv under $(CACHE))
+deploy-check: tools
+	bash deploy/check.sh
+
+## deploy-live: a real Prometheus scrapes a real ferroserve driven by ferroserve-loadtest (the debug binaries
+## that cargo test builds, at a rate they sustain); every recording rule and dashboard query must return data
+LIVE_RATE ?= 200
+LIVE_SECONDS ?= 15
+deploy-live: deps tools
+	cargo build --bin ferroserve --bin ferroserve-loadtest
+	FERROSERVE_BIN=target/debug/ferroserve FERROSERVE_LOADTEST_BIN=target/debug/ferroserve-loadtest \
+		LIVE_RATE=$(LIVE_RATE) LIVE_SECONDS=$(LIVE_SECONDS) bash deploy/live-test.sh
 
 fmt:
 	cargo fmt --all --check

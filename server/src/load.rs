@@ -228,9 +228,15 @@ fn start_model(
         model = model.keeping(unpacked);
     }
     match files.labels {
-        Some(labels) if labels.len() != outputs => Err(LoadError::Mismatch {
+        // A model whose output shape is left to the forward is checked by nothing here: a label beyond the output
+        // is never named, an output beyond the labels is named by its index.
+        Some(labels) if outputs.is_some_and(|outputs| labels.len() != outputs) => Err(LoadError::Mismatch {
             name,
-            message: format!("index_to_name.json has {} labels, the model outputs {outputs} values", labels.len()),
+            message: format!(
+                "index_to_name.json has {} labels, the model outputs {} values",
+                labels.len(),
+                outputs.unwrap_or_default()
+            ),
         }),
         Some(labels) => Ok(model.with_labels(labels)),
         None => Ok(model),

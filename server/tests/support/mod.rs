@@ -169,9 +169,9 @@ impl Drop for TestServer {
 pub fn fake_spec() -> ModelSpec {
     ModelSpec {
         input_name: "landmarks".into(),
-        input_shape: vec![2, 3, 3],
+        input_shape: vec![2, 3, 3].into(),
         output_name: "probabilities".into(),
-        output_shape: vec![10],
+        output_shape: vec![10].into(),
     }
 }
 

@@ -9,6 +9,7 @@ use std::{io::Write, path::Path, sync::Arc};
 
 use ferroserve::{config::LoadModels, load, AppState};
 use hyper::{Method, StatusCode};
+use serde_json::json;
 use support::{metrics_for, models_dir, test_config, TestServer};
 use zip::{write::SimpleFileOptions, CompressionMethod, ZipWriter};
 
@@ -172,6 +173,23 @@ async fn a_torchscript_archive_carries_its_shape_config() {
     let server = server_over(store.path(), "sign-ts.mar").await;
     assert_serves_signnet(&server, "sign-ts").await;
     assert_eq!(server.manage(Method::GET, "/models/sign-ts").await.json[0]["runtime"], "torchscript");
+}
+
+#[cfg(feature = "torch")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_torchscript_archive_without_its_json_answers_the_reference() {
+    // As `torch-model-archiver --serialized-file signnet.pt --extra-files index_to_name.json` makes it.
+    let store = tempfile::tempdir().expect("store");
+    let files = ["signnet.pt", "index_to_name.json"];
+    write_mar(&store.path().join("sign-ts.mar"), &manifest("sign-ts", "1.0", "signnet.pt"), &files);
+    let server = server_over(store.path(), "sign-ts.mar").await;
+    support::assert_answers_signnet_reference(&server, "sign-ts").await;
+    assert_serves_signnet(&server, "sign-ts").await;
+    let metadata = server.send(Method::GET, "/v2/models/sign-ts", "").await;
+    assert_eq!(
+        (&metadata.json["inputs"][0]["shape"], &metadata.json["outputs"][0]["shape"]),
+        (&json!([-1]), &json!([-1]))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -192,6 +192,38 @@ async fn a_torchscript_archive_without_its_json_answers_the_reference() {
     );
 }
 
+#[cfg(feature = "torch")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_config_yaml_declares_the_tensors_of_a_torchscript_archive() {
+    let store = tempfile::tempdir().expect("store");
+    let with_config = |name: &str| {
+        let mut manifest: serde_json::Value = serde_json::from_str(&manifest(name, "1.0", "signnet.pt")).expect("JSON");
+        manifest["model"]["configFile"] = "model-config.yaml".into();
+        manifest.to_string()
+    };
+    let yaml =
+        "batchSize: 4\nferroserve:\n  input: {name: landmarks, shape: [-1, 21, 3]}\n  output: {name: probabilities}\n";
+    let files = ["signnet.pt", "index_to_name.json"];
+    write_mar_with(&store.path().join("declared.mar"), &with_config("sign-ts"), &files, &[("model-config.yaml", yaml)]);
+    let bad = "ferroserve:\n  input: {shape: [30, -3]}\n";
+    write_mar_with(&store.path().join("bad.mar"), &with_config("bad"), &files, &[("model-config.yaml", bad)]);
+    let server = server_over(store.path(), "declared.mar").await;
+    let metadata = server.send(Method::GET, "/v2/models/sign-ts", "").await;
+    assert_eq!(
+        (&metadata.json["inputs"], &metadata.json["outputs"]),
+        (
+            &json!([{ "name": "landmarks", "datatype": "FP32", "shape": [-1, -1, 21, 3] }]),
+            &json!([{ "name": "probabilities", "datatype": "FP32", "shape": [-1] }])
+        ),
+        "the frames are left to the requests, and so the output to the forward"
+    );
+    support::assert_answers_signnet_reference(&server, "sign-ts").await;
+    let refused = server.predict("sign-ts", json!({ "landmarks": [vec![[0.5, 0.5, 0.0]; 20]] }).to_string()).await;
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST);
+    assert!(refused.json["message"].as_str().expect("message").contains("has 20 points, the model takes 21"));
+    assert_refused(&server, &[("bad.mar", "ferroserve: input.shape must be a list of sizes")]).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broken_archives_are_refused_with_the_reason() {
     let store = tempfile::tempdir().expect("store");

@@ -2,7 +2,7 @@
 //! `--archive-format tgz`, the files under a folder named after the model) or the folder that
 //! `--archive-format no-archive` writes. All hold `MAR-INF/MANIFEST.json`, which names the
 //! model, its version and its serialized file, beside the files given with `--extra-files`
-//! (`index_to_name.json`, and for TorchScript the `<file>.json` that gives its input shape).
+//! (`index_to_name.json`, and for TorchScript, optionally, the `<file>.json` that declares its tensors).
 //!
 //! An archive file is unpacked into a private temporary folder (owner-only) that lives as long as the model:
 //! only regular files and folders are written, each inside that folder (no `..`, no symbolic links), and the

@@ -4,6 +4,11 @@
 //! has passed since the arrival of the OLDEST request in it (not since a worker started polling, which is what
 //! TorchServe does), measured on a monotonic clock at microsecond resolution. Requests whose caller has gone, or
 //! whose deadline has passed, are skipped before they take a place in the batch.
+//!
+//! A batch is one tensor, so its samples share one shape. Models that fix their input shape give every request
+//! the same one and batch as if shapes did not exist; for a model that leaves the shape to the requests, a request
+//! of another shape than the batch's ends the batch (dispatched at once: it waits for nothing more) and is put
+//! back to start the next one, so requests keep their order and no shape waits behind another.
 
 use std::time::{Duration, Instant};
 
@@ -68,6 +73,8 @@ pub trait Pending {
     fn arrived(&self) -> Instant;
     /// Whether it should be skipped at `now`, and why.
     fn skip(&self, now: Instant) -> Option<Skip>;
+    /// Whether it can share a batch with `first`, the batch's first item (their samples have one shape).
+    fn batches_with(&self, first: &Self) -> bool;
 }
 
 /// Outcome of a bounded wait on a [`Source`].
@@ -93,10 +100,13 @@ pub trait Source {
     fn recv_until(&self, until: Instant) -> Recv<Self::Item>;
     /// The current instant of this source's clock.
     fn now(&self) -> Instant;
+    /// Keeps `item`, taken but not batched, as the next one `recv` or `recv_until` returns.
+    fn put_back(&self, item: Self::Item);
 }
 
 /// Collects one batch from `source` by `policy`. Skipped items are handed to `on_skip` (which answers them);
-/// they never count towards the batch nor start its delay. Returns `None` once the source is closed and empty.
+/// they never count towards the batch nor start its delay. An item that cannot share the batch (another shape)
+/// is put back and the batch returned at once. Returns `None` once the source is closed and empty.
 ///
 /// Once the delay is spent, items already queued still join the batch (up to its size) without any wait: the
 /// delay bounds how long a batch waits for requests yet to come. Under load the oldest request has always waited
@@ -137,6 +147,10 @@ pub fn collect_with<S: Source>(
         };
         match item.skip(source.now()) {
             Some(why) => on_skip(item, why),
+            None if batch.first().is_some_and(|first| !item.batches_with(first)) => {
+                source.put_back(item);
+                return Some(batch);
+            }
             None => batch.push(item),
         }
     }
@@ -148,12 +162,13 @@ mod tests {
 
     use super::*;
 
-    /// A request on virtual time: id, arrival offset in µs, and an optional skip reason.
+    /// A request on virtual time: id, arrival offset in µs, an optional skip reason, and its sample's shape.
     #[derive(Debug, Clone, PartialEq)]
     struct Item {
         id: usize,
         at: Instant,
         skip: Option<Skip>,
+        shape: u8,
     }
 
     impl Pending for Item {
@@ -162,6 +177,9 @@ mod tests {
         }
         fn skip(&self, _now: Instant) -> Option<Skip> {
             self.skip
+        }
+        fn batches_with(&self, first: &Self) -> bool {
+            self.shape == first.shape
         }
     }
 
@@ -175,11 +193,16 @@ mod tests {
 
     impl Script {
         fn new(arrivals_us: &[(u64, Option<Skip>)], closed: bool) -> Self {
+            let shaped: Vec<_> = arrivals_us.iter().map(|&(us, skip)| (us, skip, 0)).collect();
+            Self::shaped(&shaped, closed)
+        }
+        /// Arrivals of samples of several shapes: (µs, skip, shape).
+        fn shaped(arrivals_us: &[(u64, Option<Skip>, u8)], closed: bool) -> Self {
             let start = Instant::now();
             let arrivals = arrivals_us
                 .iter()
                 .enumerate()
-                .map(|(id, &(us, skip))| Item { id, at: start + Duration::from_micros(us), skip })
+                .map(|(id, &(us, skip, shape))| Item { id, at: start + Duration::from_micros(us), skip, shape })
                 .collect();
             Self { start, now: RefCell::new(start), arrivals: RefCell::new(arrivals), closed }
         }
@@ -216,6 +239,9 @@ mod tests {
         }
         fn now(&self) -> Instant {
             *self.now.borrow()
+        }
+        fn put_back(&self, item: Item) {
+            self.arrivals.borrow_mut().push_front(item);
         }
     }
 
@@ -359,6 +385,52 @@ mod tests {
         assert_eq!(p.next(4, Some(t0), t0), Next::Dispatch);
         // A batch size of 0 in a config behaves as 1, never as "wait forever".
         assert_eq!(policy(0, 2_000).next(1, Some(t0), t0), Next::Dispatch);
+    }
+
+    #[test]
+    fn a_request_of_another_shape_ends_the_batch_and_starts_the_next() {
+        // Shapes 0 0 1 0 1 1: each change of shape dispatches the batch at that arrival, never waiting for its
+        // delay, and the request of the new shape is the first of the next batch.
+        let src = Script::shaped(
+            &[(0, None, 0), (100, None, 0), (200, None, 1), (300, None, 0), (400, None, 1), (500, None, 1)],
+            true,
+        );
+        let mut batches = Vec::new();
+        while let Some(batch) = collect(&policy(4, 1_000), &src, no_skip) {
+            batches.push((ids(&batch), src.elapsed_us()));
+        }
+        assert_eq!(batches, vec![(vec![0, 1], 200), (vec![2], 300), (vec![3], 400), (vec![4, 5], 500)]);
+    }
+
+    #[test]
+    fn a_skipped_request_of_another_shape_does_not_end_the_batch() {
+        let src = Script::shaped(&[(0, None, 0), (100, Some(Skip::CallerGone), 1), (200, None, 0)], true);
+        let mut skipped = Vec::new();
+        let batch = collect(&policy(2, 1_000), &src, |item, _| skipped.push(item.id)).expect("batch");
+        assert_eq!((ids(&batch), skipped), (vec![0, 2], vec![1]));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn batches_never_mix_shapes_and_keep_the_order(
+            arrivals in proptest::collection::vec((0u64..2_000, 0u8..3), 1..120),
+            size in 1usize..10,
+            delay in 0u64..3_000,
+        ) {
+            let mut at = 0;
+            let arrivals: Vec<_> = arrivals.iter().map(|&(gap, shape)| { at += gap; (at, None, shape) }).collect();
+            let src = Script::shaped(&arrivals, true);
+            let mut next_id = 0;
+            while let Some(batch) = collect(&policy(size, delay), &src, no_skip) {
+                proptest::prop_assert!(!batch.is_empty() && batch.len() <= size);
+                proptest::prop_assert!(batch.iter().all(|item| item.shape == batch[0].shape), "{:?}", batch);
+                for item in &batch {
+                    proptest::prop_assert_eq!(item.id, next_id);
+                    next_id += 1;
+                }
+            }
+            proptest::prop_assert_eq!(next_id, arrivals.len());
+        }
     }
 
     proptest::proptest! {

@@ -89,7 +89,7 @@ impl Model {
         let shared = Arc::new(Shared {
             rx,
             policy: RwLock::new(options.policy),
-            collector: Mutex::new(()),
+            collector: Mutex::new(None),
             metrics: metrics.for_model(&options.name, &options.version, device.kind()),
             version: options.version.clone(),
             spec: factory.spec().clone(),
@@ -250,14 +250,22 @@ impl Model {
         input: Vec<f32>,
         timeout: Option<Duration>,
     ) -> Result<oneshot::Receiver<InferResult>, EngineError> {
-        let want = self.shared.spec.input_len();
-        if input.len() != want {
-            return Err(EngineError::InvalidInput(format!(
-                "expected {want} values of shape {:?}, got {}",
-                self.shared.spec.input_shape,
-                input.len()
-            )));
-        }
+        self.submit_shaped(input, None, timeout)
+    }
+
+    /// Like [`Model::submit_within`], for a sample of shape `shape`: a model that leaves its input shape to the
+    /// requests needs it, and batches the sample only with samples of the same shape.
+    ///
+    /// # Errors
+    /// As [`Model::submit`]; [`EngineError::InvalidInput`] also when the shape does not fit the model's, or is
+    /// missing for a model that needs it.
+    pub fn submit_shaped(
+        &self,
+        input: Vec<f32>,
+        shape: Option<&[usize]>,
+        timeout: Option<Duration>,
+    ) -> Result<oneshot::Receiver<InferResult>, EngineError> {
+        let shape = self.shared.spec.sample_shape(input.len(), shape).map_err(EngineError::InvalidInput)?;
         let tx = self.tx.read();
         let closed = || EngineError::ShuttingDown(self.options.name.clone());
         let tx = tx.as_ref().ok_or_else(closed)?;
@@ -267,7 +275,8 @@ impl Model {
         let (reply, rx) = oneshot::channel();
         let arrived = Instant::now();
         let timeout = timeout.map_or(self.options.response_timeout, |t| t.min(self.options.response_timeout));
-        let request = InferRequest { input, reply, arrived, deadline: arrived + timeout, span: self.request_span() };
+        let deadline = arrived + timeout;
+        let request = InferRequest { input, shape, reply, arrived, deadline, span: self.request_span() };
         match queue::push(tx, request) {
             Ok(()) => {
                 self.shared.metrics.accepted.inc();
@@ -401,8 +410,12 @@ mod tests {
     use crate::backend::{FakeBackend, FakeMode};
 
     fn echo_model(workers: usize) -> (FakeBackend, Model) {
-        let spec =
-            ModelSpec { input_name: "x".into(), input_shape: vec![2], output_name: "y".into(), output_shape: vec![2] };
+        let spec = ModelSpec {
+            input_name: "x".into(),
+            input_shape: vec![2].into(),
+            output_name: "y".into(),
+            output_shape: vec![2].into(),
+        };
         let fake = FakeBackend::new(spec, FakeMode::Echo);
         let options = ModelOptions {
             name: "m".into(),

@@ -49,4 +49,9 @@ impl Pending for InferRequest {
             None
         }
     }
+
+    /// Requests of a model that fixes its shape carry none and always batch together.
+    fn batches_with(&self, first: &Self) -> bool {
+        self.shape == first.shape
+    }
 }

@@ -1,6 +1,9 @@
 //! One inference request as it travels through the engine, carrying its own reply channel and tracing span.
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use tokio::sync::oneshot;
 
@@ -9,11 +12,17 @@ use crate::{backend::Device, error::EngineError};
 /// The result a request's caller receives.
 pub type InferResult = Result<InferOutput, EngineError>;
 
+/// A sample's shape as it travels with a request or its answer: `None` when it is the model's fixed shape.
+pub type SampleShape = Option<Arc<[usize]>>;
+
 /// One request: one sample's input, where to send the answer, its clock and its span.
 #[derive(Debug)]
 pub struct InferRequest {
     /// One sample, flattened row-major in the model's per-sample input shape.
     pub input: Vec<f32>,
+    /// The sample's shape when the model leaves its input shape to the requests; `None` when the model fixes it.
+    /// A batch holds samples of one shape only ([`crate::batcher`]).
+    pub shape: SampleShape,
     /// Where the worker sends the answer; a closed channel means the caller has gone.
     pub reply: oneshot::Sender<InferResult>,
     /// When it entered the queue (monotonic).
@@ -31,6 +40,9 @@ pub struct InferRequest {
 pub struct InferOutput {
     /// One sample's output, flattened row-major in the model's per-sample output shape.
     pub output: Vec<f32>,
+    /// The shape of `output` when the model's output shape is not fixed (the forward gave it); `None` when it is
+    /// the model's fixed output shape.
+    pub shape: SampleShape,
     /// The device that ran the batch.
     pub device: Device,
     /// Timings and batch size, for response headers and metrics.

@@ -3,11 +3,16 @@
 //! on its own backend and answers every request with its own row. The number of workers can change live: workers
 //! beyond the number wanted retire between batches, never with a request in hand.
 //!
+//! A batch holds samples of one shape: the model's own when it fixes its input shape (stacked and run through
+//! [`Backend::infer`], as always), else the shape its requests carry ([`Backend::infer_shaped`]). A request of
+//! another shape ends the batch being formed and waits, in the collector's hands, to start the next one. A batch
+//! the model rejects for its shape answers each of its requests with the client's error, and the worker goes on.
+//!
 //! Tracing: a worker lives inside its `worker` span (INFO); a batch runs inside a `batch` span (DEBUG) that the
 //! spans of its requests follow from, and each request's span gets its queue and inference times.
 
 use std::{
-    cell::Cell,
+    cell::{Cell, RefCell},
     collections::BTreeSet,
     panic::{catch_unwind, AssertUnwindSafe},
     sync::atomic::{AtomicUsize, Ordering},
@@ -19,11 +24,11 @@ use parking_lot::{Mutex, MutexGuard, RwLock};
 use tracing::Span;
 
 use crate::{
-    backend::{check_output, Backend, BackendError, BackendFactory, Device, ModelSpec},
+    backend::{check_output, check_shaped, Backend, BackendError, BackendFactory, Device, ModelSpec},
     batcher::{collect_with, BatchPolicy, Recv, Skip, Source},
     error::EngineError,
     metrics::ModelMetrics,
-    request::{InferOutput, InferRequest, Timing},
+    request::{InferOutput, InferRequest, SampleShape, Timing},
 };
 
 /// How often an idle worker looks whether it should retire.
@@ -33,8 +38,9 @@ const IDLE_POLL: Duration = Duration::from_millis(50);
 pub(crate) struct Shared {
     pub(crate) rx: Receiver<InferRequest>,
     pub(crate) policy: RwLock<BatchPolicy>,
-    /// Held while a worker forms a batch (timed waits on it: see `wait_to_collect`).
-    pub(crate) collector: Mutex<()>,
+    /// Held while a worker forms a batch (timed waits on it: see `wait_to_collect`). It keeps the request that
+    /// ended the last batch by its shape, which starts the next one.
+    pub(crate) collector: Mutex<Option<InferRequest>>,
     pub(crate) metrics: ModelMetrics,
     pub(crate) spec: ModelSpec,
     pub(crate) device: Device,
@@ -64,14 +70,16 @@ impl Shared {
     }
 
     /// Answers every queued request [`EngineError::NoWorkers`] when no worker runs: nothing would ever run them.
-    /// The check and the answers hold the workers' lock, so that a worker started meanwhile (which enlists under
-    /// that lock) keeps what is queued for itself.
+    /// That includes the request the collector holds for the next batch, unless a worker is collecting (and will
+    /// run it). The check and the answers hold the workers' lock, so that a worker started meanwhile (which
+    /// enlists under that lock) keeps what is queued for itself.
     pub(crate) fn drain_without_workers(&self) {
         let ids = self.ids();
         if !ids.is_empty() {
             return;
         }
-        while let Ok(request) = self.rx.try_recv() {
+        let held = self.collector.try_lock().and_then(|mut held| held.take());
+        for request in held.into_iter().chain(self.rx.try_iter()) {
             let _ = request.reply.send(Err(EngineError::NoWorkers(self.name.clone())));
         }
     }
@@ -145,17 +153,23 @@ impl Shared {
     }
 }
 
-/// The queue as one worker sees it: waiting for a first request ends when the worker must retire.
+/// The queue as one worker sees it while it holds the collector: the request the last batch left is taken first,
+/// and waiting for a first request ends when the worker must retire.
 struct WorkerSource<'a> {
     shared: &'a Shared,
     id: usize,
-    retired: Cell<bool>,
+    retired: &'a Cell<bool>,
+    /// The collector's slot for a request that ended a batch by its shape.
+    held: RefCell<&'a mut Option<InferRequest>>,
 }
 
 impl Source for WorkerSource<'_> {
     type Item = InferRequest;
 
     fn recv(&self) -> Option<InferRequest> {
+        if let Some(request) = self.held.borrow_mut().take() {
+            return Some(request);
+        }
         loop {
             match self.shared.rx.recv_timeout(IDLE_POLL) {
                 Ok(request) => return Some(request),
@@ -170,6 +184,9 @@ impl Source for WorkerSource<'_> {
     }
 
     fn recv_until(&self, until: Instant) -> Recv<InferRequest> {
+        if let Some(request) = self.held.borrow_mut().take() {
+            return Recv::Item(request);
+        }
         match self.shared.rx.recv_deadline(until) {
             Ok(r) => Recv::Item(r),
             Err(RecvTimeoutError::Timeout) => Recv::Timeout,
@@ -179,6 +196,10 @@ impl Source for WorkerSource<'_> {
 
     fn now(&self) -> Instant {
         Instant::now()
+    }
+
+    fn put_back(&self, request: InferRequest) {
+        **self.held.borrow_mut() = Some(request);
     }
 }
 
@@ -215,12 +236,13 @@ pub(crate) fn supervise(backend: Box<dyn Backend>, shared: &Shared, factory: &dy
 
 /// Runs one worker until the queue is closed and drained, or until it retires.
 fn worker_loop(mut backend: Box<dyn Backend>, shared: &Shared, id: usize, device: Device) {
-    let source = WorkerSource { shared, id, retired: Cell::new(false) };
+    let retired = Cell::new(false);
     while !shared.try_retire(id) {
         let batch = {
-            let Some(_collecting) = wait_to_collect(shared, id) else {
+            let Some(mut held) = wait_to_collect(shared, id) else {
                 break; // Retired while another worker collected.
             };
+            let source = WorkerSource { shared, id, retired: &retired, held: RefCell::new(&mut held) };
             let policy = || *shared.policy.read();
             collect_with(policy, &source, |request, why| answer_skipped(request, why, shared))
         };
@@ -230,7 +252,7 @@ fn worker_loop(mut backend: Box<dyn Backend>, shared: &Shared, id: usize, device
                 #[cfg(test)]
                 shared.inject_panic();
             }
-            None if source.retired.get() => break,
+            None if retired.get() => break,
             None => {
                 // The queue is closed and drained.
                 shared.leave(id);
@@ -244,7 +266,7 @@ fn worker_loop(mut backend: Box<dyn Backend>, shared: &Shared, id: usize, device
 /// Waits for the collector's lock, looking every [`IDLE_POLL`] whether this worker must retire: the worker that
 /// holds the lock may wait for requests for a long time, and a worker to retire must not wait behind it. `None`
 /// when it retired. The wait is parked on the lock, so a freed lock passes to a waiting worker at once.
-fn wait_to_collect(shared: &Shared, id: usize) -> Option<MutexGuard<'_, ()>> {
+fn wait_to_collect(shared: &Shared, id: usize) -> Option<MutexGuard<'_, Option<InferRequest>>> {
     loop {
         if let Some(guard) = shared.collector.try_lock_for(IDLE_POLL) {
             return Some(guard);
@@ -274,38 +296,64 @@ fn run_batch(backend: &mut dyn Backend, batch: Vec<InferRequest>, shared: &Share
     let n = batch.len();
     let span = tracing::debug_span!("batch", size = n, worker = id).entered();
     let dispatched = Instant::now();
-    let mut input = Vec::with_capacity(n * shared.spec.input_len());
+    let mut input = Vec::with_capacity(batch.iter().map(|r| r.input.len()).sum());
     for request in &batch {
         input.extend_from_slice(&request.input);
         let queued = dispatched - request.arrived;
         record_queue_time(shared, queued);
         trace_dispatch(&request.span, &span, queued, n);
     }
-    let result = catch_unwind(AssertUnwindSafe(|| backend.infer(n, &input)))
-        .unwrap_or_else(|panic| Err(BackendError::inference(panic_message(&*panic))))
-        .and_then(|out| check_output(&shared.spec, n, &out).map(|()| out));
+    // The batcher puts samples of one shape only in a batch: the first's is every one's.
+    let shape = batch.first().and_then(|r| r.shape.clone());
+    let result = catch_unwind(AssertUnwindSafe(|| run(backend, &shared.spec, n, shape.as_deref(), &input)))
+        .unwrap_or_else(|panic| Err(BackendError::inference(panic_message(&*panic))));
     let inference = dispatched.elapsed();
     record_batch(shared, n, inference);
     for request in batch.iter().filter(|r| !r.span.is_disabled()) {
         request.span.record("inference_us", micros(inference));
     }
     match result {
-        Ok(output) => {
-            let rows = output.chunks_exact(shared.spec.output_len().max(1));
-            for (request, row) in batch.into_iter().zip(rows) {
+        Ok((output, row_shape)) => {
+            let row_len = output.len() / n.max(1);
+            for (k, request) in batch.into_iter().enumerate() {
                 let timing = Timing { queue: dispatched - request.arrived, inference, batch_size: n };
-                let answer = InferOutput { output: row.to_vec(), device, timing };
+                let row = output[k * row_len..(k + 1) * row_len].to_vec();
+                let answer = InferOutput { output: row, shape: row_shape.clone(), device, timing };
                 let _ = request.reply.send(Ok(answer));
             }
         }
         Err(error) => {
-            shared.metrics.failed_batches.inc();
-            tracing::warn!(%error, batch = n, "batch failed");
+            if let BackendError::Input(_) = error {
+                tracing::info!(%error, batch = n, "the model rejected the batch's input");
+            } else {
+                shared.metrics.failed_batches.inc();
+                tracing::warn!(%error, batch = n, "batch failed");
+            }
             for request in batch {
                 let _ = request.reply.send(Err(EngineError::Backend(error.clone())));
             }
         }
     }
+}
+
+/// Runs the stacked batch: through [`Backend::infer`] when the model fixes its input shape (`shape` is `None`),
+/// else through [`Backend::infer_shaped`] with the batch's shape. Returns the rows, and their shape in the latter
+/// case, once checked against what the batch needs.
+fn run(
+    backend: &mut dyn Backend,
+    spec: &ModelSpec,
+    n: usize,
+    shape: Option<&[usize]>,
+    input: &[f32],
+) -> Result<(Vec<f32>, SampleShape), BackendError> {
+    let Some(shape) = shape else {
+        let output = backend.infer(n, input)?;
+        check_output(spec, n, &output)?;
+        return Ok((output, None));
+    };
+    let output = backend.infer_shaped(n, shape, input)?;
+    check_shaped(spec, n, &output)?;
+    Ok((output.values, Some(output.shape.into())))
 }
 
 /// Links a request's span to its batch's and records its queue time and batch size; nothing when the request's

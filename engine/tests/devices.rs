@@ -101,7 +101,7 @@ fn devices_load_with_their_first_worker_and_scaling_keeps_the_spread_even() {
 
 #[test]
 fn the_devices_must_hold_the_same_model() {
-    let other = ModelSpec { input_shape: vec![7], ..spec() };
+    let other = ModelSpec { input_shape: vec![7].into(), ..spec() };
     let (a, b) = (gpu(0, FakeMode::Echo), FakeBackend::new(other, FakeMode::Echo).on(Device::Cuda(1)));
     let load = move |device: Device| -> Result<Arc<dyn BackendFactory>, BackendError> {
         Ok(if device == Device::Cuda(0) { Arc::new(a.clone()) } else { Arc::new(b.clone()) })

@@ -1,7 +1,8 @@
 //! The ONNX Runtime backend on the bundled signnet model, against the outputs onnxruntime gave in Python
 //! (`models/signnet/reference.json`): the same probabilities within 1e-4 and the same label, whether the
 //! reference inputs run one by one, as one batch of 8, or concurrently through a model with two workers; and a
-//! model that cannot be loaded is a load error with a message, never a panic.
+//! model that cannot be loaded is a load error with a message, never a panic. A batch run with its shape stated
+//! gives the same rows, and ONNX Runtime's refusal of another shape is the input's error.
 #![cfg(feature = "onnx")]
 
 mod support;
@@ -58,6 +59,19 @@ fn one_batch_of_eight_matches_the_reference() {
     let mut backend = signnet().create(0).expect("a session");
     let got = backend.infer(samples.len(), &stacked(&samples)).expect("inference");
     assert_rows_match(&samples, &got, TOLERANCE);
+}
+
+#[test]
+fn a_batch_with_its_shape_matches_the_reference_and_another_shape_is_rejected() {
+    let samples = reference();
+    let mut backend = signnet().create(0).expect("a session");
+    let got = backend.infer_shaped(samples.len(), &[30, 21, 3], &stacked(&samples)).expect("inference");
+    assert_eq!(got.shape, [signnet::CLASSES]);
+    assert_rows_match(&samples, &got.values, TOLERANCE);
+    match backend.infer_shaped(1, &[30, 20, 3], &[0.5; 30 * 20 * 3]) {
+        Err(BackendError::Input(message)) => assert!(!message.is_empty()),
+        other => panic!("expected ONNX Runtime to reject the shape, got {other:?}"),
+    }
 }
 
 #[test]

@@ -7,9 +7,9 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     let spec = ModelSpec {
         input_name: "landmarks".into(),
-        input_shape: vec![2, 3, 3],
+        input_shape: vec![2, 3, 3].into(),
         output_name: "probabilities".into(),
-        output_shape: vec![10],
+        output_shape: vec![10].into(),
     };
     // The first byte chooses whether a JSON length header is given, as with binary tensor data.
     let Some((&selector, rest)) = data.split_first() else { return };

@@ -10,7 +10,8 @@ Everything is seeded, so the same torch/onnx versions give the same files. It wr
   reference.json        a few inputs with the probabilities onnxruntime gives for them (used by the tests); the
                         TorchScript module must give the same within 1e-5 (checked here and in the tests)
 and, in engine/tests/fixtures, two small files the TorchScript backend must refuse with an export hint: a
-`torch.save(module)` archive and a state_dict pickled in the legacy format.
+`torch.save(module)` archive and a state_dict pickled in the legacy format; and a tiny TorchScript file that
+declares its tensors in its own `_extra_files` (`ferroserve.json`).
 
 Run it through `make model` (it installs torch, onnx and onnxruntime into the tools venv first).
 
@@ -214,6 +215,23 @@ def write_not_torchscript(folder):
     torch.save(tiny.state_dict(), os.path.join(folder, "state_dict_legacy.pth"), _use_new_zipfile_serialization=False)
 
 
+class SumTwice(nn.Module):
+    """Sums the last dimension and doubles it: [batch, k, 3] -> [batch, k] for any k."""
+
+    def forward(self, x):
+        return x.sum(dim=-1) * 2
+
+
+def write_declared_fixture(folder):
+    """A TorchScript file whose tensors are declared inside it, as `torch.jit.save(..., _extra_files=...)` writes
+    them: input `points` of per-sample shape [-1, 3] (any number of points), output `sums`. A few KB."""
+    os.makedirs(folder, exist_ok=True)
+    traced = torch.jit.trace(SumTwice(), (torch.zeros(1, 2, 3),))
+    declared = {"input": {"name": "points", "shape": [-1, 3]}, "output": {"name": "sums"}}
+    path = os.path.join(folder, "declared_in_extra_files.pt")
+    torch.jit.save(traced, path, _extra_files={"ferroserve.json": json.dumps(declared)})
+
+
 def write_json(name, obj):
     with open(os.path.join(HERE, name), "w") as f:
         json.dump(obj, f, separators=(",", ":"))
@@ -236,6 +254,7 @@ def main():
     ts_path = os.path.join(HERE, "signnet.pt")
     export_torchscript(model, ts_path)
     write_not_torchscript(os.path.join(HERE, "..", "..", "engine", "tests", "fixtures"))
+    write_declared_fixture(os.path.join(HERE, "..", "..", "engine", "tests", "fixtures"))
     write_json("index_to_name.json", {str(i): name for i, name in enumerate(LABELS)})
 
     example_rng = np.random.default_rng(SEED + 1)

@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use ferroserve_engine::device::DeviceRequest;
+use ferroserve_engine::{backend::Declaration, device::DeviceRequest};
 use serde::Deserialize;
 
 /// A configuration that cannot be used.
@@ -117,6 +117,10 @@ pub struct ModelConfig {
     pub device_ids: Option<Vec<usize>>,
     /// Service level objectives (`crate::slo_config`), rendered as Prometheus rules by `crate::slo::rules`.
     pub slo: Option<crate::slo_config::SloConfig>,
+    /// ferroserve's own key: the names and shapes of a TorchScript model's tensors, as its `<file>.json` would
+    /// declare them (`{"input": {"name": ..., "shape": [...]}, "output": {...}}`, `-1` for a size the requests
+    /// give). Checked when read; used when no file beside the model declares them.
+    pub ferroserve: Option<serde_json::Value>,
     /// Every other key, warned about at start-up.
     #[serde(flatten)]
     pub other: BTreeMap<String, serde_json::Value>,
@@ -518,6 +522,7 @@ impl ModelConfig {
             device_type: self.device_type.or(base.device_type),
             device_ids: self.device_ids.or(base.device_ids),
             slo: self.slo.or(base.slo),
+            ferroserve: self.ferroserve.or(base.ferroserve),
             other,
         }
     }
@@ -564,6 +569,9 @@ fn check_model_config(config: &ModelConfig) -> Result<(), String> {
         if max < min {
             return Err(format!("maxWorkers {max} is below minWorkers {min}"));
         }
+    }
+    if let Some(declared) = &config.ferroserve {
+        Declaration::from_json(declared).map_err(|e| format!("ferroserve: {e}"))?;
     }
     // Whether the device is there is checked when the model loads; here, only that the keys make sense.
     let keys =
@@ -631,6 +639,17 @@ mod tests {
             let msg = err.to_string();
             assert!(msg.contains(&format!("`{key}`")) && msg.contains(&format!("line {line}")), "{text:?} -> {msg}");
         }
+    }
+
+    #[test]
+    fn a_models_entry_may_declare_torchscript_tensors() {
+        let c = parse("models={\"m\": {\"1.0\": {\"ferroserve\": {\"input\": {\"shape\": [-1, 21, 3]}}}}}\n")
+            .expect("a valid declaration");
+        let m = c.model_config("m", "1.0").expect("m");
+        assert_eq!((m.ferroserve.as_ref().map(|d| &d["input"]["shape"][1]), m.other.len()), (Some(&21.into()), 0));
+        let bad = "models={\"m\": {\"1.0\": {\"ferroserve\": {\"input\": {\"shape\": \"any\"}}}}}\n";
+        let message = parse(bad).expect_err("a bad declaration").to_string();
+        assert!(message.contains("m 1.0: ferroserve: input.shape must be a list of sizes"), "{message}");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! and the one renderer of error bodies: TorchServe's `{"code": N, "type": "...", "message": "..."}` or KServe
 //! v2's `{"error": "..."}`, by the [`Protocol`] the router decided for the request.
 
-use ferroserve_engine::{store::StoreError, EngineError};
+use ferroserve_engine::{store::StoreError, BackendError, EngineError};
 use hyper::StatusCode;
 use serde::Serialize;
 
@@ -136,7 +136,10 @@ impl From<EngineError> for ApiError {
             EngineError::QueueFull { .. } | EngineError::ShuttingDown(_) | EngineError::NoWorkers(_) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailableException")
             }
-            EngineError::InvalidInput(_) => (StatusCode::BAD_REQUEST, "BadRequestException"),
+            // A shape the model rejected (libtorch's message) is the client's, like any input that does not fit.
+            EngineError::InvalidInput(_) | EngineError::Backend(BackendError::Input(_)) => {
+                (StatusCode::BAD_REQUEST, "BadRequestException")
+            }
             EngineError::Timeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "RequestTimeoutException"),
             EngineError::Backend(_) => (StatusCode::INTERNAL_SERVER_ERROR, "InternalServerException"),
         };

@@ -56,15 +56,20 @@ pub async fn observed(
     result
 }
 
-/// Queues one sample and waits for its answer, within `timeout` when it is shorter than the model's
-/// `responseTimeout`. A request still queued at its deadline never runs; one whose batch runs past it is answered
-/// 504 while the worker finishes the batch.
+/// Queues one sample of shape `shape` and waits for its answer, within `timeout` when it is shorter than the
+/// model's `responseTimeout`. A request still queued at its deadline never runs; one whose batch runs past it is
+/// answered 504 while the worker finishes the batch.
 ///
 /// # Errors
 /// The engine's refusal or failure, or 504 at the deadline, as an [`ApiError`].
-pub async fn infer_within(model: &Model, input: Vec<f32>, timeout: Option<Duration>) -> Result<InferOutput, ApiError> {
+pub async fn infer_within(
+    model: &Model,
+    input: Vec<f32>,
+    shape: &[usize],
+    timeout: Option<Duration>,
+) -> Result<InferOutput, ApiError> {
     let limit = timeout.map_or(model.options().response_timeout, |t| t.min(model.options().response_timeout));
-    let reply = model.submit_within(input, Some(limit))?;
+    let reply = model.submit_shaped(input, Some(shape), Some(limit))?;
     let answer = tokio::time::timeout(limit, reply)
         .await
         .map_err(|_| {

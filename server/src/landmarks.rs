@@ -4,6 +4,10 @@
 //! A sequence whose frame count differs from the model's is resampled linearly in time (a longer one is
 //! subsampled, a shorter one stretched); it is never zero-padded, because padding frames would be read as a hand
 //! at the origin. The number of points per frame and of coordinates per point must match the model exactly.
+//!
+//! A model that does not fix its frame count (TorchScript without a declaration, or one with `-1` frames) gets the
+//! frames as they come; one that does not fix its points per frame gets the first frame's count, which every
+//! frame must then have. The body's shape, `[frames, points, coords]`, goes with the sample to the engine.
 
 use ferroserve_engine::ModelSpec;
 use serde::Serialize;
@@ -17,26 +21,29 @@ use crate::{
 /// Longest sequence accepted before resampling.
 pub const MAX_FRAMES: usize = 10_000;
 
-/// The landmark layout a model takes: `[frames, points, coords]` per sample.
+/// The landmark layout a model takes: `[frames, points, coords]` per sample, as far as it fixes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LandmarkShape {
-    /// Frames per sequence.
-    pub frames: usize,
-    /// Points per frame (21 for a hand).
-    pub points: usize,
-    /// Coordinates per point (3).
+    /// Frames per sequence, when the model fixes it (a body's are resampled to it); else the body's own.
+    pub frames: Option<usize>,
+    /// Points per frame (21 for a hand), when the model fixes it; else the body's first frame's.
+    pub points: Option<usize>,
+    /// Coordinates per point (3, or 2 when the model says so).
     pub coords: usize,
 }
 
 impl LandmarkShape {
-    /// The layout of `spec`'s input, when it is `[frames, points, coords]`.
+    /// The layout of `spec`'s input, when it is, or may be, `[frames, points, coords]`.
     #[must_use]
     pub fn of(spec: &ModelSpec) -> Option<Self> {
-        match spec.input_shape.as_slice() {
-            &[frames, points, coords] if frames > 0 && points > 0 && (2..=3).contains(&coords) => {
-                Some(Self { frames, points, coords })
+        let positive = |d: Option<usize>| d != Some(0);
+        match spec.input_shape.dims() {
+            None => Some(Self { frames: None, points: None, coords: 3 }),
+            Some(&[frames, points, coords]) if positive(frames) && positive(points) => {
+                let coords = coords.unwrap_or(3);
+                (2..=3).contains(&coords).then_some(Self { frames, points, coords })
             }
-            _ => None,
+            Some(_) => None,
         }
     }
 }
@@ -46,6 +53,8 @@ impl LandmarkShape {
 pub struct LandmarkRequest {
     /// The model input, `frames * points * coords` values, row-major.
     pub input: Vec<f32>,
+    /// Its shape, `[frames, points, coords]` (the model's frame count once resampled).
+    pub shape: [usize; 3],
     /// How many predictions to answer, when the body says.
     pub topk: Option<usize>,
 }
@@ -69,12 +78,21 @@ pub fn parse(body: &mut [u8], shape: LandmarkShape) -> Result<LandmarkRequest, A
     if frames.len() > MAX_FRAMES {
         return Err(ApiError::bad_request(format!("`landmarks` has {} frames, at most {MAX_FRAMES}", frames.len())));
     }
-    let frame_len = shape.points * shape.coords;
+    let points = match shape.points {
+        Some(points) => points,
+        None => frames.get(0).and_then(Json::into_array).map_or(0, |first| first.len()),
+    };
+    if points == 0 {
+        return Err(ApiError::bad_request("landmarks[0] must be an array of points"));
+    }
+    let frame_len = points * shape.coords;
     let mut raw = Vec::with_capacity(frames.len() * frame_len);
     for (f, frame) in frames.iter().enumerate() {
-        read_frame(frame, f, shape, &mut raw)?;
+        read_frame(frame, f, points, shape.coords, &mut raw)?;
     }
-    Ok(LandmarkRequest { input: resample(raw, frames.len(), shape.frames, frame_len), topk })
+    let target = shape.frames.unwrap_or(frames.len());
+    let input = resample(raw, frames.len(), target, frame_len);
+    Ok(LandmarkRequest { input, shape: [target, points, shape.coords], topk })
 }
 
 fn parse_topk(value: Json<'_, '_>) -> Result<usize, ApiError> {
@@ -84,18 +102,18 @@ fn parse_topk(value: Json<'_, '_>) -> Result<usize, ApiError> {
     }
 }
 
-fn read_frame(frame: Json<'_, '_>, f: usize, shape: LandmarkShape, out: &mut Vec<f32>) -> Result<(), ApiError> {
+/// Reads frame `f`, which must have `want` points of `coords` numbers each.
+fn read_frame(frame: Json<'_, '_>, f: usize, want: usize, coords: usize, out: &mut Vec<f32>) -> Result<(), ApiError> {
     let points = frame.into_array().ok_or_else(|| ApiError::bad_request(format!("landmarks[{f}] must be an array")))?;
-    if points.len() != shape.points {
+    if points.len() != want {
         return Err(ApiError::bad_request(format!(
-            "landmarks[{f}] has {} points, the model takes {}",
-            points.len(),
-            shape.points
+            "landmarks[{f}] has {} points, the model takes {want}",
+            points.len()
         )));
     }
     for (p, point) in points.iter().enumerate() {
-        let coords = point.into_array().filter(|c| c.len() == shape.coords).ok_or_else(|| {
-            ApiError::bad_request(format!("landmarks[{f}][{p}] must be an array of {} numbers", shape.coords))
+        let coords = point.into_array().filter(|c| c.len() == coords).ok_or_else(|| {
+            ApiError::bad_request(format!("landmarks[{f}][{p}] must be an array of {coords} numbers"))
         })?;
         for (c, v) in coords.iter().enumerate() {
             let x = json::finite_f32(v).ok_or_else(|| {
@@ -158,9 +176,11 @@ pub fn top_k<'a>(probabilities: &[f32], labels: Option<&'a [String]>, k: usize) 
 
 #[cfg(test)]
 mod tests {
+    use ferroserve_engine::backend::Shape;
+
     use super::*;
 
-    const SHAPE: LandmarkShape = LandmarkShape { frames: 4, points: 2, coords: 3 };
+    const SHAPE: LandmarkShape = LandmarkShape { frames: Some(4), points: Some(2), coords: 3 };
 
     fn body(frames: usize) -> String {
         let frame = "[[0.1,0.2,0.3],[1,2,3]]";
@@ -178,7 +198,7 @@ mod tests {
     fn accepts_the_model_shape() {
         let mut bytes = body(4).into_bytes();
         let req = parse(&mut bytes, SHAPE).expect("valid");
-        assert_eq!(req.input.len(), 4 * 2 * 3);
+        assert_eq!((req.input.len(), req.shape), (4 * 2 * 3, [4, 2, 3]));
         assert_eq!(&req.input[..6], &[0.1, 0.2, 0.3, 1.0, 2.0, 3.0]);
         assert_eq!(req.topk, None);
     }
@@ -213,6 +233,46 @@ mod tests {
         assert_eq!(resample(vec![5.0, 6.0], 1, 3, 2), vec![5.0, 6.0, 5.0, 6.0, 5.0, 6.0]);
         let mut bytes = body(9).into_bytes();
         assert_eq!(parse(&mut bytes, SHAPE).expect("9 frames").input.len(), 24);
+    }
+
+    #[test]
+    fn a_model_that_fixes_neither_frames_nor_points_takes_the_bodys() {
+        let open = LandmarkShape { frames: None, points: None, coords: 3 };
+        let mut bytes = body(9).into_bytes();
+        let req = parse(&mut bytes, open).expect("9 frames of 2 points");
+        assert_eq!((req.input.len(), req.shape), (9 * 2 * 3, [9, 2, 3]), "sent as they come, not resampled");
+        let mut ragged = "{\"landmarks\": [[[1,2,3],[1,2,3]], [[1,2,3]]]}".as_bytes().to_vec();
+        let e = parse(&mut ragged, open).expect_err("ragged");
+        assert!(e.message.contains("landmarks[1] has 1 points, the model takes 2"), "{}", e.message);
+        let mut empty_frame = b"{\"landmarks\": [[]]}".to_vec();
+        assert!(parse(&mut empty_frame, open).expect_err("no points").message.contains("array of points"));
+        let frames_only = LandmarkShape { frames: None, points: Some(2), coords: 3 };
+        let mut bytes = body(7).into_bytes();
+        assert_eq!(parse(&mut bytes, frames_only).expect("7 frames").shape, [7, 2, 3]);
+    }
+
+    #[test]
+    fn the_layout_comes_from_what_the_model_fixes() {
+        let spec = |input_shape: Shape| ModelSpec {
+            input_name: "x".into(),
+            input_shape,
+            output_name: "y".into(),
+            output_shape: Shape::unknown(),
+        };
+        let of = |shape: Shape| LandmarkShape::of(&spec(shape));
+        assert_eq!(
+            of(Shape::fixed([30, 21, 3])),
+            Some(LandmarkShape { frames: Some(30), points: Some(21), coords: 3 })
+        );
+        assert_eq!(
+            of(Shape::partial(vec![None, Some(21), Some(3)])).map(|s| (s.frames, s.points)),
+            Some((None, Some(21)))
+        );
+        assert_eq!(of(Shape::unknown()), Some(LandmarkShape { frames: None, points: None, coords: 3 }));
+        assert_eq!(of(Shape::partial(vec![None, None, None])).map(|s| s.coords), Some(3));
+        assert_eq!(of(Shape::fixed([30, 21, 4])), None);
+        assert_eq!(of(Shape::fixed([3, 224, 224])), None);
+        assert_eq!(of(Shape::partial(vec![None, Some(21)])), None);
     }
 
     #[test]

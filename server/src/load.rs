@@ -16,7 +16,7 @@ use ferroserve_engine::backend::torch::{self, TorchFactory};
 #[cfg(feature = "onnx")]
 use ferroserve_engine::backend::{OnnxFactory, OnnxOptions};
 use ferroserve_engine::{
-    backend::MultiDevice,
+    backend::{Declaration, MultiDevice},
     device::{self, Availability, DeviceError, DeviceRequest},
     metrics::EngineMetrics,
     store::{self, ModelFiles, ModelFormat},
@@ -214,12 +214,13 @@ fn start_model(
     let devices = model_devices(&name, settings)?;
     let backend = |source| LoadError::Backend { name: name.clone(), source };
     let threads = intra_threads(config, options.workers);
+    let declared = declaration(&name, settings)?;
     let factory = match devices.as_slice() {
-        [device] => open_factory(&files, *device, threads).map_err(backend)?,
+        [device] => open_factory(&files, *device, threads, declared.as_ref()).map_err(backend)?,
         _ => {
             let on = files.clone();
-            let spread = MultiDevice::new(devices, move |device| open_factory(&on, device, threads));
-            Arc::new(spread.map_err(backend)?)
+            let load = move |device| open_factory(&on, device, threads, declared.as_ref());
+            Arc::new(MultiDevice::new(devices, load).map_err(backend)?)
         }
     };
     let outputs = factory.spec().output_len();
@@ -228,9 +229,15 @@ fn start_model(
         model = model.keeping(unpacked);
     }
     match files.labels {
-        Some(labels) if labels.len() != outputs => Err(LoadError::Mismatch {
+        // A model whose output shape is left to the forward is checked by nothing here: a label beyond the output
+        // is never named, an output beyond the labels is named by its index.
+        Some(labels) if outputs.is_some_and(|outputs| labels.len() != outputs) => Err(LoadError::Mismatch {
             name,
-            message: format!("index_to_name.json has {} labels, the model outputs {outputs} values", labels.len()),
+            message: format!(
+                "index_to_name.json has {} labels, the model outputs {} values",
+                labels.len(),
+                outputs.unwrap_or_default()
+            ),
         }),
         Some(labels) => Ok(model.with_labels(labels)),
         None => Ok(model),
@@ -249,10 +256,26 @@ fn choose_format(files: &ModelFiles, device: Device) -> Option<(ModelFormat, &Pa
     order.into_iter().find_map(|format| Some((format, files.model(format)?)))
 }
 
+/// The declaration of a TorchScript model's tensors in its settings (the `ferroserve` key of its archive's
+/// `model-config.yaml` or its `models` entry), checked when they were read.
+///
+/// # Errors
+/// [`LoadError::Mismatch`] when it is malformed.
+fn declaration(name: &str, settings: &ModelConfig) -> Result<Option<Declaration>, LoadError> {
+    let mismatch = |message| LoadError::Mismatch { name: name.to_string(), message: format!("ferroserve: {message}") };
+    settings.ferroserve.as_ref().map(Declaration::from_json).transpose().map_err(mismatch)
+}
+
 /// Opens the model's file in the format [`choose_format`] picks, on `device`, with `threads` intra-op threads
-/// (per ONNX Runtime session; for libtorch, once per process).
-#[cfg_attr(not(any(feature = "onnx", feature = "torch")), allow(unused_variables))]
-fn open_factory(files: &ModelFiles, device: Device, threads: usize) -> Result<Arc<dyn BackendFactory>, BackendError> {
+/// (per ONNX Runtime session; for libtorch, once per process); a TorchScript file with `declared` when nothing
+/// beside it declares its tensors (an ONNX file states its own).
+#[cfg_attr(not(feature = "torch"), allow(unused_variables))]
+fn open_factory(
+    files: &ModelFiles,
+    device: Device,
+    threads: usize,
+    declared: Option<&Declaration>,
+) -> Result<Arc<dyn BackendFactory>, BackendError> {
     let no_file = || BackendError::load(format!("model \"{}\" has no model file", files.name));
     match choose_format(files, device).ok_or_else(no_file)? {
         #[cfg(feature = "onnx")]
@@ -268,7 +291,7 @@ fn open_factory(files: &ModelFiles, device: Device, threads: usize) -> Result<Ar
         #[cfg(feature = "torch")]
         (ModelFormat::TorchScript, path) => {
             torch::set_intra_op_threads(threads);
-            Ok(Arc::new(TorchFactory::load(path, device)?))
+            Ok(Arc::new(TorchFactory::load_declared(path, device, declared)?))
         }
         #[cfg(not(feature = "torch"))]
         (ModelFormat::TorchScript, path) => Err(BackendError::load(format!(

@@ -9,6 +9,7 @@ use std::{io::Write, path::Path, sync::Arc};
 
 use ferroserve::{config::LoadModels, load, AppState};
 use hyper::{Method, StatusCode};
+use serde_json::json;
 use support::{metrics_for, models_dir, test_config, TestServer};
 use zip::{write::SimpleFileOptions, CompressionMethod, ZipWriter};
 
@@ -172,6 +173,55 @@ async fn a_torchscript_archive_carries_its_shape_config() {
     let server = server_over(store.path(), "sign-ts.mar").await;
     assert_serves_signnet(&server, "sign-ts").await;
     assert_eq!(server.manage(Method::GET, "/models/sign-ts").await.json[0]["runtime"], "torchscript");
+}
+
+#[cfg(feature = "torch")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_torchscript_archive_without_its_json_answers_the_reference() {
+    // As `torch-model-archiver --serialized-file signnet.pt --extra-files index_to_name.json` makes it.
+    let store = tempfile::tempdir().expect("store");
+    let files = ["signnet.pt", "index_to_name.json"];
+    write_mar(&store.path().join("sign-ts.mar"), &manifest("sign-ts", "1.0", "signnet.pt"), &files);
+    let server = server_over(store.path(), "sign-ts.mar").await;
+    support::assert_answers_signnet_reference(&server, "sign-ts").await;
+    assert_serves_signnet(&server, "sign-ts").await;
+    let metadata = server.send(Method::GET, "/v2/models/sign-ts", "").await;
+    assert_eq!(
+        (&metadata.json["inputs"][0]["shape"], &metadata.json["outputs"][0]["shape"]),
+        (&json!([-1]), &json!([-1]))
+    );
+}
+
+#[cfg(feature = "torch")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_config_yaml_declares_the_tensors_of_a_torchscript_archive() {
+    let store = tempfile::tempdir().expect("store");
+    let with_config = |name: &str| {
+        let mut manifest: serde_json::Value = serde_json::from_str(&manifest(name, "1.0", "signnet.pt")).expect("JSON");
+        manifest["model"]["configFile"] = "model-config.yaml".into();
+        manifest.to_string()
+    };
+    let yaml =
+        "batchSize: 4\nferroserve:\n  input: {name: landmarks, shape: [-1, 21, 3]}\n  output: {name: probabilities}\n";
+    let files = ["signnet.pt", "index_to_name.json"];
+    write_mar_with(&store.path().join("declared.mar"), &with_config("sign-ts"), &files, &[("model-config.yaml", yaml)]);
+    let bad = "ferroserve:\n  input: {shape: [30, -3]}\n";
+    write_mar_with(&store.path().join("bad.mar"), &with_config("bad"), &files, &[("model-config.yaml", bad)]);
+    let server = server_over(store.path(), "declared.mar").await;
+    let metadata = server.send(Method::GET, "/v2/models/sign-ts", "").await;
+    assert_eq!(
+        (&metadata.json["inputs"], &metadata.json["outputs"]),
+        (
+            &json!([{ "name": "landmarks", "datatype": "FP32", "shape": [-1, -1, 21, 3] }]),
+            &json!([{ "name": "probabilities", "datatype": "FP32", "shape": [-1] }])
+        ),
+        "the frames are left to the requests, and so the output to the forward"
+    );
+    support::assert_answers_signnet_reference(&server, "sign-ts").await;
+    let refused = server.predict("sign-ts", json!({ "landmarks": [vec![[0.5, 0.5, 0.0]; 20]] }).to_string()).await;
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST);
+    assert!(refused.json["message"].as_str().expect("message").contains("has 20 points, the model takes 21"));
+    assert_refused(&server, &[("bad.mar", "ferroserve: input.shape must be a list of sizes")]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,5 +1,6 @@
 //! The fake backend, always compiled: scripted latency and failures, an echo mode to prove there is no
-//! cross-talk between requests, a gate that holds batches until a test releases them, and a log of batch sizes.
+//! cross-talk between requests, a gate that holds batches until a test releases them, and a log of batch sizes
+//! (and of the sample shapes of batches run through [`Backend::infer_shaped`]).
 
 use std::{
     collections::VecDeque,
@@ -12,12 +13,13 @@ use std::{
 
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
-use super::{Backend, BackendError, BackendFactory, Device, ModelSpec};
+use super::{Backend, BackendError, BackendFactory, Device, ModelSpec, Shaped};
 
 /// What the fake computes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FakeMode {
-    /// Output row `i` is the first `output_len` values of input row `i`.
+    /// Output row `i` is the first `output_len` values of input row `i` (the whole row, of the input's shape, when
+    /// the output shape is not fixed).
     Echo,
     /// Output row `i` is the batch size followed by zeros (shows how requests were grouped).
     BatchSize,
@@ -33,6 +35,8 @@ pub enum FakeStep {
     Fail(String),
     /// Panic with this message (the worker must survive it).
     Panic(String),
+    /// Reject the batch's input with this message, as libtorch rejects a shape its model cannot take.
+    Reject(String),
 }
 
 /// A shared script of [`FakeStep`]s.
@@ -115,6 +119,8 @@ pub struct FakeBackend {
     pub gate: Gate,
     /// Sizes of the batches run, in order.
     pub batches: Arc<Mutex<Vec<usize>>>,
+    /// The sample shape of each batch run through [`Backend::infer_shaped`], in order.
+    pub shapes: Arc<Mutex<Vec<Vec<usize>>>>,
     /// Backends made so far (one per worker, and one per restart).
     pub created: Arc<AtomicUsize>,
     /// The next this-many backends fail to be made, as a model whose file went missing would.
@@ -132,6 +138,7 @@ impl FakeBackend {
             script: FakeScript::default(),
             gate: Gate::default(),
             batches: Arc::default(),
+            shapes: Arc::default(),
             created: Arc::default(),
             failing_creates: Arc::default(),
         }
@@ -151,8 +158,8 @@ impl FakeBackend {
         self.batches.lock().clone()
     }
 
-    fn compute(&self, batch: usize, input: &[f32]) -> Vec<f32> {
-        let (in_len, out_len) = (self.spec.input_len(), self.spec.output_len());
+    /// The rows of a batch of samples of `in_len` values each, `out_len` values per row.
+    fn compute(&self, batch: usize, input: &[f32], in_len: usize, out_len: usize) -> Vec<f32> {
         let mut out = vec![0.0; batch * out_len];
         for (row, chunk) in out.chunks_mut(out_len.max(1)).enumerate() {
             match self.mode {
@@ -166,19 +173,40 @@ impl FakeBackend {
         }
         out
     }
-}
 
-impl Backend for FakeBackend {
-    fn infer(&mut self, batch: usize, input: &[f32]) -> Result<Vec<f32>, BackendError> {
+    /// Passes the gate, logs the batch and follows the script's next step.
+    fn step(&self, batch: usize) -> Result<(), BackendError> {
         self.gate.pass();
         self.batches.lock().push(batch);
         match self.script.pop() {
             Some(FakeStep::Sleep(d)) => std::thread::sleep(d),
             Some(FakeStep::Fail(msg)) => return Err(BackendError::inference(msg)),
             Some(FakeStep::Panic(msg)) => panic!("{msg}"),
+            Some(FakeStep::Reject(msg)) => return Err(BackendError::input(msg)),
             None => {}
         }
-        Ok(self.compute(batch, input))
+        Ok(())
+    }
+}
+
+impl Backend for FakeBackend {
+    fn infer(&mut self, batch: usize, input: &[f32]) -> Result<Vec<f32>, BackendError> {
+        self.step(batch)?;
+        let (in_len, out_len) = (self.spec.input_len().unwrap_or(0), self.spec.output_len().unwrap_or(0));
+        Ok(self.compute(batch, input, in_len, out_len))
+    }
+
+    fn infer_shaped(&mut self, batch: usize, shape: &[usize], input: &[f32]) -> Result<Shaped, BackendError> {
+        self.shapes.lock().push(shape.to_vec());
+        self.step(batch)?;
+        let in_len = input.len() / batch.max(1);
+        let out_shape = match (self.spec.output_shape.to_fixed(), self.mode) {
+            (Some(fixed), _) => fixed,
+            (None, FakeMode::Echo) => shape.to_vec(),
+            (None, FakeMode::BatchSize) => vec![1],
+        };
+        let out_len = out_shape.iter().product();
+        Ok(Shaped { values: self.compute(batch, input, in_len, out_len), shape: out_shape })
     }
 }
 

@@ -4,10 +4,16 @@
 //! Runtime session cannot run concurrently with itself, so each worker owns one; TorchScript workers share one
 //! module). `infer` is a blocking call made on the
 //! worker's own thread, never on the async runtime.
+//!
+//! A model whose input shape is fixed (every ONNX model) runs its batches through [`Backend::infer`]; one whose
+//! shape is left to the requests (TorchScript without a declaration) runs each batch, all of one shape, through
+//! [`Backend::infer_shaped`], which also says the output's shape.
 
+pub mod declared;
 mod fake;
 #[cfg(feature = "onnx")]
 mod onnx;
+mod shape;
 #[cfg(feature = "torch")]
 pub mod torch;
 
@@ -15,9 +21,11 @@ use std::{fmt, sync::Arc};
 
 use parking_lot::Mutex;
 
+pub use declared::Declaration;
 pub use fake::{FakeBackend, FakeMode, FakeScript, FakeStep, Gate};
 #[cfg(feature = "onnx")]
 pub use onnx::{OnnxFactory, OnnxOptions};
+pub use shape::{elements_of, Shape};
 #[cfg(feature = "torch")]
 pub use torch::TorchFactory;
 
@@ -53,31 +61,70 @@ impl fmt::Display for Device {
     }
 }
 
-/// The shapes of a model's single input and single output, per sample (without the batch dimension).
+/// The shapes of a model's single input and single output, per sample (without the batch dimension), as far as
+/// the model tells them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModelSpec {
     /// Name of the input tensor (e.g. `landmarks`).
     pub input_name: String,
     /// Per-sample input shape (e.g. `[30, 21, 3]`).
-    pub input_shape: Vec<usize>,
+    pub input_shape: Shape,
     /// Name of the output tensor (e.g. `probabilities`).
     pub output_name: String,
     /// Per-sample output shape (e.g. `[10]`).
-    pub output_shape: Vec<usize>,
+    pub output_shape: Shape,
 }
 
 impl ModelSpec {
-    /// Number of f32 values in one sample's input.
+    /// Number of f32 values in one sample's input, when its shape is fixed.
     #[must_use]
-    pub fn input_len(&self) -> usize {
-        self.input_shape.iter().product()
+    pub fn input_len(&self) -> Option<usize> {
+        self.input_shape.elements()
     }
 
-    /// Number of f32 values in one sample's output.
+    /// Number of f32 values in one sample's output, when its shape is fixed.
     #[must_use]
-    pub fn output_len(&self) -> usize {
-        self.output_shape.iter().product()
+    pub fn output_len(&self) -> Option<usize> {
+        self.output_shape.elements()
     }
+
+    /// Checks one sample of `len` values, of shape `shape` when the caller knows it, against the model's input, and
+    /// returns the shape the sample carries through the engine: `None` when the model's input shape is fixed (its
+    /// batches then need no check and no allocation), the sample's own when the model leaves sizes to the requests.
+    ///
+    /// # Errors
+    /// What does not fit: the shape, the number of values, or a missing shape for a model that needs one.
+    pub fn sample_shape(&self, len: usize, shape: Option<&[usize]>) -> Result<Option<Arc<[usize]>>, String> {
+        if let Some(shape) = shape.filter(|s| !self.input_shape.admits(s)) {
+            return Err(format!("input of shape {shape:?}: the model takes {}", self.input_shape));
+        }
+        if let Some(want) = self.input_len() {
+            return if len == want {
+                Ok(None)
+            } else {
+                Err(format!("expected {want} values of shape {}, got {len}", self.input_shape))
+            };
+        }
+        let shape = shape.ok_or_else(|| {
+            format!("the model's input shape {} is not fixed: the request must give its own", self.input_shape)
+        })?;
+        if shape.contains(&0) {
+            return Err(format!("input of shape {shape:?}: every size must be at least 1"));
+        }
+        match elements_of(shape) {
+            Some(want) if want == len => Ok(Some(shape.into())),
+            _ => Err(format!("input of shape {shape:?} has {len} values")),
+        }
+    }
+}
+
+/// What a batch of a shape the model leaves open gives: its values, row-major, and the shape of one sample's row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Shaped {
+    /// `batch` rows of `shape`.
+    pub values: Vec<f32>,
+    /// Per-sample output shape.
+    pub shape: Vec<usize>,
 }
 
 /// A backend failure. Cloneable, so that one failure can answer every request of its batch.
@@ -89,6 +136,10 @@ pub enum BackendError {
     /// The model failed while running a batch.
     #[error("inference failed: {0}")]
     Inference(Arc<str>),
+    /// The model rejected the batch's input: a shape it cannot take, of a model that leaves its shape to the
+    /// requests. Every request of the batch has that shape, so each is told, as the client's error.
+    #[error("{0}")]
+    Input(Arc<str>),
 }
 
 impl BackendError {
@@ -101,16 +152,30 @@ impl BackendError {
     pub fn inference(msg: impl fmt::Display) -> Self {
         Self::Inference(msg.to_string().into())
     }
+
+    /// The error of an input the model rejected, with this message.
+    pub fn input(msg: impl fmt::Display) -> Self {
+        Self::Input(msg.to_string().into())
+    }
 }
 
 /// One worker's handle on a loaded model.
 pub trait Backend: Send {
     /// Runs `batch` samples stacked row-major in `input` (`batch * spec.input_len()` values) and returns
-    /// `batch * spec.output_len()` values, row `i` being the answer to input row `i`.
+    /// `batch * spec.output_len()` values, row `i` being the answer to input row `i`. For models whose input shape
+    /// is fixed.
     ///
     /// # Errors
     /// [`BackendError::Inference`] when the runtime fails; the worker answers the whole batch with it.
     fn infer(&mut self, batch: usize, input: &[f32]) -> Result<Vec<f32>, BackendError>;
+
+    /// Runs `batch` samples of per-sample shape `shape`, stacked row-major in `input`, and returns `batch` rows with
+    /// the shape of one: for models that leave their input shape to the requests.
+    ///
+    /// # Errors
+    /// [`BackendError::Input`] when the model rejects the input (libtorch's message), [`BackendError::Inference`]
+    /// when the runtime fails otherwise; the worker answers the whole batch with it.
+    fn infer_shaped(&mut self, batch: usize, shape: &[usize], input: &[f32]) -> Result<Shaped, BackendError>;
 }
 
 /// A loaded model that makes backends for worker threads.
@@ -216,7 +281,10 @@ impl BackendFactory for MultiDevice {
 /// # Errors
 /// [`BackendError::Inference`] when the length is not `batch * spec.output_len()`.
 pub fn check_output(spec: &ModelSpec, batch: usize, output: &[f32]) -> Result<(), BackendError> {
-    let want = batch * spec.output_len();
+    let Some(per_sample) = spec.output_len() else {
+        return Err(BackendError::inference(format!("the model's output shape {} is not fixed", spec.output_shape)));
+    };
+    let want = batch * per_sample;
     if output.len() == want {
         Ok(())
     } else {
@@ -224,5 +292,27 @@ pub fn check_output(spec: &ModelSpec, batch: usize, output: &[f32]) -> Result<()
             "the model returned {} values for a batch of {batch}, expected {want}",
             output.len()
         )))
+    }
+}
+
+/// [`check_output`] for a batch run by [`Backend::infer_shaped`]: `batch` rows of the shape it says, which must fit
+/// the model's output shape as far as it is known.
+///
+/// # Errors
+/// [`BackendError::Inference`] when the rows do not fill the values or their shape is not the model's.
+pub fn check_shaped(spec: &ModelSpec, batch: usize, output: &Shaped) -> Result<(), BackendError> {
+    if !spec.output_shape.admits(&output.shape) {
+        return Err(BackendError::inference(format!(
+            "the model returned rows of shape {:?}, its output shape is {}",
+            output.shape, spec.output_shape
+        )));
+    }
+    match elements_of(&output.shape).and_then(|n| n.checked_mul(batch)) {
+        Some(want) if want == output.values.len() => Ok(()),
+        _ => Err(BackendError::inference(format!(
+            "the model returned {} values for a batch of {batch} rows of shape {:?}",
+            output.values.len(),
+            output.shape
+        ))),
     }
 }

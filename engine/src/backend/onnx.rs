@@ -21,7 +21,7 @@ use ort::{
     value::{TensorElementType, TensorRef, ValueType},
 };
 
-use super::{check_output, Backend, BackendError, BackendFactory, Device, ModelSpec};
+use super::{check_output, Backend, BackendError, BackendFactory, Device, ModelSpec, Shape, Shaped};
 
 /// Where the ONNX Runtime library is and how sessions use threads.
 #[derive(Debug, Clone)]
@@ -141,9 +141,9 @@ fn spec_of(session: &Session) -> Result<ModelSpec, String> {
     };
     Ok(ModelSpec {
         input_name: input.name().to_string(),
-        input_shape: shape(input.dtype(), "input")?,
+        input_shape: Shape::fixed(shape(input.dtype(), "input")?),
         output_name: output.name().to_string(),
-        output_shape: shape(output.dtype(), "output")?,
+        output_shape: Shape::fixed(shape(output.dtype(), "output")?),
     })
 }
 
@@ -162,25 +162,41 @@ impl BackendFactory for OnnxFactory {
 
     fn create(&self, _worker: usize) -> Result<Box<dyn Backend>, BackendError> {
         let session = open(&self.path, &self.options, self.device)?;
-        Ok(Box::new(OnnxBackend { session, spec: self.spec.clone() }))
+        let input_shape = self.spec.input_shape.to_fixed().unwrap_or_default();
+        Ok(Box::new(OnnxBackend { session, spec: self.spec.clone(), input_shape }))
     }
 }
 
 struct OnnxBackend {
     session: Session,
     spec: ModelSpec,
+    /// The per-sample input shape (ONNX models given to ferroserve fix it).
+    input_shape: Vec<usize>,
 }
 
 impl Backend for OnnxBackend {
     fn infer(&mut self, batch: usize, input: &[f32]) -> Result<Vec<f32>, BackendError> {
-        let mut shape = Vec::with_capacity(self.spec.input_shape.len() + 1);
+        let mut shape = Vec::with_capacity(self.input_shape.len() + 1);
         shape.push(batch);
-        shape.extend_from_slice(&self.spec.input_shape);
+        shape.extend_from_slice(&self.input_shape);
         // A view over the stacked batch: no copy between the worker's buffer and the runtime.
         let tensor = TensorRef::from_array_view((shape, input)).map_err(BackendError::inference)?;
         let outputs = self.session.run(ort::inputs![tensor]).map_err(BackendError::inference)?;
         let (_, data) = outputs[0].try_extract_tensor::<f32>().map_err(BackendError::inference)?;
         check_output(&self.spec, batch, data)?;
         Ok(data.to_vec())
+    }
+
+    /// Runs a batch of samples of `shape`. ONNX models fix their shape, which the engine checks before a request
+    /// is queued; a run that fails here is ONNX Runtime rejecting the input.
+    fn infer_shaped(&mut self, batch: usize, shape: &[usize], input: &[f32]) -> Result<Shaped, BackendError> {
+        let dims: Vec<usize> = std::iter::once(batch).chain(shape.iter().copied()).collect();
+        let tensor = TensorRef::from_array_view((dims, input)).map_err(BackendError::inference)?;
+        let outputs = self.session.run(ort::inputs![tensor]).map_err(BackendError::input)?;
+        let (dims, data) = outputs[0].try_extract_tensor::<f32>().map_err(BackendError::inference)?;
+        let rows: &[i64] = dims;
+        let shape = rows.get(1..).and_then(|rest| rest.iter().map(|&d| usize::try_from(d).ok()).collect());
+        let shape = shape.ok_or_else(|| BackendError::inference(format!("the model returned a shape of {rows:?}")))?;
+        Ok(Shaped { values: data.to_vec(), shape })
     }
 }

@@ -7,10 +7,14 @@
 //! On MPS the tensors simply move to `Device::Mps`; on the CPU, libtorch's intra-op pool is sized once per process
 //! ([`set_intra_op_threads`]).
 //!
-//! A TorchScript file carries neither tensor names nor shapes. They come from the model's config, a JSON file
-//! beside it named after it (`signnet.pt.json`):
-//! `{"input": {"name": "landmarks", "shape": [30, 21, 3]}, "output": {"name": "probabilities"}}`; the output's
-//! per-sample shape is read from a first forward on zeros at load (and checked against `output.shape` if given).
+//! A TorchScript file carries neither tensor names nor shapes. They come from a [`Declaration`], the first found
+//! of: a JSON file beside the model named after it (`signnet.pt.json`), the `ferroserve` key of its archive's
+//! `model-config.yaml` (given by the caller), and an entry [`EXTRA_FILE`] of the file's own `_extra_files`
+//! (`torch.jit.save(m, "model.pt", _extra_files={"ferroserve.json": ...})`). When the declared input shape is
+//! fixed, the output's is read from a first forward on zeros at load (and checked against the declared one).
+//! Without a declaration, or with sizes left open (`-1`), the requests give the input's shape and each batch's
+//! forward the output's; a forward that fails on such a batch is the client's error
+//! ([`BackendError::Input`], libtorch's message), since the model rejected a shape nothing promised it takes.
 
 mod stream;
 
@@ -20,13 +24,18 @@ use std::{
     thread::ThreadId,
 };
 
-use serde_json::Value;
 use tch::{CModule, Kind, TchError, Tensor};
 
 pub use stream::current_cuda_stream;
 pub(crate) use stream::pool_stream;
 
-use super::{check_output, Backend, BackendError, BackendFactory, Device, ModelSpec};
+use super::{check_output, Backend, BackendError, BackendFactory, Declaration, Device, ModelSpec, Shape, Shaped};
+
+/// The name of the `_extra_files` entry, inside the TorchScript file, that declares its tensors.
+pub const EXTRA_FILE: &str = "ferroserve.json";
+
+/// The most bytes of a declaration read from inside a TorchScript file.
+const MAX_EXTRA_FILE: u64 = 1 << 20;
 
 /// Samples in the forward that reads the output shape at load: two, so that a batch dimension that is not
 /// carried through (a model that reduces over it) shows.
@@ -66,25 +75,47 @@ pub fn config_path(path: &Path) -> PathBuf {
 }
 
 impl TorchFactory {
-    /// Loads the module onto `device`, reads the model's config and runs one forward on zeros to learn the output
-    /// shape.
+    /// Loads the module onto `device` with the declaration beside it or inside it, if any ([`Self::load_declared`]).
+    ///
+    /// # Errors
+    /// As [`Self::load_declared`].
+    pub fn load(path: &Path, device: Device) -> Result<Self, BackendError> {
+        Self::load_declared(path, device, None)
+    }
+
+    /// Loads the module onto `device` and reads its declaration: the JSON file beside it, else `archived` (the
+    /// archive's `model-config.yaml`), else the file's own [`EXTRA_FILE`]; without any, the requests give the
+    /// shapes. A fixed input shape is checked by a first forward on zeros, which gives the output's shape.
     ///
     /// # Errors
     /// [`BackendError::Load`] when the file is not TorchScript (a `torch.save` pickle or a state_dict: the message
-    /// says how to export it), when the config is missing or malformed, or when the first forward fails or does
-    /// not return one tensor with the batch first.
-    pub fn load(path: &Path, device: Device) -> Result<Self, BackendError> {
+    /// says how to export it), when a declaration is malformed, or when the first forward fails or does not return
+    /// one tensor with the batch first, of the declared output shape.
+    pub fn load_declared(path: &Path, device: Device, archived: Option<&Declaration>) -> Result<Self, BackendError> {
         let fail = |message: String| BackendError::load(format!("{}: {message}", path.display()));
         let mut module = CModule::load_on_device(path, tch_device(device)).map_err(|e| not_torchscript(path, &e))?;
-        let declared = read_config(&config_path(path)).map_err(fail)?;
+        let declared = declaration(path, archived).map_err(fail)?;
         module.f_set_eval().map_err(|e| fail(first_line(&e.to_string()).to_string()))?;
-        let mut factory = Self { module: Arc::new(module), spec: declared.spec, device };
-        factory.spec.output_shape = factory.probe().map_err(fail)?;
-        if let Some(shape) = declared.output_shape.filter(|s| *s != factory.spec.output_shape) {
-            return Err(fail(format!(
-                "the config says the output shape is {shape:?}, the model returns {:?}",
-                factory.spec.output_shape
-            )));
+        match &declared {
+            Some((declared, source)) => {
+                tracing::info!(model = %path.display(), %source, input = %declared.input_shape, "tensors declared");
+            }
+            None => tracing::info!(model = %path.display(), "no declaration of its tensors: the requests give shapes"),
+        }
+        let (declared, source) = declared.unwrap_or_default();
+        let spec = ModelSpec {
+            input_name: declared.input_name.unwrap_or_else(|| "input".into()),
+            input_shape: declared.input_shape,
+            output_name: declared.output_name.unwrap_or_else(|| "output".into()),
+            output_shape: declared.output_shape.clone().unwrap_or_default(),
+        };
+        let mut factory = Self { module: Arc::new(module), spec, device };
+        if factory.spec.input_shape.is_fixed() {
+            let probed = factory.probe().map_err(fail)?;
+            if let Some(shape) = declared.output_shape.filter(|s| !s.admits(&probed)) {
+                return Err(fail(format!("{source} says the output shape is {shape}, the model returns {probed:?}")));
+            }
+            factory.spec.output_shape = Shape::fixed(probed);
         }
         Ok(factory)
     }
@@ -92,8 +123,10 @@ impl TorchFactory {
     /// Runs [`PROBE_BATCH`] zero samples through the module and returns the per-sample output shape.
     fn probe(&self) -> Result<Vec<usize>, String> {
         let mut backend = self.backend();
-        let zeros = vec![0.0; PROBE_BATCH * self.spec.input_len()];
-        let output = backend.forward(PROBE_BATCH, &zeros).map_err(|e| format!("the first forward failed: {e}"))?;
+        let input_shape = self.spec.input_shape.to_fixed().unwrap_or_default();
+        let zeros = vec![0.0; PROBE_BATCH * self.spec.input_len().unwrap_or(0)];
+        let output =
+            backend.forward(PROBE_BATCH, &input_shape, &zeros).map_err(|e| format!("the first forward failed: {e}"))?;
         let dims = output.size();
         match dims.split_first() {
             Some((&batch, rest)) if usize::try_from(batch) == Ok(PROBE_BATCH) => {
@@ -104,7 +137,13 @@ impl TorchFactory {
     }
 
     fn backend(&self) -> TorchBackend {
-        TorchBackend { module: Arc::clone(&self.module), spec: self.spec.clone(), device: self.device, stream: None }
+        TorchBackend {
+            module: Arc::clone(&self.module),
+            spec: self.spec.clone(),
+            input_shape: self.spec.input_shape.to_fixed().unwrap_or_default(),
+            device: self.device,
+            stream: None,
+        }
     }
 }
 
@@ -130,6 +169,8 @@ impl BackendFactory for TorchFactory {
 struct TorchBackend {
     module: Arc<CModule>,
     spec: ModelSpec,
+    /// The per-sample input shape when the model fixes it (empty otherwise).
+    input_shape: Vec<usize>,
     device: Device,
     /// The pool stream made current on this thread, and the thread: a backend is created on one thread and runs
     /// on its worker's, so the stream is taken at the first batch.
@@ -153,8 +194,8 @@ impl TorchBackend {
 
     /// Moves the stacked batch to the device: pinned host memory and an asynchronous copy on the thread's stream
     /// for CUDA, a plain copy for MPS, no copy beyond the tensor's own for the CPU.
-    fn stage(&self, batch: usize, input: &[f32]) -> Result<Tensor, TchError> {
-        let shape: Vec<i64> = std::iter::once(batch).chain(self.spec.input_shape.iter().copied()).map(as_dim).collect();
+    fn stage(&self, batch: usize, sample: &[usize], input: &[f32]) -> Result<Tensor, TchError> {
+        let shape: Vec<i64> = std::iter::once(batch).chain(sample.iter().copied()).map(as_dim).collect();
         let host = Tensor::f_from_slice(input)?.f_view(shape.as_slice())?;
         let device = tch_device(self.device);
         match self.device {
@@ -164,25 +205,56 @@ impl TorchBackend {
         }
     }
 
-    /// The module's output for the batch, still on the device.
-    fn forward(&mut self, batch: usize, input: &[f32]) -> Result<Tensor, BackendError> {
+    /// The module's output for a batch of samples of shape `sample`, still on the device.
+    fn forward(&mut self, batch: usize, sample: &[usize], input: &[f32]) -> Result<Tensor, BackendError> {
         self.bind_stream()?;
+        self.run(batch, sample, input)
+    }
+
+    /// [`Self::forward`] on a thread whose stream is bound.
+    fn run(&self, batch: usize, sample: &[usize], input: &[f32]) -> Result<Tensor, BackendError> {
         let _no_grad = tch::no_grad_guard();
-        let x = self.stage(batch, input).map_err(inference)?;
+        let x = self.stage(batch, sample, input).map_err(inference)?;
         self.module.forward_ts(&[x]).map_err(inference)
+    }
+
+    /// Copies the output to the host. A synchronous copy on the thread's stream: it waits for the forward, and
+    /// only for it.
+    fn to_host(output: &Tensor) -> Result<Vec<f32>, BackendError> {
+        let host = output.f_to_device_(tch::Device::Cpu, Kind::Float, false, false).map_err(inference)?;
+        let numel = host.numel();
+        let mut values = vec![0.0_f32; numel];
+        host.f_copy_data(&mut values, numel).map_err(inference)?;
+        Ok(values)
     }
 }
 
 impl Backend for TorchBackend {
     fn infer(&mut self, batch: usize, input: &[f32]) -> Result<Vec<f32>, BackendError> {
-        let output = self.forward(batch, input)?;
-        // A synchronous copy on the thread's stream: it waits for the forward, and only for it.
-        let host = output.f_to_device_(tch::Device::Cpu, Kind::Float, false, false).map_err(inference)?;
-        let numel = host.numel();
-        let mut values = vec![0.0_f32; numel];
-        host.f_copy_data(&mut values, numel).map_err(inference)?;
+        self.bind_stream()?;
+        let values = Self::to_host(&self.run(batch, &self.input_shape, input)?)?;
         check_output(&self.spec, batch, &values)?;
         Ok(values)
+    }
+
+    /// A forward that fails is the model rejecting the shape ([`BackendError::Input`] with libtorch's message):
+    /// nothing declared that the model takes it.
+    fn infer_shaped(&mut self, batch: usize, shape: &[usize], input: &[f32]) -> Result<Shaped, BackendError> {
+        let output = self.forward(batch, shape, input).map_err(|error| match error {
+            BackendError::Inference(message) => {
+                BackendError::input(format!("the model rejected input of shape {shape:?}: {message}"))
+            }
+            other => other,
+        })?;
+        let dims = output.size();
+        let rows = dims.split_first().filter(|(&n, _)| usize::try_from(n) == Ok(batch));
+        let shape = rows.and_then(|(_, rest)| rest.iter().map(|&d| usize::try_from(d).ok()).collect());
+        let shape = shape.ok_or_else(|| {
+            BackendError::inference(format!(
+                "a batch of {batch} gave an output of shape {dims:?}: the batch must come first"
+            ))
+        })?;
+        Ok(Shaped { values: Self::to_host(&output)?, shape })
     }
 }
 
@@ -199,7 +271,20 @@ fn as_dim(size: usize) -> i64 {
 }
 
 fn inference(error: TchError) -> BackendError {
-    BackendError::inference(first_line(&error.to_string()))
+    BackendError::inference(libtorch_message(&error.to_string()))
+}
+
+/// What libtorch says went wrong, in one line. An error in the TorchScript interpreter comes as a traceback of
+/// the model's code ending with the exception as Python would show it (`RuntimeError: mat1 and mat2 shapes cannot
+/// be multiplied (60x60 and 63x128)`), which is that line; any other as its first line, without tch's prefix.
+pub(crate) fn libtorch_message(message: &str) -> &str {
+    let is_exception = |line: &&str| {
+        line.split_once(": ").is_some_and(|(name, _)| {
+            name.ends_with("Error") && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '_')
+        })
+    };
+    let exception = message.lines().rev().map(str::trim).find(is_exception);
+    exception.unwrap_or_else(|| first_line(message).trim_start_matches("Internal torch error: "))
 }
 
 /// libtorch's messages carry a C++ backtrace after their first line; clients and logs need the first.
@@ -207,31 +292,47 @@ pub(crate) fn first_line(message: &str) -> &str {
     message.lines().find(|l| !l.trim().is_empty()).map_or(message, str::trim)
 }
 
-/// What a model's config declares.
-struct Declared {
-    spec: ModelSpec,
-    output_shape: Option<Vec<usize>>,
+/// The model's declaration and where it was found: the file beside it, else the archive's, else its own
+/// [`EXTRA_FILE`]; `None` when there is none.
+fn declaration(path: &Path, archived: Option<&Declaration>) -> Result<Option<(Declaration, String)>, String> {
+    let beside = config_path(path);
+    let parse = |text: &str, source: String| match Declaration::parse(text) {
+        Ok(declared) => Ok(Some((declared, source))),
+        Err(e) => Err(format!("{source}: {e}")),
+    };
+    if beside.exists() {
+        let source = beside.display().to_string();
+        let text = std::fs::read_to_string(&beside).map_err(|e| format!("{source}: {e}"))?;
+        return parse(&text, source);
+    }
+    if let Some(declared) = archived {
+        return Ok(Some((declared.clone(), "model-config.yaml".into())));
+    }
+    match extra_file(path)? {
+        Some(text) => parse(&text, format!("its _extra_files[\"{EXTRA_FILE}\"]")),
+        None => Ok(None),
+    }
 }
 
-fn read_config(path: &Path) -> Result<Declared, String> {
-    let example = r#"{"input": {"name": "x", "shape": [30, 21, 3]}, "output": {"name": "y"}}"#;
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        format!("TorchScript files carry no input shape; write it in {} ({e}), e.g. {example}", path.display())
-    })?;
-    let json: Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-    let name = |side: &str| json[side]["name"].as_str().unwrap_or(side).to_string();
-    let shape = |side: &str| -> Result<Option<Vec<usize>>, String> {
-        match &json[side]["shape"] {
-            Value::Null => Ok(None),
-            value => serde_json::from_value(value.clone())
-                .map(Some)
-                .map_err(|_| format!("{}: {side}.shape must be a list of sizes, e.g. {example}", path.display())),
-        }
+/// The [`EXTRA_FILE`] that `torch.jit.save(..., _extra_files=...)` wrote into the TorchScript zip, as
+/// `<archive>/extra/<name>`, if there is one.
+fn extra_file(path: &Path) -> Result<Option<String>, String> {
+    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let mut zip = zip::ZipArchive::new(file).map_err(|e| format!("not a zip archive: {e}"))?;
+    let is_ours =
+        |name: &str| matches!(name.split('/').collect::<Vec<_>>()[..], [_, "extra", file] if file == EXTRA_FILE);
+    let found = zip.file_names().filter_map(Result::ok).find(|name| is_ours(name)).map(|name| name.to_string());
+    let Some(name) = found else {
+        return Ok(None);
     };
-    let input_shape =
-        shape("input")?.ok_or_else(|| format!("{}: input.shape is missing, e.g. {example}", path.display()))?;
-    let spec = ModelSpec { input_name: name("input"), input_shape, output_name: name("output"), output_shape: vec![] };
-    Ok(Declared { spec, output_shape: shape("output")? })
+    let entry = zip.by_name(&name).map_err(|e| format!("{name}: {e}"))?;
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut std::io::Read::take(entry, MAX_EXTRA_FILE + 1), &mut text)
+        .map_err(|e| format!("{name}: {e}"))?;
+    if text.len() as u64 > MAX_EXTRA_FILE {
+        return Err(format!("{name}: larger than {MAX_EXTRA_FILE} bytes"));
+    }
+    Ok(Some(text))
 }
 
 /// The load error of a file libtorch cannot read as TorchScript, saying what it looks like and how to export it.
@@ -260,4 +361,25 @@ fn not_torchscript(path: &Path, error: &TchError) -> BackendError {
          or torch.jit.save(torch.jit.script(model), \"model.pt\")",
         path.display()
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::libtorch_message;
+
+    #[test]
+    fn libtorch_messages_come_down_to_the_exception() {
+        let interpreter = "Internal torch error: The following operation failed in the TorchScript interpreter.\n\
+            Traceback of TorchScript, serialized code (most recent call last):\n  File \"code/__torch__.py\", line 31, \
+            in forward\n    return torch.linear(input, weight, bias)\n           ~~~~~~~~~~~~ <--- HERE\n\n\
+            Traceback of TorchScript, original code (most recent call last):\n/x/linear.py(134): forward\n\
+            RuntimeError: mat1 and mat2 shapes cannot be multiplied (60x60 and 63x128)\n";
+        assert_eq!(
+            libtorch_message(interpreter),
+            "RuntimeError: mat1 and mat2 shapes cannot be multiplied (60x60 and 63x128)"
+        );
+        let plain = "Internal torch error: shape '[2, 30, 21, 3]' is invalid for input of size 5\n\
+            Exception raised from infer_size_impl at aten/src/ATen/InferSize.h:98 (most recent call first):\n";
+        assert_eq!(libtorch_message(plain), "shape '[2, 30, 21, 3]' is invalid for input of size 5");
+    }
 }

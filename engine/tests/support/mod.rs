@@ -27,9 +27,9 @@ pub(crate) const FOREVER: Duration = Duration::from_secs(600);
 pub(crate) fn spec() -> ModelSpec {
     ModelSpec {
         input_name: "x".into(),
-        input_shape: vec![INPUT_LEN],
+        input_shape: vec![INPUT_LEN].into(),
         output_name: "y".into(),
-        output_shape: vec![OUTPUT_LEN],
+        output_shape: vec![OUTPUT_LEN].into(),
     }
 }
 

@@ -9,12 +9,16 @@
 //! INT64, INT32 or BOOL are converted to f32, the engine's only type (FP16 kept at f32 precision, integers above
 //! 2^24 rounded); models whose ONNX input or output is not float32 are refused when they load. The binary tensor
 //! data extension is supported both ways.
+//!
+//! A model that leaves sizes of its input to the requests (TorchScript without a declaration) takes the shape the
+//! request states, `[N, ...]`, within what it fixes; its metadata shows each unknown size as -1 (Triton's
+//! convention) and an unknown rank as `[-1]`, the batch alone; the output's shape comes from the forward.
 
 mod tensor;
 
 use std::sync::Arc;
 
-use ferroserve_engine::{InferOutput, Model};
+use ferroserve_engine::{backend::Shape, InferOutput, Model};
 use hyper::{body::Incoming, header::HeaderValue, Method, Request, StatusCode};
 use serde::Serialize;
 use serde_json::json;
@@ -129,9 +133,9 @@ fn model_ready(model: &Model) -> Reply {
 
 fn model_metadata(model: &Model) -> Reply {
     let spec = model.spec();
-    let batched = |shape: &[usize]| -> Vec<i64> {
-        std::iter::once(-1).chain(shape.iter().map(|&d| i64::try_from(d).unwrap_or(i64::MAX))).collect()
-    };
+    // The batch first; -1 for every size the model leaves open, and nothing more when even the rank is open.
+    let batched =
+        |shape: &Shape| -> Vec<i64> { std::iter::once(-1).chain(shape.signed().unwrap_or_default()).collect() };
     let platform = match model.runtime() {
         "onnx" => "onnxruntime_onnx",
         "torchscript" => "pytorch_libtorch",
@@ -181,12 +185,13 @@ async fn run_infer(
             "the request has {n} samples, more than the model's job queue holds ({capacity}): send fewer at a time"
         )));
     }
-    let answers = infer_rows(model, rows(std::mem::take(&mut request.input), request.samples), timeout).await?;
+    let rows = rows(std::mem::take(&mut request.input), request.samples);
+    let answers = infer_rows(model, rows, &request.sample_shape, timeout).await?;
     if let Some(first) = answers.first() {
         // Once per request, as TorchServe counts a v2 request (its rows wait side by side).
         state.metrics.observe_queue(model, version, first.timing.queue);
     }
-    Ok(response(model, &request, &answers))
+    response(model, &request, &answers)
 }
 
 /// Each row's answer, in order. The first failure fails the request; the rows still pending are then dropped
@@ -194,17 +199,19 @@ async fn run_infer(
 async fn infer_rows(
     model: &Arc<Model>,
     rows: Vec<Vec<f32>>,
+    shape: &[usize],
     timeout: Option<std::time::Duration>,
 ) -> Result<Vec<InferOutput>, ApiError> {
     let rows = match <[Vec<f32>; 1]>::try_from(rows) {
-        Ok([row]) => return Ok(vec![infer_within(model, row, timeout).await?]),
+        Ok([row]) => return Ok(vec![infer_within(model, row, shape, timeout).await?]),
         Err(rows) => rows,
     };
+    let shape: Arc<[usize]> = shape.into();
     let mut tasks = JoinSet::new();
     for (k, row) in rows.into_iter().enumerate() {
-        let model = Arc::clone(model);
+        let (model, shape) = (Arc::clone(model), Arc::clone(&shape));
         // In the request's span, which the engine's queued span takes as its parent.
-        tasks.spawn(async move { (k, infer_within(&model, row, timeout).await) }.in_current_span());
+        tasks.spawn(async move { (k, infer_within(&model, row, &shape, timeout).await) }.in_current_span());
     }
     let mut answers = vec![None; tasks.len()];
     while let Some(joined) = tasks.join_next().await {
@@ -260,9 +267,27 @@ struct BinaryDataSize {
     binary_data_size: usize,
 }
 
+/// The per-sample output shape: the model's when it fixes it, else what the forward gave, which must be the same
+/// for every row of the request.
+fn output_shape(model: &Model, answers: &[InferOutput]) -> Result<Vec<usize>, ApiError> {
+    if let Some(fixed) = model.spec().output_shape.to_fixed() {
+        return Ok(fixed);
+    }
+    let mut shapes = answers.iter().map(|a| a.shape.as_deref().unwrap_or_default());
+    let first = shapes.next().unwrap_or_default();
+    match shapes.find(|shape| *shape != first) {
+        None => Ok(first.to_vec()),
+        Some(other) => Err(ApiError::internal(format!(
+            "model {} gave rows of shapes {first:?} and {other:?} to one request",
+            model.name()
+        ))),
+    }
+}
+
 /// The samples' output rows joined into one tensor `[N, ...output_shape]`, with the timing headers of the first.
-fn response(model: &Model, request: &TensorRequest, answers: &[InferOutput]) -> Reply {
+fn response(model: &Model, request: &TensorRequest, answers: &[InferOutput]) -> Result<Reply, ApiError> {
     let spec = model.spec();
+    let row_shape = output_shape(model, answers)?;
     let data: Vec<f32> = answers.iter().flat_map(|a| a.output.iter().copied()).collect();
     let binary = request.binary_output;
     let body = InferResponse {
@@ -272,7 +297,7 @@ fn response(model: &Model, request: &TensorRequest, answers: &[InferOutput]) -> 
         outputs: [OutputTensor {
             name: &spec.output_name,
             datatype: "FP32",
-            shape: std::iter::once(request.samples).chain(spec.output_shape.iter().copied()).collect(),
+            shape: std::iter::once(request.samples).chain(row_shape).collect(),
             data: (!binary).then_some(data.as_slice()),
             parameters: binary.then(|| BinaryDataSize { binary_data_size: data.len() * 4 }),
         }],
@@ -290,5 +315,5 @@ fn response(model: &Model, request: &TensorRequest, answers: &[InferOutput]) -> 
     if let Some(first) = answers.first() {
         timing_headers(&mut reply, first);
     }
-    reply
+    Ok(reply)
 }

@@ -69,7 +69,7 @@ async fn run_landmarks(
 ) -> Result<Reply, ApiError> {
     let shape = LandmarkShape::of(model.spec()).ok_or_else(|| {
         ApiError::bad_request(format!(
-            "model {} takes input `{}` of shape {:?}, not hand landmarks [frames, points, 3]",
+            "model {} takes input `{}` of shape {}, not hand landmarks [frames, points, 3]",
             model.name(),
             model.spec().input_name,
             model.spec().input_shape
@@ -79,7 +79,7 @@ async fn run_landmarks(
     let timeout = request_timeout(&req)?;
     let mut body = read_body_timed(req, &state.config).await?;
     let request = landmarks::parse(&mut body, shape)?;
-    let output = infer_within(model, request.input, timeout).await?;
+    let output = infer_within(model, request.input, &request.shape, timeout).await?;
     state.metrics.observe_queue(model, version, output.timing.queue);
     let topk = request.topk.or(query_k).unwrap_or(1);
     Ok(prediction_response(model, &output, topk))

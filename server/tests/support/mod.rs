@@ -169,9 +169,9 @@ impl Drop for TestServer {
 pub fn fake_spec() -> ModelSpec {
     ModelSpec {
         input_name: "landmarks".into(),
-        input_shape: vec![2, 3, 3],
+        input_shape: vec![2, 3, 3].into(),
         output_name: "probabilities".into(),
-        output_shape: vec![10],
+        output_shape: vec![10].into(),
     }
 }
 
@@ -296,4 +296,49 @@ pub async fn signnet_server(batch_size: &str) -> TestServer {
     let registry = Arc::new(Registry::new());
     assert!(registry.register(model).is_ok());
     TestServer::start_state(Arc::new(AppState::new(registry, config, metrics))).await
+}
+
+/// The class a prediction's label names: its index when the model has no labels, else its index in signnet's
+/// `index_to_name.json`.
+fn signnet_class(label: &str) -> usize {
+    if let Ok(index) = label.parse() {
+        return index;
+    }
+    let text = std::fs::read_to_string(models_dir().join("signnet/index_to_name.json")).expect("labels");
+    let labels: std::collections::BTreeMap<String, String> = serde_json::from_str(&text).expect("label map");
+    labels.iter().find(|(_, name)| *name == label).and_then(|(index, _)| index.parse().ok()).expect("a known label")
+}
+
+/// Checks that `model` on `server` answers signnet's reference inputs with its reference probabilities (within
+/// `1e-4`), through `/predictions` (every class, by label or index) and through KServe v2 (one request of all
+/// eight, its input named as the model's metadata says).
+pub async fn assert_answers_signnet_reference(server: &TestServer, model: &str) {
+    let reference = signnet_reference();
+    let inputs = reference["landmarks"].as_array().expect("inputs");
+    let expected: Vec<Vec<f64>> = serde_json::from_value(reference["probabilities"].clone()).expect("numbers");
+    for (i, input) in inputs.iter().enumerate() {
+        let answer = server.predict(model, serde_json::json!({ "landmarks": input, "topk": 10 }).to_string()).await;
+        assert_eq!(answer.status, StatusCode::OK, "input {i}: {}", answer.json);
+        let predictions = answer.json["predictions"].as_array().expect("predictions");
+        assert_eq!(predictions.len(), expected[i].len(), "input {i}: every class");
+        for prediction in predictions {
+            let class = signnet_class(prediction["label"].as_str().expect("a label"));
+            let p = prediction["confidence"].as_f64().expect("a number");
+            assert!(
+                (p - expected[i][class]).abs() < 1e-4,
+                "input {i} class {class}: {p}, reference {}",
+                expected[i][class]
+            );
+        }
+    }
+    let metadata = server.send(Method::GET, &format!("/v2/models/{model}"), "").await;
+    let name = metadata.json["inputs"][0]["name"].as_str().expect("the input's name").to_string();
+    let request = serde_json::json!({ "inputs": [{ "name": name, "shape": [8, 30, 21, 3], "datatype": "FP32", "data": inputs }] });
+    let reply = server.send(Method::POST, &format!("/v2/models/{model}/infer"), request.to_string()).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.json);
+    assert_eq!(reply.json["outputs"][0]["shape"], serde_json::json!([8, 10]));
+    let got: Vec<f64> = serde_json::from_value(reply.json["outputs"][0]["data"].clone()).expect("numbers");
+    for (k, (g, w)) in got.iter().zip(expected.iter().flatten()).enumerate() {
+        assert!((g - w).abs() < 1e-4, "KServe v2 value {k}: {g}, reference {w}");
+    }
 }

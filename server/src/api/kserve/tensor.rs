@@ -7,7 +7,7 @@
 //! Sizes are checked against the data actually sent before anything proportional to the claimed shape is
 //! allocated, so a shape of a billion samples costs nothing.
 
-use ferroserve_engine::ModelSpec;
+use ferroserve_engine::{backend::elements_of, ModelSpec};
 use simd_json::prelude::*;
 
 use crate::{
@@ -119,6 +119,8 @@ pub(crate) struct TensorRequest {
     pub(crate) id: Option<String>,
     /// Samples in the request (`shape[0]`).
     pub(crate) samples: usize,
+    /// The shape of one sample (`shape[1..]`): the model's, or within what the model leaves open.
+    pub(crate) sample_shape: Vec<usize>,
     /// `samples` rows of the model's per-sample input, row-major.
     pub(crate) input: Vec<f32>,
     /// Whether the output goes back as binary data.
@@ -160,7 +162,7 @@ pub(crate) fn parse(body: &mut [u8], json_len: Option<usize>, spec: &ModelSpec) 
         // An element takes at least two bytes of JSON: the capacity is bounded by the body, not by the shape.
         None => read_json(input.get("data"), &claim, json_len / 2)?,
     };
-    Ok(TensorRequest { id, samples: claim.samples, input, binary_output })
+    Ok(TensorRequest { id, samples: claim.samples, sample_shape: claim.sample_shape, input, binary_output })
 }
 
 /// The one input the model takes.
@@ -185,6 +187,8 @@ struct Claim {
     dtype: DataType,
     /// `shape[0]`.
     samples: usize,
+    /// `shape[1..]`.
+    sample_shape: Vec<usize>,
     /// Elements in the shape (which the data must have).
     count: usize,
     /// Dimensions in the shape: the deepest nesting of JSON data.
@@ -204,33 +208,40 @@ impl Claim {
         let dtype = DataType::parse(datatype).ok_or_else(|| {
             ApiError::bad_request(format!("unsupported datatype `{datatype}`: use one of {}", DataType::ACCEPTED))
         })?;
-        let samples = samples(input, spec)?;
-        let count = samples
-            .checked_mul(spec.input_len())
-            .ok_or_else(|| ApiError::bad_request(format!("inputs[0].shape claims {samples} samples, too many")))?;
-        Ok(Self { dtype, samples, count, rank: spec.input_shape.len() + 1 })
+        let (samples, sample_shape) = shape(input, spec)?;
+        let too_many = || ApiError::bad_request(format!("inputs[0].shape claims {samples} samples, too many"));
+        let count = elements_of(&sample_shape).and_then(|n| n.checked_mul(samples)).ok_or_else(too_many)?;
+        Ok(Self { dtype, samples, rank: sample_shape.len() + 1, sample_shape, count })
     }
 }
 
-/// `shape[0]`, once the shape is checked to be `[N, ...the model's per-sample shape]` with `N >= 1`.
-fn samples(input: &Object<'_, '_>, spec: &ModelSpec) -> Result<usize, ApiError> {
+/// `shape[0]` and `shape[1..]`, once the shape is checked to be `[N, ...a shape the model takes]` with `N >= 1`
+/// and every size at least 1 (the model's own sizes where it fixes them).
+fn shape(input: &Object<'_, '_>, spec: &ModelSpec) -> Result<(usize, Vec<usize>), ApiError> {
     let not_integers = || ApiError::bad_request("inputs[0].shape must be an array of integers");
     let shape = input.get("shape").and_then(Json::into_array).ok_or_else(not_integers)?;
     let expected = || {
-        let dims: Vec<String> = spec.input_shape.iter().map(usize::to_string).collect();
-        format!("[N, {}] with N >= 1", dims.join(", "))
+        let dims =
+            spec.input_shape.signed().map_or_else(|| vec!["...".into()], |d| d.iter().map(i64::to_string).collect());
+        format!("[{}] with N >= 1", std::iter::once("N".to_string()).chain(dims).collect::<Vec<_>>().join(", "))
     };
-    if shape.len() != spec.input_shape.len() + 1 {
-        let n = shape.len();
-        return Err(ApiError::bad_request(format!(
-            "inputs[0].shape has {n} dimensions, the model takes {}",
-            expected()
-        )));
+    match spec.input_shape.dims() {
+        Some(dims) if shape.len() != dims.len() + 1 => {
+            let n = shape.len();
+            return Err(ApiError::bad_request(format!(
+                "inputs[0].shape has {n} dimensions, the model takes {}",
+                expected()
+            )));
+        }
+        None if shape.is_empty() => {
+            return Err(ApiError::bad_request(format!("inputs[0].shape is [], the model takes {}", expected())));
+        }
+        _ => {}
     }
     let dims = shape.iter().map(|d| d.as_i64()).collect::<Option<Vec<i64>>>().ok_or_else(not_integers)?;
-    let fits = dims[1..].iter().zip(&spec.input_shape).all(|(&d, &want)| usize::try_from(d).is_ok_and(|d| d == want));
-    match usize::try_from(dims[0]) {
-        Ok(n) if n >= 1 && fits => Ok(n),
+    let sizes = dims.iter().map(|&d| usize::try_from(d).ok().filter(|&d| d >= 1)).collect::<Option<Vec<usize>>>();
+    match sizes {
+        Some(sizes) if spec.input_shape.admits(&sizes[1..]) => Ok((sizes[0], sizes[1..].to_vec())),
         _ => Err(ApiError::bad_request(format!("inputs[0].shape is {dims:?}, the model takes {}", expected()))),
     }
 }
@@ -353,11 +364,18 @@ fn bool_parameter(object: &Object<'_, '_>, key: &str) -> Result<Option<bool>, Ap
 
 #[cfg(test)]
 mod tests {
+    use ferroserve_engine::backend::Shape;
+
     use super::*;
 
     /// Per sample: input `x` of shape [2, 3], output `y` of shape [4].
     fn spec() -> ModelSpec {
-        ModelSpec { input_name: "x".into(), input_shape: vec![2, 3], output_name: "y".into(), output_shape: vec![4] }
+        ModelSpec {
+            input_name: "x".into(),
+            input_shape: vec![2, 3].into(),
+            output_name: "y".into(),
+            output_shape: vec![4].into(),
+        }
     }
 
     fn body(datatype: &str, shape: &str, data: &str) -> String {
@@ -469,6 +487,32 @@ mod tests {
             let message = err(&text);
             assert!(message.contains(expected), "{text}: {message}");
         }
+    }
+
+    #[test]
+    fn a_model_that_leaves_sizes_open_takes_the_requests_shape() {
+        let open = |input_shape| ModelSpec { input_shape, ..spec() };
+        let parse_for = |spec: &ModelSpec, text: String| parse(&mut text.into_bytes(), None, spec);
+        let frames_open = open(Shape::partial(vec![None, Some(3)]));
+        let data = |n: usize| format!("[{}]", vec!["1"; n].join(", "));
+        let request = parse_for(&frames_open, body("FP32", "[2, 4, 3]", &data(24))).expect("4 rows of 3");
+        assert_eq!((request.samples, request.sample_shape, request.input.len()), (2, vec![4, 3], 24));
+        for (shape, n, why) in [
+            ("[1, 4, 2]", 8, "inputs[0].shape is [1, 4, 2], the model takes [N, -1, 3] with N >= 1"),
+            ("[1, 0, 3]", 0, "inputs[0].shape is [1, 0, 3]"),
+            ("[1, 3]", 3, "inputs[0].shape has 2 dimensions, the model takes [N, -1, 3] with N >= 1"),
+        ] {
+            let message = parse_for(&frames_open, body("FP32", shape, &data(n))).expect_err(shape).message;
+            assert!(message.contains(why), "{shape}: {message}");
+        }
+
+        let unknown = open(Shape::unknown());
+        let scalars = parse_for(&unknown, body("FP32", "[3]", "[1, 2, 3]")).expect("three scalar samples");
+        assert_eq!((scalars.samples, scalars.sample_shape), (3, vec![]));
+        let deep = parse_for(&unknown, body("FP32", "[1, 2, 1, 2]", &data(4))).expect("any rank");
+        assert_eq!(deep.sample_shape, [2, 1, 2]);
+        let message = parse_for(&unknown, body("FP32", "[]", "[]")).expect_err("no N").message;
+        assert!(message.contains("inputs[0].shape is [], the model takes [N, ...] with N >= 1"), "{message}");
     }
 
     #[test]

@@ -1,12 +1,12 @@
 //! Prometheus metrics the engine records as requests are queued and batches form and run: admissions, queue
-//! latency per request, execution latency and size per batch, inference vs execution counts, failed batches,
+//! latency per request, the time requests wait for a worker, execution latency and size per batch, inference vs execution counts, failed batches,
 //! worker restarts, drops and rejections by cause, queue depth. Labels: `model_name`, `model_version` and
 //! `device`. They are the engine's only record of these events: [`StatsSnapshot`] reads them back. The text
 //! exposition is the server's job.
 
 use prometheus::{
-    exponential_buckets, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry,
+    exponential_buckets, Counter, CounterVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry,
 };
 
 const LABELS: &[&str] = &["model_name", "model_version", "device"];
@@ -22,6 +22,7 @@ pub const DEFAULT_LATENCY_BUCKETS: &[f64] = &[
 pub struct EngineMetrics {
     accepted: IntCounterVec,
     queue_latency: HistogramVec,
+    queue_wait: CounterVec,
     inference_latency: HistogramVec,
     batch_size: HistogramVec,
     inference_count: IntCounterVec,
@@ -40,6 +41,10 @@ pub struct ModelMetrics {
     pub accepted: IntCounter,
     /// Arrival to dispatch, per request (seconds).
     pub queue_latency: Histogram,
+    /// Seconds requests spent in the queue before a worker took them: its rate is the mean number of requests
+    /// waiting for a worker (Little's law), without the batching delay (a request a worker gathers into its batch
+    /// has left the queue).
+    pub queue_wait: Counter,
     /// Backend execution, per batch (seconds).
     pub inference_latency: Histogram,
     /// Requests per batch.
@@ -90,6 +95,17 @@ impl EngineMetrics {
                 "Time from a request's arrival to the dispatch of its batch",
                 latency_buckets.to_vec(),
             )?,
+            queue_wait: {
+                let c = CounterVec::new(
+                    Opts::new(
+                        "ferroserve_queue_wait_seconds_total",
+                        "Seconds requests waited in the queue before a worker took them (its rate: requests waiting)",
+                    ),
+                    LABELS,
+                )?;
+                registry.register(Box::new(c.clone()))?;
+                c
+            },
             inference_latency: histogram(
                 "ferroserve_inference_latency_seconds",
                 "Time the backend took to run one batch",
@@ -143,6 +159,7 @@ impl EngineMetrics {
         ModelMetrics {
             accepted: self.accepted.with_label_values(&labels),
             queue_latency: self.queue_latency.with_label_values(&labels),
+            queue_wait: self.queue_wait.with_label_values(&labels),
             inference_latency: self.inference_latency.with_label_values(&labels),
             batch_size: self.batch_size.with_label_values(&labels),
             inference_count: self.inference_count.with_label_values(&labels),

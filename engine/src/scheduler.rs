@@ -163,6 +163,14 @@ struct WorkerSource<'a> {
     held: RefCell<&'a mut Option<InferRequest>>,
 }
 
+impl WorkerSource<'_> {
+    /// A request a worker has just taken from the queue: the time it waited for one is counted.
+    fn taken(&self, request: InferRequest) -> InferRequest {
+        self.shared.metrics.queue_wait.inc_by(request.arrived.elapsed().as_secs_f64());
+        request
+    }
+}
+
 impl Source for WorkerSource<'_> {
     type Item = InferRequest;
 
@@ -172,7 +180,7 @@ impl Source for WorkerSource<'_> {
         }
         loop {
             match self.shared.rx.recv_timeout(IDLE_POLL) {
-                Ok(request) => return Some(request),
+                Ok(request) => return Some(self.taken(request)),
                 Err(RecvTimeoutError::Disconnected) => return None,
                 Err(RecvTimeoutError::Timeout) if self.shared.try_retire(self.id) => {
                     self.retired.set(true);
@@ -188,7 +196,7 @@ impl Source for WorkerSource<'_> {
             return Recv::Item(request);
         }
         match self.shared.rx.recv_deadline(until) {
-            Ok(r) => Recv::Item(r),
+            Ok(r) => Recv::Item(self.taken(r)),
             Err(RecvTimeoutError::Timeout) => Recv::Timeout,
             Err(RecvTimeoutError::Disconnected) => Recv::Closed,
         }

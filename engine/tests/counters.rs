@@ -69,3 +69,24 @@ fn a_model_loaded_again_under_the_same_labels_counts_from_zero() {
     assert_eq!((again.stats().accepted, again.stats().batches), (1, 1));
     assert_eq!(exposed(&registry, "ferroserve_requests_accepted_total"), Some(f64::from(BATCH + 1)));
 }
+
+#[test]
+fn the_time_requests_wait_for_a_worker_is_counted() {
+    let registry = Registry::new();
+    let metrics = EngineMetrics::new(&registry, DEFAULT_LATENCY_BUCKETS).expect("fresh registry");
+    let fake = echo();
+    fake.gate.close();
+    let options = ModelOptions { name: "counted".into(), ..options(1, policy(1, Duration::ZERO)) };
+    let model = Model::start_with(Arc::new(fake.clone()), options, &metrics).expect("the fake backend always loads");
+    let mut pending = submit_all(&model, 0..1);
+    fake.gate.wait_arrived(1);
+    // The one worker is held in its batch: the next request waits in the queue until the gate opens.
+    let queued = std::time::Instant::now();
+    pending.extend(submit_all(&model, 1..2));
+    std::thread::sleep(Duration::from_millis(2));
+    let held = queued.elapsed();
+    fake.gate.open();
+    assert_own_rows(pending);
+    let waited = exposed(&registry, "ferroserve_queue_wait_seconds_total").expect("exposed");
+    assert!(waited >= held.as_secs_f64(), "counted {waited} s, the second request waited at least {held:?}");
+}

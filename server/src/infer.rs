@@ -40,19 +40,22 @@ pub fn request_timeout(req: &Request<Incoming>) -> Result<Option<Duration>, ApiE
     }
 }
 
-/// Runs `work` for a request to `model` (at `url_version`, the version its URL named) and records its end-to-end
-/// latency and status, whatever its outcome: a request that reached the model counts, even when its body is
-/// refused.
-pub async fn observed(
-    state: &AppState,
-    model: &Model,
-    url_version: Option<&str>,
-    work: impl Future<Output = Result<Reply, ApiError>>,
-) -> Result<Reply, ApiError> {
+/// Runs `work` on the model `name` at `url_version` (the version the URL named, else the default) and records
+/// the request's end-to-end latency and status, whatever its outcome: a request that reached the model counts,
+/// even when its body is refused. Both protocols' inference handlers go through here.
+///
+/// # Errors
+/// 404 from [`find_model`] (not recorded: no model was reached), and whatever `work` answers.
+pub async fn on_model<F, W>(state: &AppState, name: &str, url_version: Option<&str>, work: W) -> Result<Reply, ApiError>
+where
+    W: FnOnce(Arc<Model>) -> F,
+    F: Future<Output = Result<Reply, ApiError>>,
+{
+    let model = find_model(state, name, url_version)?;
     let started = Instant::now();
-    let result = work.await;
+    let result = work(Arc::clone(&model)).await;
     let status = result.as_ref().map_or_else(|e| e.status, Reply::status);
-    state.metrics.observe_request(model, url_version, status, started.elapsed());
+    state.metrics.observe_request(&model, url_version, status, started.elapsed());
     result
 }
 

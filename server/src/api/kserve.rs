@@ -27,7 +27,7 @@ use tracing::Instrument as _;
 
 use crate::{
     error::ApiError,
-    infer::{find_model, infer_within, observed, request_timeout, timing_headers},
+    infer::{find_model, infer_within, on_model, request_timeout, timing_headers},
     reply::{json_value, read_body_timed, with_type, Reply},
     state::AppState,
 };
@@ -160,8 +160,7 @@ async fn handle_infer(
     name: &str,
     version: Option<&str>,
 ) -> Result<Reply, ApiError> {
-    let model = find_model(state, name, version)?;
-    observed(state, &model, version, run_infer(req, state, &model, version)).await
+    on_model(state, name, version, |model| async move { run_infer(req, state, &model, version).await }).await
 }
 
 /// Runs the request's samples as concurrent engine requests, so that they can share batches.

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::{
     error::ApiError,
-    infer::{find_model, infer_within, observed, request_timeout, timing_headers},
+    infer::{infer_within, on_model, request_timeout, timing_headers},
     landmarks::{self, LandmarkShape},
     reply::{json, json_value, query, read_body_timed, Reply},
     state::AppState,
@@ -57,8 +57,7 @@ async fn predict(
     name: &str,
     version: Option<&str>,
 ) -> Result<Reply, ApiError> {
-    let model = find_model(state, name, version)?;
-    observed(state, &model, version, run_landmarks(req, state, &model, version)).await
+    on_model(state, name, version, |model| async move { run_landmarks(req, state, &model, version).await }).await
 }
 
 async fn run_landmarks(

@@ -23,8 +23,9 @@ pub enum EngineError {
         /// How long it waited before it was dropped.
         waited_ms: u64,
     },
-    /// Every worker of the model died and none could be restarted: nothing would ever run the request.
-    #[error("model \"{0}\" has no live worker (see the server's log for why): it cannot answer")]
+    /// The model has no worker to run the request: it was scaled to zero, or every worker died and none could be
+    /// restarted.
+    #[error("model \"{0}\" has no worker running (scaled to zero, or its workers failed: see the server's log)")]
     NoWorkers(String),
     /// The model is being unloaded or the server is shutting down.
     #[error("model \"{0}\" is shutting down")]

@@ -64,9 +64,10 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    /// Whether no worker runs: every one died and none could be restarted, or the model was scaled to zero.
+    /// Whether a new request must be refused for want of workers: none runs (every one died and none could be
+    /// restarted), or the model is scaled to zero (its last workers may still finish what was queued before).
     pub(crate) fn has_no_worker(&self) -> bool {
-        self.live_workers.load(Ordering::Acquire) == 0
+        self.live_workers.load(Ordering::Acquire) == 0 || self.target_workers.load(Ordering::Acquire) == 0
     }
 
     /// Answers every queued request [`EngineError::NoWorkers`] when no worker runs: nothing would ever run them.
@@ -106,7 +107,7 @@ impl Shared {
 
     /// Waits until exactly workers `0..target_workers` run, for `timeout` at most; whether they do.
     pub(crate) fn wait_for_target(&self, timeout: Duration) -> bool {
-        let until = Instant::now() + timeout;
+        let until = crate::request::deadline(Instant::now(), timeout);
         let mut ids = self.ids();
         loop {
             let target = self.target_workers.load(Ordering::Acquire);
@@ -135,12 +136,22 @@ impl Shared {
         if id < self.target_workers.load(Ordering::Acquire) {
             return false;
         }
+        // Scaled to zero: the last worker answers what was accepted before it leaves (nothing queued is dropped).
+        if ids.len() == 1 && self.has_work_left() {
+            return false;
+        }
         if self.dismiss(&mut ids, id) == 0 {
-            // Scaled to zero: a request pushed while this worker was leaving would wait for nobody.
+            // A request pushed while this worker was leaving would wait for nobody.
             drop(ids);
             self.drain_without_workers();
         }
         true
+    }
+
+    /// Whether requests are queued, or one is held for the next batch. A collector lock held by another worker
+    /// means that worker is collecting: then this one is not the last.
+    fn has_work_left(&self) -> bool {
+        !self.rx.is_empty() || self.collector.try_lock().is_some_and(|held| held.is_some())
     }
 }
 

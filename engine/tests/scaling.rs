@@ -74,3 +74,25 @@ fn waiting_for_workers_returns_once_the_surplus_ones_have_stopped() {
         assert_eq!(output(rx).output, echoed(id));
     }
 }
+
+#[test]
+fn scaling_to_zero_answers_what_was_accepted_and_refuses_what_comes_after() {
+    let fake = echo();
+    fake.gate.close();
+    let model = start(&fake, options(1, policy(1, Duration::ZERO)));
+    let mut pending = submit_all(&model, 0..1);
+    fake.gate.wait_arrived(1);
+    // Three more wait in the queue behind the batch the worker is held in.
+    pending.extend(submit_all(&model, 1..4));
+    model.scale(0).expect("scale to zero");
+    match model.submit(vec![0.0; support::INPUT_LEN]) {
+        Err(ferroserve_engine::EngineError::NoWorkers(_)) => {}
+        other => panic!("a request after the scale to zero is refused at once, got {other:?}"),
+    }
+    fake.gate.open();
+    for (id, rx) in pending {
+        assert_eq!(output(rx).output, echoed(id), "request {id}, accepted before the scale to zero");
+    }
+    assert!(model.wait_for_workers(Duration::from_secs(60)), "the last worker leaves once the queue is empty");
+    assert_eq!(model.workers(), (0, 0));
+}

@@ -146,6 +146,9 @@ impl Model {
                 Ok(handle) => handles.push(handle),
                 Err(e) => {
                     self.shared.dismiss(&mut ids, w);
+                    // A request accepted while this worker was counted would otherwise wait for nobody.
+                    drop(ids);
+                    self.shared.drain_without_workers();
                     return Err(BackendError::load(format!("cannot spawn worker thread: {e}")));
                 }
             }
@@ -275,7 +278,7 @@ impl Model {
         let (reply, rx) = oneshot::channel();
         let arrived = Instant::now();
         let timeout = timeout.map_or(self.options.response_timeout, |t| t.min(self.options.response_timeout));
-        let deadline = arrived + timeout;
+        let deadline = crate::request::deadline(arrived, timeout);
         let request = InferRequest { input, shape, reply, arrived, deadline, span: self.request_span() };
         match queue::push(tx, request) {
             Ok(()) => {

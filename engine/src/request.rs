@@ -59,3 +59,11 @@ pub struct Timing {
     /// How many requests shared the batch.
     pub batch_size: usize,
 }
+
+/// `start + timeout`, or a century later when the sum overflows the clock (a `responseTimeout` of u64::MAX
+/// seconds is a configuration, not a reason to panic).
+#[must_use]
+pub fn deadline(start: Instant, timeout: Duration) -> Instant {
+    const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+    start.checked_add(timeout).or_else(|| start.checked_add(CENTURY)).unwrap_or(start)
+}

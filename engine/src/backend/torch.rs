@@ -37,6 +37,12 @@ pub const EXTRA_FILE: &str = "ferroserve.json";
 /// The most bytes of a declaration read from inside a TorchScript file.
 const MAX_EXTRA_FILE: u64 = 1 << 20;
 
+/// Whether libtorch's `message` is the device failing rather than the model refusing its input.
+fn is_device_failure(message: &str) -> bool {
+    let lower = message.to_ascii_lowercase();
+    ["out of memory", "cuda error", "cudnn", "cublas", "mps backend"].iter().any(|m| lower.contains(m))
+}
+
 /// Samples in the forward that reads the output shape at load: two, so that a batch dimension that is not
 /// carried through (a model that reduces over it) shows.
 const PROBE_BATCH: usize = 2;
@@ -238,10 +244,11 @@ impl Backend for TorchBackend {
     }
 
     /// A forward that fails is the model rejecting the shape ([`BackendError::Input`] with libtorch's message):
-    /// nothing declared that the model takes it.
+    /// nothing declared that the model takes it. A failure of the device (out of memory, a CUDA error) stays the
+    /// server's: a valid input can meet it at one batch size and not at another.
     fn infer_shaped(&mut self, batch: usize, shape: &[usize], input: &[f32]) -> Result<Shaped, BackendError> {
         let output = self.forward(batch, shape, input).map_err(|error| match error {
-            BackendError::Inference(message) => {
+            BackendError::Inference(message) if !is_device_failure(&message) => {
                 BackendError::input(format!("the model rejected input of shape {shape:?}: {message}"))
             }
             other => other,
@@ -365,7 +372,14 @@ fn not_torchscript(path: &Path, error: &TchError) -> BackendError {
 
 #[cfg(test)]
 mod tests {
-    use super::libtorch_message;
+    use super::{is_device_failure, libtorch_message};
+
+    #[test]
+    fn device_failures_are_not_the_clients_fault() {
+        assert!(is_device_failure("RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB"));
+        assert!(is_device_failure("CUDA error: an illegal memory access was encountered"));
+        assert!(!is_device_failure("RuntimeError: mat1 and mat2 shapes cannot be multiplied (60x60 and 63x128)"));
+    }
 
     #[test]
     fn libtorch_messages_come_down_to_the_exception() {

@@ -2,8 +2,9 @@
 //! class}`: the availability SLI of the SLO rules ([`crate::slo`]), which need the 5xx of each model, not of the
 //! whole API (`ferroserve_http_responses_total` has no model label).
 //!
-//! A model's `2xx`, `4xx` and `5xx` series exist at 0 from the moment it is registered, so that its error ratio
-//! is 0 rather than absent before its first error: an absent numerator would leave the SLO rules without data.
+//! A model's `2xx`, `4xx` and `5xx` series exist at 0 from its first scrape (the metrics API creates them), so
+//! that its error ratio is 0 rather than absent before its first error: an absent numerator would leave the SLO
+//! rules without data.
 
 use prometheus::{IntCounterVec, Opts, Registry};
 

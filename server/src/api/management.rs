@@ -317,6 +317,8 @@ async fn update(
         }
     }
     let policy = batch_policy(params, model.policy())?;
+    // Every parameter is checked before anything changes: a 400 leaves the model as it was.
+    let synchronous = flag(params, "synchronous")?;
     model.set_policy(policy);
     if let Some(max) = max {
         model.set_max_workers(max);
@@ -330,7 +332,6 @@ async fn update(
         );
         return Ok(status(StatusCode::OK, &message));
     };
-    let synchronous = flag(params, "synchronous")?;
     let (scaling, limit) = (Arc::clone(&model), model.options().response_timeout);
     // A synchronous call answers once the surplus workers have stopped (after their batch), as TorchServe does.
     let task = tokio::task::spawn_blocking(move || {
@@ -375,8 +376,10 @@ async fn unregister(state: &AppState, name: &str, version: Option<&str>) -> Resu
         .remove(name, version)
         .ok_or_else(|| ApiError::model_not_found(format!("Model not found: {name}")))?;
     let version = model.version().to_string();
-    state.metrics.forget(&model);
     model.close();
-    tokio::task::spawn_blocking(move || model.shutdown()).await.map_err(|e| ApiError::internal(e.to_string()))?;
+    let stopping = Arc::clone(&model);
+    tokio::task::spawn_blocking(move || stopping.shutdown()).await.map_err(|e| ApiError::internal(e.to_string()))?;
+    // Once the requests it accepted are answered, so that their counts do not bring the series back.
+    state.metrics.forget(&model);
     Ok(status(StatusCode::OK, &format!("Model \"{name}\" Version: {version} unregistered")))
 }

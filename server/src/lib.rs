@@ -11,6 +11,7 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod healthcheck;
 pub mod infer;
 mod json;
 pub mod landmarks;

@@ -13,7 +13,8 @@ struct Cli {
     /// TorchServe's config.properties to read (its keys and defaults; every key is described in
     /// config/config.example.properties). With `enable_envvars_config=true`, `TS_<KEY>` environment variables
     /// override the file and these flags.
-    #[arg(long = "ts-config", value_name = "FILE")]
+    /// The file may also be named by `TS_CONFIG_FILE`, as TorchServe reads it.
+    #[arg(long = "ts-config", value_name = "FILE", env = "TS_CONFIG_FILE", global = true)]
     ts_config: Option<PathBuf>,
     /// Folder the models are loaded from (overrides `model_store`).
     #[arg(long, value_name = "DIR")]
@@ -37,6 +38,17 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Asks a running server's `GET /ping` and exits 0 when it answers 200, else 1 saying why: the `HEALTHCHECK`
+    /// of the container images, which have no shell or curl.
+    Healthcheck {
+        /// The URL to ask; default: `/ping` of the inference address of `--ts-config` (`TS_CONFIG_FILE`), a
+        /// wildcard address asked on loopback.
+        #[arg(long, value_name = "URL")]
+        url: Option<String>,
+        /// How long to wait for the answer.
+        #[arg(long, value_name = "DURATION", default_value = "5s")]
+        timeout: humantime::Duration,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -50,6 +62,9 @@ fn main() -> anyhow::Result<()> {
         let config = Config::from_file(config)?;
         print!("{}", ferroserve::slo::rules(&config));
         return Ok(());
+    }
+    if let Some(Command::Healthcheck { url, timeout }) = &cli.command {
+        return healthcheck(&cli, url.as_deref(), (*timeout).into());
     }
     let config = load_config(&cli)?;
     let metrics = Arc::new(ServerMetrics::new(&config).context("cannot set up the metrics")?);
@@ -88,6 +103,32 @@ fn main() -> anyhow::Result<()> {
             Err(error) => Err(error.into()),
         }
     })
+}
+
+/// Checks a running server's health, printing the answer (exit 0) or why it is not healthy (exit 1).
+fn healthcheck(cli: &Cli, url: Option<&str>, timeout: std::time::Duration) -> anyhow::Result<()> {
+    let url = match url {
+        Some(url) => url.to_string(),
+        None => {
+            let mut config = match &cli.ts_config {
+                Some(path) => Config::from_file(path)?,
+                None => Config::default(),
+            };
+            config.apply_env(std::env::vars())?;
+            ferroserve::healthcheck::ping_url(&config)
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    match runtime.block_on(ferroserve::healthcheck::check(&url, timeout)) {
+        Ok(body) => {
+            println!("healthy: {url} answered 200 {body}");
+            Ok(())
+        }
+        Err(error) => {
+            eprintln!("unhealthy: {error}");
+            std::process::exit(1)
+        }
+    }
 }
 
 /// Completes at the first SIGTERM or Ctrl-C; a second one ends the process at once.

@@ -179,6 +179,56 @@ fn slo_rules_prints_the_rules_of_a_configs_objectives() {
     assert!(!out.status.success() && stderr.contains("slo.availability"), "{stderr}");
 }
 
+fn healthcheck(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_ferroserve"))
+        .arg("healthcheck")
+        .args(args)
+        .env_remove("TS_CONFIG_FILE")
+        .envs(env.iter().copied())
+        .output()
+        .expect("run ferroserve healthcheck")
+}
+
+#[test]
+fn healthcheck_exits_0_while_the_server_answers_ping_and_1_once_it_is_gone() {
+    let keys = tempfile::tempdir().expect("temp dir");
+    let config = ephemeral_config(&keys, "");
+    let mut server = Server::start(&config, &["--models", "signnet"]);
+    let ping = server.url("inference", "/ping");
+    let out = healthcheck(&["--url", &ping], &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && stdout.contains("Healthy"), "{stdout} {}", String::from_utf8_lossy(&out.stderr));
+
+    let out = healthcheck(&["--url", &server.url("inference", "/v2/models/ghost/ready")], &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("unhealthy") && stderr.contains("404"), "{stderr}");
+
+    server.signal("-TERM");
+    assert!(server.child.wait().expect("exit").success());
+    let out = healthcheck(&["--url", &ping, "--timeout", "2s"], &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("cannot connect"), "{stderr}");
+}
+
+#[test]
+fn healthcheck_asks_the_inference_address_of_ts_config_file_on_loopback() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    drop(listener);
+    let config = config_file(&format!("inference_address=http://0.0.0.0:{port}\n"));
+    let path = config.path().to_str().expect("utf-8 path");
+    let out = healthcheck(&[], &[("TS_CONFIG_FILE", path)]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&format!("127.0.0.1:{port}")), "{stderr}");
+
+    let out = healthcheck(&["--url", "https://127.0.0.1:1/ping"], &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.code() == Some(1) && stderr.contains("only http://"), "{stderr}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_model_that_fails_to_load_leaves_the_server_up() {
     let keys = tempfile::tempdir().expect("temp dir");

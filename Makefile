@@ -22,7 +22,7 @@ TORCH_LIB := third_party/libtorch/lib/libtorch.so
 CONFIG  ?= config/config.properties
 BIN     := target/release/ferroserve
 
-.PHONY: deps tools run build test fmt lint features deploy-check deploy-live bench bench-backend bench-e2e soak loadtest tune model fuzz clean
+.PHONY: deps tools run build dist image-test test fmt lint features deploy-check deploy-live bench bench-backend bench-e2e soak loadtest tune model fuzz clean
 
 ## deps: install onnxruntime==$(ORT_VERSION) and torch==$(TORCH_VERSION) (once each) and link
 ## third_party/onnxruntime and third_party/libtorch (the wheel's torch folder: lib/ and include/) to them
@@ -70,7 +70,18 @@ run: build
 test: deps tools fmt lint features
 	cargo test --workspace --all-targets
 	cargo test --workspace --doc
-	$(MAKE) deploy-check deploy-live
+	$(MAKE) deploy-check deploy-live image-test
+
+## dist: the release binaries and the native libraries the images copy, in dist/linux-<arch>/ (DIST_CUDA=1 adds
+## the CUDA libraries of the torch wheel, for the cuda image); docker/dist.sh says what goes where
+DIST_CUDA ?= 0
+dist: deps
+	DIST_CUDA=$(DIST_CUDA) bash docker/dist.sh
+
+## image-test: hadolint and compose validation, then the cpu and slim images built with podman (installed when
+## missing; no registry needed) and run for real: user, read-only root, predictions, key, health, SIGTERM, compose
+image-test: dist
+	bash docker/image-test.sh
 
 ## deploy-check: Kubernetes manifests against their schemas, KServe and KEDA resources against their CRDs,
 ## yamllint, promtool check and test of the rules (installs its tools into a venv under $(CACHE))

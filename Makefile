@@ -73,10 +73,12 @@ test: deps tools fmt lint features
 	$(MAKE) deploy-check deploy-live image-test
 
 ## dist: the release binaries and the native libraries the images copy, in dist/linux-<arch>/ (DIST_CUDA=1 adds
-## the CUDA libraries of the torch wheel, for the cuda image); docker/dist.sh says what goes where
+## the CUDA libraries of the torch wheel, for the cuda image; DIST_ARCH=arm64 cross-builds the slim binary for
+## linux/arm64); docker/dist.sh says what goes where
 DIST_CUDA ?= 0
+DIST_ARCH ?=
 dist: deps
-	DIST_CUDA=$(DIST_CUDA) bash docker/dist.sh
+	DIST_CUDA=$(DIST_CUDA) DIST_ARCH=$(DIST_ARCH) bash docker/dist.sh
 
 ## image-test: hadolint and compose validation, then the cpu and slim images built with podman (installed when
 ## missing; no registry needed) and run for real: user, read-only root, predictions, key, health, SIGTERM, compose

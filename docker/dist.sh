@@ -6,20 +6,49 @@
 #   bin/ferroserve        default features (ONNX Runtime and libtorch with CUDA): the cuda image
 #   bin/ferroserve-cpu    the same binary without libtorch_cuda among its libraries: libtorch on the CPU only
 #   bin/ferroserve-onnx   ONNX Runtime only (`--no-default-features --features onnx`): the slim image
-#   lib/onnxruntime/      libonnxruntime (and its CUDA provider when the venv has onnxruntime-gpu)
+#   lib/onnxruntime/      libonnxruntime; with DIST_CUDA=1 that of onnxruntime-gpu (same version, installed into
+#                         a venv of its own under ~/.cache/ferroserve) with its CUDA provider
 #   lib/torch-cpu/        libtorch_cpu and what it needs (libc10, libgomp, and the two small CUDA libraries it
 #                         names: libcudart, libcupti; they load without a GPU)
 #   lib/torch-cuda/       with DIST_CUDA=1: every library of the torch wheel and its nvidia-* wheels
+#
+# DIST_ARCH=arm64 on an x86-64 host cross-builds the slim binary only (Debian's gcc-aarch64-linux-gnu links it;
+# libonnxruntime comes from PyPI's aarch64 wheel): libtorch is not cross-built (see README, Containers).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-arch=$(uname -m)
-case $arch in
-    x86_64) platform=linux-amd64 ;;
-    aarch64) platform=linux-arm64 ;;
-    *) echo "dist: unsupported architecture $arch" >&2; exit 1 ;;
-esac
-out=dist/$platform
+host=$(dpkg --print-architecture)
+arch=${DIST_ARCH:-$host}
+out=dist/linux-$arch
+if [[ $arch != "$host" ]]; then
+    [[ $arch == arm64 && $host == amd64 ]] || { echo "dist: cannot cross-build $arch on $host" >&2; exit 1; }
+    command -v aarch64-linux-gnu-gcc >/dev/null \
+        || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc-aarch64-linux-gnu >/dev/null
+    rustup target list --installed | grep -qx aarch64-unknown-linux-gnu || rustup target add aarch64-unknown-linux-gnu
+    version=$(basename "$(readlink -f third_party/onnxruntime/capi/libonnxruntime.so.*)")
+    version=${version#libonnxruntime.so.}
+    wheels=${FERRO_CACHE:-$HOME/.cache/ferroserve}/wheels-arm64
+    ls "$wheels"/onnxruntime-"$version"-*aarch64.whl >/dev/null 2>&1 \
+        || python3 -m pip download --quiet --no-deps --only-binary=:all: --platform manylinux_2_28_aarch64 \
+            --python-version 3.11 "onnxruntime==$version" -d "$wheels"
+    rm -rf "$out"
+    mkdir -p "$out"/bin "$out"/lib/onnxruntime
+    cargo build --release --target aarch64-unknown-linux-gnu --bin ferroserve -p ferroserve \
+        --no-default-features --features onnx
+    aarch64-linux-gnu-strip --strip-unneeded -o "$out/bin/ferroserve-onnx" \
+        target/aarch64-unknown-linux-gnu/release/ferroserve
+    python3 - "$wheels"/onnxruntime-"$version"-*aarch64.whl "$out/lib/onnxruntime" <<'PY'
+import os, sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as wheel:
+    for name in wheel.namelist():
+        if name.startswith("onnxruntime/capi/libonnxruntime"):
+            target = os.path.join(sys.argv[2], os.path.basename(name))
+            with open(target, "wb") as out:
+                out.write(wheel.read(name))
+PY
+    du -sh "$out"/bin/* "$out"/lib/*
+    exit 0
+fi
 if ! command -v patchelf >/dev/null; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq patchelf >/dev/null
 fi
@@ -53,6 +82,18 @@ for lib in libcudart.so.13 libcupti.so.13; do
 done
 
 if [[ ${DIST_CUDA:-0} == 1 ]]; then
+    version=$(basename "$(ls "$ort"/libonnxruntime.so.*)")
+    version=${version#libonnxruntime.so.}
+    gpu_venv=${FERRO_CACHE:-$HOME/.cache/ferroserve}/venv-ort-gpu-$version
+    if [[ ! -f $gpu_venv/.stamp ]]; then
+        python3 -m venv "$gpu_venv"
+        "$gpu_venv/bin/pip" install --quiet --no-deps "onnxruntime-gpu==$version"
+        touch "$gpu_venv/.stamp"
+    fi
+    rm -f "$out"/lib/onnxruntime/*
+    for lib in "$gpu_venv"/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime*.so*; do
+        place "$lib" "$out/lib/onnxruntime"
+    done
     mkdir -p "$out/lib/torch-cuda"
     for lib in "$torch"/lib/*.so* "$torch"/../nvidia/*/lib/*.so*; do
         [[ $(basename "$lib") == libtorch_python.so ]] && continue

@@ -8,6 +8,7 @@
 #    accepted, none cut;
 #  - the same image through the compose files: up, a prediction, stop (exit 0), down.
 # IMAGE_TEST_CUDA=1 also builds the cuda image (4 GB of CUDA libraries; `make dist DIST_CUDA=1` first).
+# IMAGE_TEST_ARM64=1 also cross-builds the slim image for linux/arm64 and runs it under qemu-user (minutes more).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source docker/podman.sh
@@ -121,7 +122,7 @@ check_container() {
 }
 
 cleanup() {
-    podman rm -f -t 0 "$PROJECT-cpu" "$PROJECT-slim" >/dev/null 2>&1 || true
+    podman rm -f -t 0 "$PROJECT-cpu" "$PROJECT-slim" "$PROJECT-slim-arm64" >/dev/null 2>&1 || true
     if [[ -n ${DOCKER_HOST:-} ]]; then
         docker-compose -p "$PROJECT" -f docker-compose.yml -f docker-compose.cpu.yml down -v >/dev/null 2>&1 || true
     fi
@@ -165,6 +166,27 @@ if run_image slim; then
     podman stop -t 30 "$PROJECT-slim" >/dev/null
     code=$(podman inspect "$PROJECT-slim" --format '{{.State.ExitCode}}')
     [[ $code == 0 ]] && pass "slim: exit 0 on SIGTERM" || fail "slim: exit $code"
+fi
+
+if [[ ${IMAGE_TEST_ARM64:-0} == 1 ]]; then
+    step "the slim image for linux/arm64, run under qemu-user"
+    arm64_emulation
+    [[ -x dist/linux-arm64/bin/ferroserve-onnx ]] || DIST_ARCH=arm64 bash docker/dist.sh
+    base_image arm64
+    started=$SECONDS
+    podman build --quiet --pull=never --format docker --platform linux/arm64 -f docker/Dockerfile \
+        --build-arg ARTIFACTS=dist --build-arg TARGETARCH=arm64 \
+        --build-arg DEBIAN_IMAGE=localhost/debian-arm64:bookworm-slim --target slim -t ferroserve:slim-arm64 . >/dev/null
+    size=$(podman image inspect ferroserve:slim-arm64 --format '{{.Size}}')
+    echo "ferroserve:slim-arm64: $((size / 1000000)) MB, built in $((SECONDS - started)) s"
+    arch=$(podman image inspect ferroserve:slim-arm64 --format '{{.Architecture}}')
+    [[ $arch == arm64 ]] && pass "slim-arm64 is an arm64 image" || fail "slim-arm64 is $arch"
+    if run_image slim-arm64; then
+        check_container "$PROJECT-slim-arm64" "$INFERENCE" "$MANAGEMENT" no
+        podman stop -t 30 "$PROJECT-slim-arm64" >/dev/null 2>>"$PODMAN_STATE/podman.log"
+        code=$(podman inspect "$PROJECT-slim-arm64" --format '{{.State.ExitCode}}')
+        [[ $code == 0 ]] && pass "slim-arm64: exit 0 on SIGTERM" || fail "slim-arm64: exit $code"
+    fi
 fi
 
 step "compose"

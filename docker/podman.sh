@@ -51,19 +51,34 @@ apt_mirror() {
     echo "${uri:-http://deb.debian.org/debian}"
 }
 
-# Makes (once, cached as a tarball) and imports debian:bookworm-slim for the host's architecture.
+# Makes (once, cached as a tarball) and imports debian:bookworm-slim for the host's architecture, or, given
+# `arm64` on another host, as localhost/debian-arm64:bookworm-slim (made under qemu-user through binfmt_misc;
+# docker/image-test.sh sets that up for IMAGE_TEST_ARM64=1).
 base_image() {
-    local tarball=$FERRO_CACHE/images/debian-bookworm-slim-$(dpkg --print-architecture).tar
-    if podman image exists docker.io/library/debian:bookworm-slim; then
+    local arch=${1:-$(dpkg --print-architecture)} name=docker.io/library/debian:bookworm-slim
+    [[ $arch == "$(dpkg --print-architecture)" ]] || name=localhost/debian-$arch:bookworm-slim
+    local tarball=$FERRO_CACHE/images/debian-bookworm-slim-$arch.tar
+    if podman image exists "$name"; then
         return
     fi
     if [[ ! -s $tarball ]]; then
         mkdir -p "$(dirname "$tarball")"
-        mmdebstrap --quiet --format=tar --variant=apt --include=ca-certificates bookworm "$tarball.part" \
-            "deb $(apt_mirror) bookworm main"
+        mmdebstrap --quiet --format=tar --variant=apt --architectures="$arch" --include=ca-certificates bookworm \
+            "$tarball.part" "deb $(apt_mirror) bookworm main"
         mv "$tarball.part" "$tarball"
     fi
-    podman import --quiet --change 'CMD ["bash"]' "$tarball" docker.io/library/debian:bookworm-slim >/dev/null
+    podman import --quiet --arch "$arch" --change 'CMD ["bash"]' "$tarball" "$name" >/dev/null
+}
+
+# Lets this x86-64 host run arm64 binaries (qemu-user through binfmt_misc): for the arm64 base image and for
+# running the arm64 image under emulation.
+arm64_emulation() {
+    if [[ ! -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ]]; then
+        command -v qemu-aarch64-static >/dev/null \
+            || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-user-static binfmt-support >/dev/null
+        mountpoint -q /proc/sys/fs/binfmt_misc || mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
+        update-binfmts --enable qemu-aarch64
+    fi
 }
 
 # Starts podman's Docker-compatible API (for docker-compose) unless it already answers; exports DOCKER_HOST.

@@ -130,9 +130,10 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# run_image TARGET MODEL_STORE [ARGS...]: starts the image with MODEL_STORE mounted on /models.
 run_image() {
-    local target=$1
-    shift
+    local target=$1 store=$2
+    shift 2
     local name=$PROJECT-$target
     podman rm -f -t 0 "$name" >/dev/null 2>&1 || true
     local started
@@ -140,7 +141,7 @@ run_image() {
     # podman's messages about systemd timers for the HEALTHCHECK (there is no systemd here) go to its log;
     # `podman healthcheck run` below runs the check itself.
     podman run -d --name "$name" --read-only -p 127.0.0.1::8080 -p 127.0.0.1::8081 \
-        -v "$PWD/models:/models:ro" "ferroserve:$target" "$@" >/dev/null 2>>"$PODMAN_STATE/podman.log"
+        -v "$store:/models:ro" "ferroserve:$target" "$@" >/dev/null 2>>"$PODMAN_STATE/podman.log"
     INFERENCE=http://$(podman port "$name" 8080/tcp)
     MANAGEMENT=http://$(podman port "$name" 8081/tcp)
     local ready
@@ -149,7 +150,7 @@ run_image() {
 }
 
 step "run the cpu image"
-if run_image cpu --models signnet,signnet_ts=signnet/signnet.pt; then
+if run_image cpu "$PWD/models" --models signnet,signnet_ts=signnet/signnet.pt; then
     check_container "$PROJECT-cpu" "$INFERENCE" "$MANAGEMENT" yes
     # docker stop under load: every request answered or refused before it was accepted.
     python3 docker/stop_under_load.py "$INFERENCE/predictions/signnet" models/signnet/example.json \
@@ -161,7 +162,7 @@ if run_image cpu --models signnet,signnet_ts=signnet/signnet.pt; then
 fi
 
 step "run the slim image"
-if run_image slim; then
+if run_image slim "$PWD/models"; then
     check_container "$PROJECT-slim" "$INFERENCE" "$MANAGEMENT" no
     podman stop -t 30 "$PROJECT-slim" >/dev/null
     code=$(podman inspect "$PROJECT-slim" --format '{{.State.ExitCode}}')
@@ -181,12 +182,18 @@ if [[ ${IMAGE_TEST_ARM64:-0} == 1 ]]; then
     echo "ferroserve:slim-arm64: $((size / 1000000)) MB, built in $((SECONDS - started)) s"
     arch=$(podman image inspect ferroserve:slim-arm64 --format '{{.Architecture}}')
     [[ $arch == arm64 ]] && pass "slim-arm64 is an arm64 image" || fail "slim-arm64 is $arch"
-    if run_image slim-arm64; then
-        check_container "$PROJECT-slim-arm64" "$INFERENCE" "$MANAGEMENT" no
+    # ONNX Runtime crashes (SIGSEGV) as it creates a session under qemu-user, so the emulated run serves no
+    # model: it shows the image starts, answers and stops; the prediction needs a real arm64 machine.
+    empty=$(mktemp -d)
+    if run_image slim-arm64 "$empty"; then
+        [[ $(curl -s "$INFERENCE/ping") == *Healthy* ]] && pass "slim-arm64 /ping" || fail "slim-arm64 /ping"
+        podman exec "$PROJECT-slim-arm64" /opt/ferroserve/bin/ferroserve healthcheck >/dev/null \
+            && pass "slim-arm64: ferroserve healthcheck" || fail "slim-arm64: ferroserve healthcheck"
         podman stop -t 30 "$PROJECT-slim-arm64" >/dev/null 2>>"$PODMAN_STATE/podman.log"
         code=$(podman inspect "$PROJECT-slim-arm64" --format '{{.State.ExitCode}}')
         [[ $code == 0 ]] && pass "slim-arm64: exit 0 on SIGTERM" || fail "slim-arm64: exit $code"
     fi
+    rmdir "$empty"
 fi
 
 step "compose"

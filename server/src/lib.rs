@@ -9,6 +9,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod canary_metrics;
 pub mod config;
 pub mod error;
 pub mod infer;
@@ -18,6 +19,9 @@ pub mod load;
 pub mod metrics;
 pub mod model_responses;
 pub mod reply;
+pub mod rollout;
+pub mod rollout_config;
+pub mod rollouts;
 mod router;
 mod serve;
 pub mod slo;
@@ -110,7 +114,10 @@ pub async fn run(
             let _ = stopped.recv().await;
         }));
     }
+    let analysis =
+        tokio::spawn(Arc::clone(&state.rollouts).drive(Arc::clone(&state.registry), Arc::clone(&state.metrics)));
     shutdown.await;
+    analysis.abort();
     state.stop_ready();
     let _ = stop.send(());
     let grace = state.config.shutdown_grace_period;

@@ -5,7 +5,8 @@
 //! The whole server is [`run`] over the listeners [`bind`] opened; `main` adds the command line, the models of
 //! [`load::load_all`] and the signals. Modules point one way:
 //! `run → serve (accept) → router (auth, admission, protocol) → api::* → {infer, reply, error, state} → engine`,
-//! with `load` (start-up and registration) and `config` below them.
+//! with `load` (start-up and registration) and `config` below them, and the canary rollouts (`rollouts`, judged by
+//! the pure `rollout`) between `state` and `metrics`.
 
 pub mod api;
 pub mod auth;

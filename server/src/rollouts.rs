@@ -178,6 +178,9 @@ impl Rollouts {
     ) -> Result<(), CanaryError> {
         let mut rollouts = self.rollouts.lock();
         scope.registry.set_canary(name, version, weight)?;
+        if let Some(replaced) = rollouts.get(name).filter(|r| r.version != version) {
+            scope.metrics.canary.set(name, &replaced.version, 0.0, 0);
+        }
         let interval = analysis.map_or(Duration::ZERO, |a| a.interval);
         let mut rollout = Rollout {
             version: version.to_string(),
@@ -215,6 +218,16 @@ impl Rollouts {
         }
         scope.metrics.canary.set(name, &canary.version, 0.0, 0);
         Some(canary.version)
+    }
+
+    /// Ends the rollout of `name` whose canary `version` was unregistered (the registry has ended its split).
+    pub fn unregistered(&self, scope: Scope<'_>, name: &str, version: &str) {
+        let mut rollouts = self.rollouts.lock();
+        let live = |r: &&mut Rollout| r.version == version && matches!(r.phase, Phase::Progressing | Phase::Manual);
+        if let Some(rollout) = rollouts.get_mut(name).filter(live) {
+            rollout.phase = Phase::Cleared;
+            record(scope, name, rollout, "cleared", Weight::ZERO, "the canary version was unregistered".into());
+        }
     }
 
     /// Makes the canary `version` of `name` its default version by hand.

@@ -315,3 +315,18 @@ async fn a_canary_stated_in_the_configuration_starts_with_the_server() {
     );
     round(&server, &keys(19, 100), 50.0).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unregistering_the_canary_ends_the_split() {
+    let (server, _) = two_versions(test_config(1 << 20)).await;
+    assert_eq!(server.manage(Method::PUT, "/models/m/2.0/canary?percent=50").await.status, StatusCode::OK);
+    let removed = server.manage(Method::DELETE, "/models/m/2.0").await;
+    assert_eq!(removed.status, StatusCode::OK, "{}", removed.text);
+    for key in keys(23, 40) {
+        assert_eq!(ask(&server, &key).await, (StatusCode::OK, "1.0".to_string()));
+    }
+    let described = server.manage(Method::GET, "/models/m").await;
+    assert_eq!(described.json[0]["canary"]["phase"], "Cleared", "{}", described.text);
+    let last = described.json[0]["canary"]["events"].as_array().and_then(|e| e.last().cloned()).expect("events");
+    assert!(last["message"].as_str().is_some_and(|m| m.contains("unregistered")), "{last}");
+}

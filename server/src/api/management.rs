@@ -464,6 +464,7 @@ async fn unregister(state: &AppState, name: &str, version: Option<&str>) -> Resu
         .remove(name, version)
         .ok_or_else(|| ApiError::model_not_found(format!("Model not found: {name}")))?;
     let version = model.version().to_string();
+    state.rollouts.unregistered(state.scope(), name, &version);
     model.close();
     let stopping = Arc::clone(&model);
     tokio::task::spawn_blocking(move || stopping.shutdown()).await.map_err(|e| ApiError::internal(e.to_string()))?;

@@ -3,7 +3,10 @@
 # one connection per concurrent client) at concurrency 1, 16 and 64, for batchSize 1 and 16.
 # Usage: bash benches/e2e.sh            (from the repository root, after `make build`; `make bench-e2e` does both)
 # Env: DURATION (per run, default 10s), BATCH_SIZES ("1 16"), CONCURRENCY ("1 16 64"), DELAY_MS (2), WORKERS (2),
-# BIN (the server binary, default target/release/ferroserve: another build to compare with).
+# BIN (the server binary, default target/release/ferroserve: another build to compare with), CANARY (unset: one
+# version of signnet; a percentage: a second version, 2.0, of the same model file is loaded beside it, with
+# WORKERS workers of its own, and made the canary with that share; 0 loads it without a split, the baseline to
+# compare a canary with). wrk sends no x-canary-key: each request is drawn at random.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,12 +38,30 @@ LUA
 
 source benches/server.sh
 
+# With CANARY: a model store holding signnet and a no-archive folder of the same files, version 2.0.
+store_lines=
+if [ -n "${CANARY:-}" ]; then
+    mkdir -p "$work/store/signnet-v2/MAR-INF"
+    cp -r models/signnet "$work/store/signnet"
+    cp models/signnet/signnet.onnx models/signnet/index_to_name.json "$work/store/signnet-v2/"
+    printf '%s' '{"model": {"modelName": "signnet", "modelVersion": "2.0", "serializedFile": "signnet.onnx"}}' \
+        > "$work/store/signnet-v2/MAR-INF/MANIFEST.json"
+    store_lines="model_store=$work/store
+load_models=signnet,signnet-v2"
+    if [ "$CANARY" != 0 ]; then
+        store_lines="$store_lines
+models={\"signnet\": {\"1.0\": {\"defaultVersion\": true}, \"2.0\": {\"canaryPercent\": $CANARY}}}"
+    fi
+    echo "signnet 1.0 (default) and 2.0 (canary at ${CANARY} %)" >&2
+fi
+
 printf '%-10s %-12s %12s %10s %10s %10s\n' batchSize concurrency "req/s" p50 p99 errors
 for batch in $BATCH_SIZES; do
     start_server "$work" "$BIN" "default_workers_per_model=$WORKERS
 job_queue_size=1000
 batch_size=$batch
-max_batch_delay=$DELAY_MS"
+max_batch_delay=$DELAY_MS
+$store_lines"
     addr=$inference
     wrk -t1 -c16 -d2s -s "$work/post.lua" "http://$addr/predictions/signnet" >/dev/null # warm-up
     for c in $CONCURRENCY; do

@@ -4,11 +4,13 @@
 //! model's worker threads ([`scheduler`]) form batches by the policy of [`batcher`] and run them on a synchronous
 //! [`backend::Backend`] (ONNX Runtime, TorchScript through libtorch, or the always-compiled fake used by tests) on
 //! the device [`device`] selects; every request gets exactly its own row of the output back through its reply
-//! channel. [`registry::Registry`] maps model names and versions to the running [`model::Model`]s.
+//! channel. [`registry::Registry`] maps model names and versions to the running [`model::Model`]s, and splits a
+//! model's traffic between its default and canary versions by [`canary`].
 
 pub mod archive;
 pub mod backend;
 pub mod batcher;
+pub mod canary;
 pub mod device;
 pub mod error;
 pub mod metrics;

@@ -176,6 +176,13 @@ impl Model {
         (target, self.shared.live_workers.load(Ordering::Acquire))
     }
 
+    /// Whether a request submitted now would find a worker: one is live and the model is not scaled to zero.
+    /// The canary split sends nothing to a version that would not.
+    #[must_use]
+    pub fn can_serve(&self) -> bool {
+        !self.shared.has_no_worker()
+    }
+
     /// The model's metrics (for the server to refresh the queue-depth gauge).
     #[must_use]
     pub fn metrics(&self) -> &ModelMetrics {

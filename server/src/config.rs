@@ -117,6 +117,11 @@ pub struct ModelConfig {
     pub device_ids: Option<Vec<usize>>,
     /// Service level objectives (`crate::slo_config`), rendered as Prometheus rules by `crate::slo::rules`.
     pub slo: Option<crate::slo_config::SloConfig>,
+    /// ferroserve's own key: this version is its model's canary from start-up, with this share (percent) of the
+    /// requests that name no version.
+    pub canary_percent: Option<f64>,
+    /// ferroserve's own key: the automatic analysis of this version as a canary ([`crate::rollout_config`]).
+    pub canary_analysis: Option<crate::rollout_config::AnalysisConfig>,
     /// ferroserve's own key: the names and shapes of a TorchScript model's tensors, as its `<file>.json` would
     /// declare them (`{"input": {"name": ..., "shape": [...]}, "output": {...}}`, `-1` for a size the requests
     /// give). Checked when read; used when no file beside the model declares them.
@@ -522,6 +527,8 @@ impl ModelConfig {
             device_type: self.device_type.or(base.device_type),
             device_ids: self.device_ids.or(base.device_ids),
             slo: self.slo.or(base.slo),
+            canary_percent: self.canary_percent.or(base.canary_percent),
+            canary_analysis: self.canary_analysis.or(base.canary_analysis),
             ferroserve: self.ferroserve.or(base.ferroserve),
             other,
         }
@@ -564,6 +571,12 @@ fn check_model_config(config: &ModelConfig) -> Result<(), String> {
     }
     if let Some(slo) = &config.slo {
         slo.validate()?;
+    }
+    if let Some(percent) = config.canary_percent {
+        crate::rollout_config::canary_weight(percent)?;
+    }
+    if let Some(analysis) = &config.canary_analysis {
+        analysis.resolve()?;
     }
     if let (Some(min), Some(max)) = (config.min_workers, config.max_workers) {
         if max < min {

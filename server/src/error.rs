@@ -2,7 +2,7 @@
 //! and the one renderer of error bodies: TorchServe's `{"code": N, "type": "...", "message": "..."}` or KServe
 //! v2's `{"error": "..."}`, by the [`Protocol`] the router decided for the request.
 
-use ferroserve_engine::{store::StoreError, BackendError, EngineError};
+use ferroserve_engine::{registry::CanaryError, store::StoreError, BackendError, EngineError};
 use hyper::StatusCode;
 use serde::Serialize;
 
@@ -27,6 +27,8 @@ pub struct ApiError {
     pub kind: &'static str,
     /// What was wrong, for a person.
     pub message: String,
+    /// The model version that answered with this error, when one did (sent in `x-model-version`).
+    pub model_version: Option<String>,
 }
 
 /// The JSON body of an error, TorchServe's shape.
@@ -39,73 +41,83 @@ struct TorchServeBody<'a> {
 }
 
 impl ApiError {
+    fn new(status: StatusCode, kind: &'static str, message: String) -> Self {
+        Self { status, kind, message, model_version: None }
+    }
+
+    /// This error, as answered by `version` of the model.
+    #[must_use]
+    pub fn answered_by(self, version: &str) -> Self {
+        Self { model_version: Some(version.to_string()), ..self }
+    }
+
     /// 400: the request is malformed.
     pub fn bad_request(message: impl Into<String>) -> Self {
-        Self { status: StatusCode::BAD_REQUEST, kind: "BadRequestException", message: message.into() }
+        Self::new(StatusCode::BAD_REQUEST, "BadRequestException", message.into())
     }
 
     /// 401: a token was needed and missing or wrong.
     pub fn unauthorized(message: impl Into<String>) -> Self {
-        Self { status: StatusCode::UNAUTHORIZED, kind: "InvalidKeyException", message: message.into() }
+        Self::new(StatusCode::UNAUTHORIZED, "InvalidKeyException", message.into())
     }
 
     /// 404: no such model.
     pub fn model_not_found(message: impl Into<String>) -> Self {
-        Self { status: StatusCode::NOT_FOUND, kind: "ModelNotFoundException", message: message.into() }
+        Self::new(StatusCode::NOT_FOUND, "ModelNotFoundException", message.into())
     }
 
     /// 404: the model exists, not at this version (TorchServe's own exception name for it).
     pub fn version_not_found(name: &str, version: &str) -> Self {
         let message = format!("Model version: {version} does not exist for model: {name}");
-        Self { status: StatusCode::NOT_FOUND, kind: "ModelVersionNotFoundException", message }
+        Self::new(StatusCode::NOT_FOUND, "ModelVersionNotFoundException", message)
     }
 
     /// 404: no such endpoint.
     pub fn not_found(path: &str) -> Self {
         let message = format!("Requested resource is not found, please refer to API document: {path}");
-        Self { status: StatusCode::NOT_FOUND, kind: "ResourceNotFoundException", message }
+        Self::new(StatusCode::NOT_FOUND, "ResourceNotFoundException", message)
     }
 
     /// 405: the endpoint exists, the method does not.
     pub fn method_not_allowed() -> Self {
         let message = "Requested method is not allowed, please refer to API document.".into();
-        Self { status: StatusCode::METHOD_NOT_ALLOWED, kind: "MethodNotAllowedException", message }
+        Self::new(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowedException", message)
     }
 
     /// 409: the model (version) exists already.
     pub fn conflict(message: impl Into<String>) -> Self {
-        Self { status: StatusCode::CONFLICT, kind: "ConflictStatusException", message: message.into() }
+        Self::new(StatusCode::CONFLICT, "ConflictStatusException", message.into())
     }
 
     /// 413: the body is larger than `max_request_size`.
     pub fn too_large(limit: usize) -> Self {
         let message = format!("request body is larger than max_request_size ({limit} bytes)");
-        Self { status: StatusCode::PAYLOAD_TOO_LARGE, kind: "RequestEntityTooLargeException", message }
+        Self::new(StatusCode::PAYLOAD_TOO_LARGE, "RequestEntityTooLargeException", message)
     }
 
     /// 408: the client was too slow to send its request.
     pub fn request_timeout(message: impl Into<String>) -> Self {
-        Self { status: StatusCode::REQUEST_TIMEOUT, kind: "RequestTimeoutException", message: message.into() }
+        Self::new(StatusCode::REQUEST_TIMEOUT, "RequestTimeoutException", message.into())
     }
 
     /// 429: too many requests in flight.
     pub fn too_many_requests(message: impl Into<String>) -> Self {
-        Self { status: StatusCode::TOO_MANY_REQUESTS, kind: "TooManyRequestsException", message: message.into() }
+        Self::new(StatusCode::TOO_MANY_REQUESTS, "TooManyRequestsException", message.into())
     }
 
     /// 503: the server cannot take this now.
     pub fn unavailable(message: impl Into<String>) -> Self {
-        Self { status: StatusCode::SERVICE_UNAVAILABLE, kind: "ServiceUnavailableException", message: message.into() }
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailableException", message.into())
     }
 
     /// 504: no answer within the request's deadline.
     pub fn gateway_timeout(message: impl Into<String>) -> Self {
-        Self { status: StatusCode::GATEWAY_TIMEOUT, kind: "RequestTimeoutException", message: message.into() }
+        Self::new(StatusCode::GATEWAY_TIMEOUT, "RequestTimeoutException", message.into())
     }
 
     /// 500: something failed on the server's side.
     pub fn internal(message: impl Into<String>) -> Self {
-        Self { status: StatusCode::INTERNAL_SERVER_ERROR, kind: "InternalServerException", message: message.into() }
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalServerException", message.into())
     }
 
     /// The JSON body in `protocol`'s shape.
@@ -143,7 +155,17 @@ impl From<EngineError> for ApiError {
             EngineError::Timeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "RequestTimeoutException"),
             EngineError::Backend(_) => (StatusCode::INTERNAL_SERVER_ERROR, "InternalServerException"),
         };
-        Self { status, kind, message }
+        Self::new(status, kind, message)
+    }
+}
+
+impl From<CanaryError> for ApiError {
+    fn from(e: CanaryError) -> Self {
+        match &e {
+            CanaryError::NoModel(_) => Self::model_not_found(e.to_string()),
+            CanaryError::NoVersion { name, version } => Self::version_not_found(name, version),
+            CanaryError::IsDefault { .. } | CanaryError::NotCanary { .. } => Self::bad_request(e.to_string()),
+        }
     }
 }
 

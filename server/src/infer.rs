@@ -1,6 +1,6 @@
-//! What the inference handlers of both protocols share: finding the model a request names, the client's
-//! deadline, queueing a sample and waiting for its answer, recording the request's latency, and the timing
-//! headers every answer carries.
+//! What the inference handlers of both protocols share: finding the model a request names (through the canary
+//! split when it names no version), the client's deadline, queueing a sample and waiting for its answer,
+//! recording the request's latency, and the headers every answer carries (the version that answered, timings).
 
 use std::{
     future::Future,
@@ -8,10 +8,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use ferroserve_engine::{InferOutput, Model};
+use ferroserve_engine::{canary, InferOutput, Model};
 use hyper::{body::Incoming, header::HeaderValue, Request};
 
-use crate::{error::ApiError, reply::Reply, state::AppState};
+use crate::{
+    error::ApiError,
+    reply::{name_version, Reply},
+    state::AppState,
+};
 
 /// The model `name` at `version` (or its default), or TorchServe's 404.
 ///
@@ -28,6 +32,32 @@ pub fn find_model(state: &AppState, name: &str, version: Option<&str>) -> Result
     })
 }
 
+/// The header whose value keeps a client on one version of a model while its canary split is unchanged.
+pub const CANARY_KEY: &str = "x-canary-key";
+
+/// Where a request to model `name` falls in the canary split: the bucket of its `x-canary-key`, so that one
+/// client stays on one version, else a random one.
+#[must_use]
+pub fn split_bucket(req: &Request<Incoming>, name: &str) -> u32 {
+    match req.headers().get(CANARY_KEY) {
+        Some(key) => canary::bucket(name, key.as_bytes()),
+        None => fastrand::u32(..canary::BUCKETS),
+    }
+}
+
+/// The model a request reaches: `name` at `version` when the URL names one, else the default version or, for
+/// the requests in its share (`bucket`, see [`split_bucket`]), the canary.
+///
+/// # Errors
+/// As [`find_model`].
+pub fn route(state: &AppState, name: &str, version: Option<&str>, bucket: u32) -> Result<Arc<Model>, ApiError> {
+    let routed = match version {
+        None => state.registry.route(name, bucket),
+        Some(_) => None,
+    };
+    routed.map_or_else(|| find_model(state, name, version), |r| Ok(r.model))
+}
+
 /// The client's deadline, `x-request-timeout-ms` (a positive integer), when it sends one.
 ///
 /// # Errors
@@ -40,23 +70,36 @@ pub fn request_timeout(req: &Request<Incoming>) -> Result<Option<Duration>, ApiE
     }
 }
 
-/// Runs `work` on the model `name` at `url_version` (the version the URL named, else the default) and records
-/// the request's end-to-end latency and status, whatever its outcome: a request that reached the model counts,
-/// even when its body is refused. Both protocols' inference handlers go through here.
+/// Runs `work` on the model `name` at `url_version` (the version the URL named, else the one the canary split
+/// picks for `bucket`) and records the request's end-to-end latency and status, whatever its outcome: a request
+/// that reached the model counts, even when its body is refused. The answer, error or not, names the version
+/// in `x-model-version`. Both protocols' inference handlers go through here.
 ///
 /// # Errors
 /// 404 from [`find_model`] (not recorded: no model was reached), and whatever `work` answers.
-pub async fn on_model<F, W>(state: &AppState, name: &str, url_version: Option<&str>, work: W) -> Result<Reply, ApiError>
+pub async fn on_model<F, W>(
+    state: &AppState,
+    name: &str,
+    url_version: Option<&str>,
+    bucket: u32,
+    work: W,
+) -> Result<Reply, ApiError>
 where
     W: FnOnce(Arc<Model>) -> F,
     F: Future<Output = Result<Reply, ApiError>>,
 {
-    let model = find_model(state, name, url_version)?;
+    let model = route(state, name, url_version, bucket)?;
     let started = Instant::now();
     let result = work(Arc::clone(&model)).await;
     let status = result.as_ref().map_or_else(|e| e.status, Reply::status);
     state.metrics.observe_request(&model, url_version, status, started.elapsed());
-    result
+    match result {
+        Ok(mut reply) => {
+            name_version(&mut reply, model.version());
+            Ok(reply)
+        }
+        Err(e) => Err(e.answered_by(model.version())),
+    }
 }
 
 /// Queues one sample of shape `shape` and waits for its answer, within `timeout` when it is shorter than the

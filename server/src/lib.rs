@@ -5,10 +5,12 @@
 //! The whole server is [`run`] over the listeners [`bind`] opened; `main` adds the command line, the models of
 //! [`load::load_all`] and the signals. Modules point one way:
 //! `run → serve (accept) → router (auth, admission, protocol) → api::* → {infer, reply, error, state} → engine`,
-//! with `load` (start-up and registration) and `config` below them.
+//! with `load` (start-up and registration) and `config` below them, and the canary rollouts (`rollouts`, judged by
+//! the pure `rollout`) between `state` and `metrics`.
 
 pub mod api;
 pub mod auth;
+pub mod canary_metrics;
 pub mod config;
 pub mod error;
 pub mod healthcheck;
@@ -19,6 +21,9 @@ pub mod load;
 pub mod metrics;
 pub mod model_responses;
 pub mod reply;
+pub mod rollout;
+pub mod rollout_config;
+pub mod rollouts;
 mod router;
 mod serve;
 pub mod slo;
@@ -111,7 +116,10 @@ pub async fn run(
             let _ = stopped.recv().await;
         }));
     }
+    let analysis =
+        tokio::spawn(Arc::clone(&state.rollouts).drive(Arc::clone(&state.registry), Arc::clone(&state.metrics)));
     shutdown.await;
+    analysis.abort();
     state.stop_ready();
     let _ = stop.send(());
     let grace = state.config.shutdown_grace_period;

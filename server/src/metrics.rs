@@ -7,11 +7,15 @@ use std::time::Duration;
 
 use ferroserve_engine::{metrics::EngineMetrics, Model};
 use hyper::StatusCode;
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    core::Metric as _, Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry, TextEncoder,
+};
 
 use crate::{
+    canary_metrics::CanaryMetrics,
     config::{Api, Config},
     model_responses::ModelResponses,
+    rollout::Window,
 };
 
 /// Every metric family, in one Prometheus registry.
@@ -24,6 +28,8 @@ pub struct ServerMetrics {
     responses: IntCounterVec,
     refused: IntCounterVec,
     model_responses: ModelResponses,
+    /// The canary rollouts' families.
+    pub canary: CanaryMetrics,
     ts: Option<TorchServeNames>,
 }
 
@@ -69,7 +75,8 @@ impl ServerMetrics {
         registry.register(Box::new(refused.clone()))?;
         let ts = if config.ts_metric_names { Some(TorchServeNames::new(&registry)?) } else { None };
         let model_responses = ModelResponses::new(&registry)?;
-        Ok(Self { registry, engine, request_latency, responses, refused, model_responses, ts })
+        let canary = CanaryMetrics::new(&registry)?;
+        Ok(Self { registry, engine, request_latency, responses, refused, model_responses, canary, ts })
     }
 
     /// Brings the gauges and series of the models in `models` up to date, before an exposition: the queue depth
@@ -135,6 +142,28 @@ impl ServerMetrics {
     pub fn observe_queue(&self, model: &Model, url_version: Option<&str>, waited: Duration) {
         if let Some(ts) = &self.ts {
             ts.queue_latency_us.with_label_values(&ts_labels(model, url_version)).inc_by(micros(waited));
+        }
+    }
+
+    /// What `model` has answered since it was loaded, as the canary judge reads it: requests and latency from
+    /// `ferroserve_request_latency_seconds`, 5xx from `ferroserve_model_responses_total`.
+    #[must_use]
+    pub fn window(&self, model: &Model) -> Window {
+        let (name, version, device) = (model.name(), model.version(), model.device().kind());
+        let histogram = self.request_latency.with_label_values(&[name, version, device]);
+        // One read of the histogram, so that its count and buckets agree.
+        let proto = histogram.metric();
+        let read = proto.get_histogram();
+        let buckets = read
+            .get_bucket()
+            .iter()
+            .map(|b| (b.upper_bound(), b.cumulative_count()))
+            .filter(|(le, _)| le.is_finite())
+            .collect();
+        Window {
+            requests: read.get_sample_count(),
+            errors: self.model_responses.get(name, version, device, "5xx"),
+            buckets,
         }
     }
 

@@ -49,6 +49,12 @@ impl ModelResponses {
         }
     }
 
+    /// The responses of the model counted in `class` (`5xx`, ...) so far.
+    #[must_use]
+    pub fn get(&self, name: &str, version: &str, device: &str, class: &str) -> u64 {
+        self.counter.with_label_values(&[name, version, device, class]).get()
+    }
+
     /// Counts one response of the model with HTTP status `status` (the status its client received, error or not).
     pub fn count(&self, name: &str, version: &str, device: &str, status: u16) {
         self.counter.with_label_values(&[name, version, device, class_of(status)]).inc();

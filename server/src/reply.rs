@@ -20,10 +20,24 @@ use crate::{
 /// A response with its whole body.
 pub type Reply = Response<Full<Bytes>>;
 
-/// `e` answered in `protocol`'s error body.
+/// The header naming the model version that answered an inference request (ferroserve's extension).
+pub const MODEL_VERSION: &str = "x-model-version";
+
+/// `e` answered in `protocol`'s error body, naming the model version that answered it when one did.
 #[must_use]
 pub fn error(e: &ApiError, protocol: Protocol) -> Reply {
-    json(e.status, e.body(protocol))
+    let mut reply = json(e.status, e.body(protocol));
+    if let Some(version) = &e.model_version {
+        name_version(&mut reply, version);
+    }
+    reply
+}
+
+/// Names `version` as the model version that answered, in [`MODEL_VERSION`].
+pub fn name_version(reply: &mut Reply, version: &str) {
+    if let Ok(value) = HeaderValue::from_str(version) {
+        reply.headers_mut().insert(MODEL_VERSION, value);
+    }
 }
 
 /// A JSON response.

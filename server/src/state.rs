@@ -16,6 +16,7 @@ use crate::{
     auth::{Keys, Tokens},
     config::{Api, Config},
     metrics::ServerMetrics,
+    rollouts::{Rollouts, Scope},
 };
 
 /// The server's shared state.
@@ -36,12 +37,17 @@ pub struct AppState {
     failed: RwLock<BTreeMap<String, String>>,
     /// The token keys, when token authorisation is on (the token API replaces them).
     pub keys: Option<Arc<Tokens>>,
+    /// The canary rollouts: who splits traffic with whom, and their analysis.
+    pub rollouts: Arc<Rollouts>,
 }
 
 impl AppState {
-    /// A state over `registry`; the models in it should record into `metrics.engine`.
+    /// A state over `registry`; the models in it should record into `metrics.engine`. The canaries `config`
+    /// states start here, over the models in `registry`.
     #[must_use]
     pub fn new(registry: Arc<Registry>, config: Config, metrics: Arc<ServerMetrics>) -> Self {
+        let rollouts = Arc::new(Rollouts::new());
+        rollouts.start_configured(&config, Scope { registry: &registry, metrics: &metrics });
         let inflight = Arc::new(Semaphore::new(config.max_inflight_requests));
         let connections = std::array::from_fn(|_| Arc::new(Semaphore::new(config.max_connections)));
         Self {
@@ -53,7 +59,14 @@ impl AppState {
             ready: AtomicBool::new(true),
             failed: RwLock::default(),
             keys: None,
+            rollouts,
         }
+    }
+
+    /// What the rollouts work on: the models and the metrics.
+    #[must_use]
+    pub fn scope(&self) -> Scope<'_> {
+        Scope { registry: &self.registry, metrics: &self.metrics }
     }
 
     /// Whether the server takes traffic: not shutting down, and every model has a live worker, but those scaled

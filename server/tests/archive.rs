@@ -339,3 +339,35 @@ fn load_models_keeps_given_names_apart_from_derived_ones() {
     let expected = vec![(None, "a.mar".to_string()), (Some("b".to_string()), "b.mar".to_string())];
     assert_eq!(config.load_models, LoadModels::List(expected));
 }
+
+/// The start-up path the README gives for a canary: signnet's folder as 1.0 (marked the default) and a
+/// no-archive folder of the same files as 2.0, the canary of `canaryPercent`; each key reaches the version the
+/// split gives it, and both answer signnet's answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_version_from_a_no_archive_folder_is_the_configured_canary() {
+    let store = tempfile::tempdir().expect("store");
+    for folder in ["signnet", "signnet-v2"] {
+        std::fs::create_dir_all(store.path().join(folder).join("MAR-INF")).expect("folder");
+        for file in ["signnet.onnx", "index_to_name.json"] {
+            std::fs::copy(models_dir().join("signnet").join(file), store.path().join(folder).join(file)).expect("copy");
+        }
+    }
+    std::fs::remove_dir(store.path().join("signnet/MAR-INF")).expect("a plain folder");
+    std::fs::write(store.path().join("signnet-v2/MAR-INF/MANIFEST.json"), manifest("signnet", "2.0", "signnet.onnx"))
+        .expect("write");
+    let models = r#"{"signnet": {"1.0": {"defaultVersion": true}, "2.0": {"canaryPercent": 50}}}"#;
+    let server = server_with(store.path(), "signnet,signnet-v2", models).await;
+    let example = std::fs::read(models_dir().join("signnet/example.json")).expect("example");
+    let mut seen = std::collections::BTreeSet::new();
+    for i in 0..40 {
+        let key = format!("user-{i}");
+        let reply =
+            server.send_with_header(Method::POST, "/predictions/signnet", example.clone(), "x-canary-key", &key).await;
+        assert_eq!((reply.status, &reply.json["predictions"][0]["label"]), (StatusCode::OK, &json!("hello")));
+        let version = reply.headers["x-model-version"].to_str().expect("ASCII").to_string();
+        let canary = ferroserve_engine::canary::bucket("signnet", key.as_bytes()) < 5000;
+        assert_eq!(version, if canary { "2.0" } else { "1.0" }, "{key}");
+        seen.insert(version);
+    }
+    assert_eq!(seen.len(), 2, "both versions answered");
+}

@@ -293,6 +293,9 @@ fn the_routes_each_handler_answers_are_documented() {
         (Management, "get", "/models/{model_name}/all"),
         (Management, "put", "/models/{model_name}/{model_version}"),
         (Management, "put", "/models/{model_name}/{model_version}/set-default"),
+        (Management, "put", "/models/{model_name}/{model_version}/canary"),
+        (Management, "delete", "/models/{model_name}/{model_version}/canary"),
+        (Management, "put", "/models/{model_name}/{model_version}/promote"),
         (Management, "delete", "/models/{model_name}"),
         (Management, "delete", "/models/{model_name}/{model_version}"),
         // api::token

@@ -128,6 +128,18 @@ pub struct FakeBackend {
 }
 
 impl FakeBackend {
+    /// A fake of one value in and one value out, echoing it: for tests that need a model, not its shapes.
+    #[must_use]
+    pub fn scalar() -> Self {
+        let spec = ModelSpec {
+            input_name: "x".into(),
+            input_shape: vec![1].into(),
+            output_name: "y".into(),
+            output_shape: vec![1].into(),
+        };
+        Self::new(spec, FakeMode::Echo)
+    }
+
     /// A fake with this spec and mode, an empty script and an open gate.
     #[must_use]
     pub fn new(spec: ModelSpec, mode: FakeMode) -> Self {

@@ -27,7 +27,7 @@ use tracing::Instrument as _;
 
 use crate::{
     error::ApiError,
-    infer::{find_model, infer_within, on_model, request_timeout, timing_headers},
+    infer::{find_model, infer_within, on_model, request_timeout, split_bucket, timing_headers},
     reply::{json_value, read_body_timed, with_type, Reply},
     state::AppState,
 };
@@ -160,7 +160,8 @@ async fn handle_infer(
     name: &str,
     version: Option<&str>,
 ) -> Result<Reply, ApiError> {
-    on_model(state, name, version, |model| async move { run_infer(req, state, &model, version).await }).await
+    let bucket = split_bucket(&req, name);
+    on_model(state, name, version, bucket, |model| async move { run_infer(req, state, &model, version).await }).await
 }
 
 /// Runs the request's samples as concurrent engine requests, so that they can share batches.

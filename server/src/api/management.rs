@@ -1,8 +1,10 @@
 //! The management API (TorchServe's, on `management_address`): list, describe, register, scale, re-batch,
 //! set the default version and unregister models, live.
 //!
-//! ferroserve's extension: `PUT /models/{m}[/{v}]?batch_size=N&max_batch_delay=MS` changes batch size and delay
-//! of a loaded model for its next batch, without reloading it.
+//! ferroserve's extensions: `PUT /models/{m}[/{v}]?batch_size=N&max_batch_delay=MS` changes batch size and delay
+//! of a loaded model for its next batch, without reloading it; `PUT /models/{m}/{v}/canary?percent=P` makes
+//! version `v` the model's canary (with an automatic analysis when asked for, see [`crate::rollouts`]),
+//! `DELETE /models/{m}/{v}/canary` ends it and `PUT /models/{m}/{v}/promote` makes it the default version.
 
 use std::{collections::HashMap, path::Component, sync::Arc};
 
@@ -17,6 +19,8 @@ use crate::{
     infer::find_model,
     load::{self, LoadPlan, Origin, Overrides},
     reply::{json_value, query, status, Reply},
+    rollout_config::{canary_weight, AnalysisConfig},
+    rollouts::Status,
     state::AppState,
 };
 
@@ -31,7 +35,8 @@ pub async fn handle(req: Request<Incoming>, state: &Arc<AppState>) -> Result<Rep
     let path = req.uri().path().to_string();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let params = query(&req);
-    let registering = matches!(req.method(), &Method::POST | &Method::DELETE);
+    // Ending a canary unregisters nothing.
+    let registering = matches!(req.method(), &Method::POST | &Method::DELETE) && segments.last() != Some(&"canary");
     if registering && !state.config.enable_model_api {
         let message = "The model API is disabled: set enable_model_api=true to register or unregister models";
         return Err(ApiError { message: message.into(), ..ApiError::method_not_allowed() });
@@ -45,6 +50,9 @@ pub async fn handle(req: Request<Incoming>, state: &Arc<AppState>) -> Result<Rep
         (&Method::PUT, ["models", name]) => update(state, name, None, &params).await,
         (&Method::PUT, ["models", name, version]) => update(state, name, Some(version), &params).await,
         (&Method::PUT, ["models", name, version, "set-default"]) => set_default(state, name, version),
+        (&Method::PUT, ["models", name, version, "canary"]) => set_canary(state, name, version, &params),
+        (&Method::DELETE, ["models", name, version, "canary"]) => clear_canary(state, name, version),
+        (&Method::PUT, ["models", name, version, "promote"]) => promote(state, name, version),
         (&Method::DELETE, ["models", name]) => unregister(state, name, None).await,
         (&Method::DELETE, ["models", name, version]) => unregister(state, name, Some(version)).await,
         (_, ["models", ..]) => Err(ApiError::method_not_allowed()),
@@ -109,6 +117,9 @@ struct Description {
     device: String,
     workers: Vec<Worker>,
     job_queue_status: QueueStatus,
+    /// ferroserve's extension: the model's canary rollout (the last one, once ended), on each of its versions.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    canary: Option<Status>,
 }
 
 #[derive(Serialize)]
@@ -163,6 +174,7 @@ fn description(model: &Model) -> Description {
             remaining_capacity: capacity.saturating_sub(pending),
             pending_requests: pending,
         },
+        canary: None,
     }
 }
 
@@ -186,7 +198,9 @@ fn describe(state: &AppState, name: &str, which: Option<Option<&str>>) -> Result
             all
         }
     };
-    let body: Vec<Description> = models.iter().map(|m| description(m)).collect();
+    let canary = state.rollouts.status(&state.registry, name);
+    let body: Vec<Description> =
+        models.iter().map(|m| Description { canary: canary.clone(), ..description(m) }).collect();
     Ok(json_value(StatusCode::OK, &body))
 }
 
@@ -358,14 +372,88 @@ async fn update(
     Ok(status(StatusCode::OK, &format!("Workers scaled to {workers} for model: {name}")))
 }
 
-/// `PUT /models/{m}/{v}/set-default`
+/// `PUT /models/{m}/{v}/set-default`; on the canary, it promotes it.
 fn set_default(state: &AppState, name: &str, version: &str) -> Result<Reply, ApiError> {
     find_model(state, name, Some(version))?;
-    if !state.registry.set_default(name, version) {
+    if state.registry.canary(name).is_some_and(|c| c.version == version) {
+        state.rollouts.promote(state.scope(), name, version)?;
+    } else if !state.registry.set_default(name, version) {
         return Err(ApiError::version_not_found(name, version));
     }
     let message = format!("Default version successfully updated for model \"{name}\" to \"{version}\"");
     Ok(status(StatusCode::OK, &message))
+}
+
+/// The analysis parameters of `PUT /models/{m}/{v}/canary`, with the keys of `canaryAnalysis` in snake case.
+const ANALYSIS_PARAMS: [&str; 8] = [
+    "interval",
+    "threshold",
+    "step_weight",
+    "max_weight",
+    "max_error_percent",
+    "max_p99_ms",
+    "p99_factor",
+    "min_requests",
+];
+
+/// `PUT /models/{m}/{v}/canary?percent=P[&analysis=true|false][&interval=1m&threshold=N&step_weight=P&
+/// max_weight=P&max_error_percent=P&max_p99_ms=MS&p99_factor=X&min_requests=N]`: version `v` takes `P` % of
+/// the requests that name no version. The analysis runs when `analysis=true`, when an analysis parameter is
+/// given, or when the version's `canaryAnalysis` in `config.properties` states one (the parameters win over
+/// it); `analysis=false` turns it off.
+fn set_canary(
+    state: &AppState,
+    name: &str,
+    version: &str,
+    params: &HashMap<String, String>,
+) -> Result<Reply, ApiError> {
+    find_model(state, name, Some(version))?;
+    let percent =
+        param::<f64>(params, "percent")?.ok_or_else(|| ApiError::bad_request("Parameter percent is required."))?;
+    let weight = canary_weight(percent).map_err(|e| ApiError::bad_request(format!("Parameter percent: {e}")))?;
+    let given = AnalysisConfig {
+        interval: params.get("interval").cloned(),
+        threshold: param(params, "threshold")?,
+        step_weight: param(params, "step_weight")?,
+        max_weight: param(params, "max_weight")?,
+        max_error_percent: param(params, "max_error_percent")?,
+        max_p99_ms: param(params, "max_p99_ms")?,
+        p99_factor: param(params, "p99_factor")?,
+        min_requests: param(params, "min_requests")?,
+    };
+    let configured = state.config.model_config(name, version).and_then(|m| m.canary_analysis.clone());
+    let wanted = param::<bool>(params, "analysis")?
+        .unwrap_or(configured.is_some() || ANALYSIS_PARAMS.iter().any(|k| params.contains_key(*k)));
+    let analysis = if wanted {
+        let resolved = given.over(configured.unwrap_or_default()).resolve();
+        Some(resolved.map_err(|e| ApiError::bad_request(e.replace("canaryAnalysis.", "Parameter ")))?)
+    } else {
+        None
+    };
+    state.rollouts.start(state.scope(), name, version, weight, analysis)?;
+    let how = if wanted { "under analysis" } else { "without analysis" };
+    let message = format!(
+        "Model \"{name}\" Version: {version} is the canary, with {} % of the requests, {how}",
+        weight.percent()
+    );
+    Ok(status(StatusCode::OK, &message))
+}
+
+/// `DELETE /models/{m}/{v}/canary`: the canary `v` gets no more requests; it stays loaded.
+fn clear_canary(state: &AppState, name: &str, version: &str) -> Result<Reply, ApiError> {
+    find_model(state, name, Some(version))?;
+    if state.registry.canary(name).is_none_or(|c| c.version != version) {
+        return Err(ApiError::bad_request(format!("Version {version} is not the canary of model {name}")));
+    }
+    state.rollouts.clear(state.scope(), name);
+    Ok(status(StatusCode::OK, &format!("Canary of model \"{name}\" Version: {version} cleared")))
+}
+
+/// `PUT /models/{m}/{v}/promote`: the canary `v` becomes the default version.
+fn promote(state: &AppState, name: &str, version: &str) -> Result<Reply, ApiError> {
+    find_model(state, name, Some(version))?;
+    state.rollouts.promote(state.scope(), name, version)?;
+    Ok(status(StatusCode::OK, &format!("Model \"{name}\" Version: {version} promoted to the default version")))
 }
 
 /// `DELETE /models/{m}[/{v}]`: no new request reaches the model; it answers what it accepted, then stops.
@@ -376,6 +464,7 @@ async fn unregister(state: &AppState, name: &str, version: Option<&str>) -> Resu
         .remove(name, version)
         .ok_or_else(|| ApiError::model_not_found(format!("Model not found: {name}")))?;
     let version = model.version().to_string();
+    state.rollouts.unregistered(state.scope(), name, &version);
     model.close();
     let stopping = Arc::clone(&model);
     tokio::task::spawn_blocking(move || stopping.shutdown()).await.map_err(|e| ApiError::internal(e.to_string()))?;

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::{
     error::ApiError,
-    infer::{infer_within, on_model, request_timeout, timing_headers},
+    infer::{infer_within, on_model, request_timeout, split_bucket, timing_headers},
     landmarks::{self, LandmarkShape},
     reply::{json, json_value, query, read_body_timed, Reply},
     state::AppState,
@@ -57,7 +57,9 @@ async fn predict(
     name: &str,
     version: Option<&str>,
 ) -> Result<Reply, ApiError> {
-    on_model(state, name, version, |model| async move { run_landmarks(req, state, &model, version).await }).await
+    let bucket = split_bucket(&req, name);
+    on_model(state, name, version, bucket, |model| async move { run_landmarks(req, state, &model, version).await })
+        .await
 }
 
 async fn run_landmarks(

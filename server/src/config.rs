@@ -102,8 +102,10 @@ pub struct ModelConfig {
     pub min_workers: Option<usize>,
     /// Upper bound of workers (accepted; scaling comes with the management API).
     pub max_workers: Option<usize>,
-    /// Seconds a request may wait for its answer.
+    /// Seconds a request may wait for its answer; a Python worker that takes longer is killed and restarted.
     pub response_timeout: Option<u64>,
+    /// Seconds a Python handler's worker may take to start and load the model (default 120).
+    pub startup_timeout: Option<u64>,
     /// Capacity of the model's job queue.
     pub job_queue_size: Option<usize>,
     /// Whether this version is the model's default.
@@ -194,6 +196,28 @@ pub struct Config {
     pub io_threads: usize,
     /// Per model, per version settings (`models`).
     pub models: BTreeMap<String, BTreeMap<String, ModelConfig>>,
+    /// The interpreter that runs archives' Python handlers (`python_executable`, TorchServe's key; default: the
+    /// venv `make deps` makes, [`default_python`]).
+    pub python_executable: PathBuf,
+    /// Whether the Python worker decodes JSON and text bodies before the handler sees them
+    /// (`decode_input_request`, TorchServe's key, default true).
+    pub decode_input_request: bool,
+    /// Whether Pillow's image size limit stays on in the Python worker (`limit_max_image_pixels`, TorchServe's
+    /// key, default true).
+    pub limit_max_image_pixels: bool,
+    /// The request envelope of Python handlers (`service_envelope`, TorchServe's key: `json`, `kserve`,
+    /// `kservev2`; default none).
+    pub service_envelope: String,
+}
+
+/// The venv `make deps` installs torch and torchserve into (`~/.cache/ferroserve/venv-torch-<version>`), when it
+/// is there; else `python3` from the `PATH`.
+#[must_use]
+pub fn default_python() -> PathBuf {
+    let venv = std::env::var_os("HOME")
+        .map(|home| PathBuf::from(home).join(".cache/ferroserve/venv-torch-2.13.0/bin/python"))
+        .filter(|python| python.is_file());
+    venv.unwrap_or_else(|| PathBuf::from("python3"))
 }
 
 impl Default for Config {
@@ -228,6 +252,10 @@ impl Default for Config {
             max_batch_delay: Duration::from_millis(100),
             io_threads: cores,
             models: BTreeMap::new(),
+            python_executable: default_python(),
+            decode_input_request: true,
+            limit_max_image_pixels: true,
+            service_envelope: String::new(),
         }
     }
 }
@@ -245,7 +273,6 @@ const IGNORED: &[&str] = &[
     "cors_allowed_methods",
     "cors_allowed_headers",
     "default_service_handler",
-    "service_envelope",
     "workflow_store",
     "plugins_path",
 ];
@@ -332,6 +359,10 @@ impl Config {
             "max_batch_delay" => self.max_batch_delay = delay_ms(value.parse().map_err(|e| format!("{e}"))?)?,
             "number_of_netty_threads" => self.io_threads = positive(value)?,
             "models" => self.models = parse_models(value)?,
+            "python_executable" => self.python_executable = PathBuf::from(value),
+            "decode_input_request" => self.decode_input_request = parse_bool(value)?,
+            "limit_max_image_pixels" => self.limit_max_image_pixels = parse_bool(value)?,
+            "service_envelope" => self.service_envelope = value.to_string(),
             ignored if IGNORED.contains(&ignored) => {
                 tracing::warn!(key, "config key has no effect in ferroserve; ignored");
             }
@@ -516,6 +547,7 @@ impl ModelConfig {
             min_workers: self.min_workers.or(base.min_workers),
             max_workers: self.max_workers.or(base.max_workers),
             response_timeout: self.response_timeout.or(base.response_timeout),
+            startup_timeout: self.startup_timeout.or(base.startup_timeout),
             job_queue_size: self.job_queue_size.or(base.job_queue_size),
             default_version: self.default_version.or(base.default_version),
             mar_name: self.mar_name.or(base.mar_name),

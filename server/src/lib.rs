@@ -17,6 +17,7 @@ pub mod landmarks;
 pub mod load;
 pub mod metrics;
 pub mod model_responses;
+pub mod passthrough;
 pub mod reply;
 mod router;
 mod serve;

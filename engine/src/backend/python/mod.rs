@@ -1,0 +1,281 @@
+//! The backend of archives with their own Python handler: each worker of the model is one of TorchServe's own
+//! Python workers (`ts/model_service_worker.py` from the `torchserve` wheel), run unchanged, spoken to over a
+//! Unix socket in TorchServe's binary protocol ([`protocol`]). Each batch the scheduler forms is one inference
+//! command; each request gets back what the handler made of it (status, content type, headers, body).
+//!
+//! A worker that dies, or does not answer within the model's response timeout, fails its batch, is killed with
+//! its process group, and is started again at once (TorchServe's worker restart); its next batch waits for the
+//! new process to load the model. Dropping the backend (unregister, scaling down, shutdown) kills the process.
+
+mod process;
+mod protocol;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use process::{Spawned, Worker};
+use protocol::Load;
+
+use super::handler::{HandlerInput, HandlerOutput};
+use super::{Backend, BackendError, BackendFactory, Device, ModelSpec, Shape, Shaped};
+
+/// The runtime's name, as the describe API reports it.
+pub const RUNTIME: &str = "python";
+
+/// How to run an archive's Python handler.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PythonOptions {
+    /// The interpreter with the `torchserve` package (TorchServe's `python_executable`).
+    pub python: PathBuf,
+    /// The unpacked archive's folder: the worker's working directory and first import path.
+    pub model_dir: PathBuf,
+    /// The model's name.
+    pub model_name: String,
+    /// The manifest's handler: `module.py[:function]`, or one of TorchServe's built-in handlers by name.
+    pub handler: String,
+    /// The request envelope (`json`, `kserve`, `kservev2`), empty for none.
+    pub envelope: String,
+    /// The batch size the handler is told (`context.system_properties["batch_size"]`).
+    pub batch_size: usize,
+    /// The devices the workers are spread over, worker `w` on the `w % n`-th; a GPU is passed by its index.
+    pub devices: Vec<Device>,
+    /// Pillow's image size limit (TorchServe's `limit_max_image_pixels`).
+    pub limit_max_image_pixels: bool,
+    /// Whether the worker decodes JSON and text bodies (TorchServe's `decode_input_request`).
+    pub decode_input_request: bool,
+    /// How long a worker may take to start and load the model (TorchServe's `startupTimeout`).
+    pub startup_timeout: Duration,
+    /// How long a batch may take before its worker is killed and restarted (TorchServe's `responseTimeout`).
+    pub response_timeout: Duration,
+    /// The worker's metrics configuration; `None`: `ts/configs/metrics.yaml` of the installed wheel.
+    pub metrics_config: Option<PathBuf>,
+}
+
+/// The `ts` package's folder as `python` imports it.
+///
+/// # Errors
+/// [`BackendError::Load`] saying that the interpreter cannot be run or has no `torchserve` package.
+pub fn find_ts_package(python: &Path) -> Result<PathBuf, BackendError> {
+    let script = "import importlib.util as u, os; s = u.find_spec('ts'); print(os.path.dirname(s.origin) if s else '')";
+    let output = Command::new(python)
+        .args(["-c", script])
+        .output()
+        .map_err(|e| BackendError::load(format!("cannot run python_executable {}: {e}", python.display())))?;
+    let folder = String::from_utf8_lossy(&output.stdout).trim().to_string();
+    if !output.status.success() || folder.is_empty() {
+        return Err(BackendError::load(format!(
+            "{} has no `ts` package: install torchserve==0.12.0 in it (`make deps` does, in ferroserve's cache \
+             venv), or set python_executable to an interpreter that has it",
+            python.display()
+        )));
+    }
+    Ok(PathBuf::from(folder))
+}
+
+/// A model served by its Python handler: it makes one worker process per worker.
+#[derive(Debug, Clone)]
+pub struct PythonFactory {
+    options: PythonOptions,
+    spec: ModelSpec,
+}
+
+impl PythonFactory {
+    /// Checks that `options.python` has the `ts` package; workers start in [`BackendFactory::create`].
+    ///
+    /// # Errors
+    /// [`BackendError::Load`] when it has not, or no device is given.
+    pub fn new(mut options: PythonOptions) -> Result<Self, BackendError> {
+        let ts = find_ts_package(&options.python)?;
+        options.metrics_config.get_or_insert_with(|| ts.join("configs").join("metrics.yaml"));
+        if options.devices.is_empty() {
+            return Err(BackendError::load("a model needs at least one device"));
+        }
+        let spec = ModelSpec {
+            input_name: "body".into(),
+            input_shape: Shape::unknown(),
+            output_name: "body".into(),
+            output_shape: Shape::unknown(),
+        };
+        Ok(Self { options, spec })
+    }
+
+    fn load_command(&self, worker: usize) -> Load<'_> {
+        let gpu = match self.worker_device(worker) {
+            Device::Cuda(index) => Some(index),
+            Device::Cpu | Device::Mps => None,
+        };
+        Load {
+            model_name: &self.options.model_name,
+            model_path: self.options.model_dir.to_str().unwrap_or_default(),
+            batch_size: self.options.batch_size,
+            handler: &self.options.handler,
+            gpu,
+            envelope: &self.options.envelope,
+            limit_max_image_pixels: self.options.limit_max_image_pixels,
+        }
+    }
+
+    /// Starts worker `worker`'s process and waits until it has loaded the model.
+    fn start(&self, worker: usize) -> Result<Worker, BackendError> {
+        let spawned = Spawned::start(&self.options, worker).map_err(BackendError::load)?;
+        spawned.connect(&self.options, &self.load_command(worker)).map_err(BackendError::load)
+    }
+}
+
+impl BackendFactory for PythonFactory {
+    fn spec(&self) -> &ModelSpec {
+        &self.spec
+    }
+
+    fn device(&self) -> Device {
+        self.options.devices[0]
+    }
+
+    fn runtime(&self) -> &'static str {
+        RUNTIME
+    }
+
+    fn create(&self, worker: usize) -> Result<Box<dyn Backend>, BackendError> {
+        let ready = self.start(worker)?;
+        tracing::info!(model = %self.options.model_name, worker, pid = ready.pid(), "Python worker loaded the model");
+        Ok(Box::new(PythonBackend { factory: self.clone(), worker, state: State::Ready(ready) }))
+    }
+
+    fn worker_device(&self, worker: usize) -> Device {
+        self.options.devices[worker % self.options.devices.len()]
+    }
+}
+
+/// Where a backend's worker process stands.
+enum State {
+    /// Loaded and answering.
+    Ready(Worker),
+    /// Started again after a failure, loading; connected on the next batch.
+    Restarting(Spawned),
+    /// Could not be started; tried again on the next batch.
+    Gone,
+}
+
+/// One worker's process.
+struct PythonBackend {
+    factory: PythonFactory,
+    worker: usize,
+    state: State,
+}
+
+impl PythonBackend {
+    /// The loaded worker, connecting the one restarting (or starting one) first.
+    fn ready(&mut self) -> Result<&mut Worker, BackendError> {
+        let options = &self.factory.options;
+        let fresh = match std::mem::replace(&mut self.state, State::Gone) {
+            State::Ready(worker) => Ok(worker),
+            State::Restarting(spawned) => spawned.connect(options, &self.factory.load_command(self.worker)),
+            State::Gone => Spawned::start(options, self.worker)
+                .and_then(|spawned| spawned.connect(options, &self.factory.load_command(self.worker))),
+        }
+        .map_err(|e| BackendError::inference(format!("the Python worker could not be restarted: {e}")))?;
+        self.state = State::Ready(fresh);
+        match &mut self.state {
+            State::Ready(worker) => Ok(worker),
+            State::Restarting(_) | State::Gone => Err(BackendError::inference("the Python worker is not ready")),
+        }
+    }
+
+    /// Kills the worker that failed and starts its replacement at once, so that it loads while nothing waits.
+    fn restart(&mut self, why: &std::io::Error) {
+        let pid = match &self.state {
+            State::Ready(worker) => Some(worker.pid()),
+            State::Restarting(_) | State::Gone => None,
+        };
+        self.state = State::Gone; // Kills the old process (and its group).
+        tracing::warn!(model = %self.factory.options.model_name, worker = self.worker, ?pid, error = %why,
+            "Python worker failed; restarting it");
+        match Spawned::start(&self.factory.options, self.worker) {
+            Ok(spawned) => self.state = State::Restarting(spawned),
+            Err(error) => tracing::error!(%error, "cannot restart the Python worker; trying again on the next batch"),
+        }
+    }
+}
+
+impl Backend for PythonBackend {
+    fn infer(&mut self, _batch: usize, _input: &[f32]) -> Result<Vec<f32>, BackendError> {
+        Err(BackendError::inference("this model runs a Python handler: it takes requests, not tensors"))
+    }
+
+    fn infer_shaped(&mut self, _batch: usize, _shape: &[usize], _input: &[f32]) -> Result<Shaped, BackendError> {
+        Err(BackendError::inference("this model runs a Python handler: it takes requests, not tensors"))
+    }
+
+    fn handle(&mut self, batch: &[&HandlerInput]) -> Result<Vec<HandlerOutput>, BackendError> {
+        let timeout = self.factory.options.response_timeout;
+        let result = self.ready()?.infer(batch, timeout);
+        let (ids, answer) = match result {
+            Ok(done) => done,
+            Err(error) => {
+                self.restart(&error);
+                let what = if error.kind() == std::io::ErrorKind::TimedOut {
+                    format!("the Python worker did not answer within the response timeout ({timeout:?}); restarted")
+                } else {
+                    format!("Worker died ({error}); restarted")
+                };
+                return Err(BackendError::inference(what));
+            }
+        };
+        if answer.code != 200 {
+            let code = u16::try_from(answer.code).ok().filter(|c| (100..=599).contains(c)).unwrap_or(500);
+            return Err(BackendError::Status { code, message: answer.message.into() });
+        }
+        in_order(&ids, answer.predictions)
+    }
+}
+
+/// The worker's answers in the order of `ids`.
+///
+/// # Errors
+/// [`BackendError::Inference`] when an id is missing or answered twice.
+fn in_order(ids: &[String], predictions: Vec<(String, HandlerOutput)>) -> Result<Vec<HandlerOutput>, BackendError> {
+    let mut slots: Vec<Option<HandlerOutput>> = vec![None; ids.len()];
+    for (id, output) in predictions {
+        let Some(k) = ids.iter().position(|i| *i == id) else {
+            return Err(BackendError::inference(format!("the Python worker answered unknown request {id}")));
+        };
+        if slots[k].replace(output).is_some() {
+            return Err(BackendError::inference(format!("the Python worker answered request {id} twice")));
+        }
+    }
+    slots
+        .into_iter()
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| BackendError::inference("the Python worker left requests of the batch unanswered"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(body: &str) -> HandlerOutput {
+        HandlerOutput { status: 200, body: body.as_bytes().to_vec(), ..HandlerOutput::default() }
+    }
+
+    #[test]
+    fn answers_are_put_back_in_the_order_of_the_batch() {
+        let ids = ["1".to_string(), "2".to_string()];
+        let got = in_order(&ids, vec![("2".into(), answer("b")), ("1".into(), answer("a"))]).expect("both");
+        assert_eq!(got, vec![answer("a"), answer("b")]);
+        assert!(in_order(&ids, vec![("1".into(), answer("a"))]).is_err(), "one missing");
+        assert!(in_order(&ids, vec![("1".into(), answer("a")), ("1".into(), answer("a"))]).is_err(), "twice");
+        assert!(in_order(&ids, vec![("9".into(), answer("a"))]).is_err(), "unknown");
+    }
+
+    #[test]
+    fn a_missing_interpreter_or_ts_package_is_a_clear_load_error() {
+        let missing = find_ts_package(Path::new("/nonexistent/python")).expect_err("no interpreter").to_string();
+        assert!(missing.contains("cannot run python_executable /nonexistent/python"), "{missing}");
+        // `true` runs and prints nothing: an interpreter without the package, as far as the check can tell.
+        let without = find_ts_package(Path::new("true")).expect_err("no ts").to_string();
+        assert!(without.contains("has no `ts` package") && without.contains("torchserve==0.12.0"), "{without}");
+    }
+}

@@ -695,6 +695,25 @@ mod tests {
     }
 
     #[test]
+    fn reads_the_python_worker_keys() {
+        let c = parse(
+            "python_executable=/opt/py/bin/python\ndecode_input_request=false\nlimit_max_image_pixels=false\n\
+             service_envelope=kservev2\nmodels={\"m\": {\"1.0\": {\"startupTimeout\": 7}}}\n",
+        )
+        .expect("valid config");
+        assert_eq!(c.python_executable, PathBuf::from("/opt/py/bin/python"));
+        assert!(!c.decode_input_request && !c.limit_max_image_pixels);
+        assert_eq!(c.service_envelope, "kservev2");
+        assert_eq!(c.model_config("m", "1.0").and_then(|m| m.startup_timeout), Some(7));
+        let defaults = Config::default();
+        assert!(
+            defaults.decode_input_request && defaults.limit_max_image_pixels && defaults.service_envelope.is_empty()
+        );
+        let err = parse("decode_input_request=maybe\n").expect_err("not a boolean").to_string();
+        assert!(err.contains("decode_input_request"), "{err}");
+    }
+
+    #[test]
     fn reads_the_control_plane_keys() {
         let c = parse(
             "management_address=http://127.0.0.1:9081\nmetrics_address=http://0.0.0.0:9082\n\

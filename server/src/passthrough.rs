@@ -51,7 +51,8 @@ pub fn with_body(mut input: HandlerInput, body: Vec<u8>) -> HandlerInput {
 #[must_use]
 pub fn reply_of(output: HandlerOutput) -> Reply {
     let mut response = Response::new(Full::new(Bytes::from(output.body)));
-    *response.status_mut() = StatusCode::from_u16(output.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let status = StatusCode::from_u16(output.status).ok().filter(|s| s.as_u16() <= 599);
+    *response.status_mut() = status.unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     if !output.reason.is_empty() {
         if let Ok(reason) = hyper::ext::ReasonPhrase::try_from(output.reason.into_bytes()) {
             response.extensions_mut().insert(reason);

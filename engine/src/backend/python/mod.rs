@@ -75,6 +75,15 @@ pub fn find_ts_package(python: &Path) -> Result<PathBuf, BackendError> {
     Ok(PathBuf::from(folder))
 }
 
+/// The GPU index worker `worker` is told to use: the `worker % n`-th of `devices` when it is a CUDA device (as
+/// TorchServe assigns GPUs round-robin), `None` for the CPU (and MPS, which TorchServe's worker has no id for).
+fn gpu_of(devices: &[Device], worker: usize) -> Option<usize> {
+    match devices.get(worker % devices.len().max(1))? {
+        Device::Cuda(index) => Some(*index),
+        Device::Cpu | Device::Mps => None,
+    }
+}
+
 /// A model served by its Python handler: it makes one worker process per worker.
 #[derive(Debug, Clone)]
 pub struct PythonFactory {
@@ -103,16 +112,12 @@ impl PythonFactory {
     }
 
     fn load_command(&self, worker: usize) -> Load<'_> {
-        let gpu = match self.worker_device(worker) {
-            Device::Cuda(index) => Some(index),
-            Device::Cpu | Device::Mps => None,
-        };
         Load {
             model_name: &self.options.model_name,
             model_path: self.options.model_dir.to_str().unwrap_or_default(),
             batch_size: self.options.batch_size,
             handler: &self.options.handler,
-            gpu,
+            gpu: gpu_of(&self.options.devices, worker),
             envelope: &self.options.envelope,
             limit_max_image_pixels: self.options.limit_max_image_pixels,
         }
@@ -216,10 +221,12 @@ impl Backend for PythonBackend {
             Ok(done) => done,
             Err(error) => {
                 self.restart(&error);
-                let what = if error.kind() == std::io::ErrorKind::TimedOut {
-                    format!("the Python worker did not answer within the response timeout ({timeout:?}); restarted")
-                } else {
-                    format!("Worker died ({error}); restarted")
+                let what = match error.kind() {
+                    std::io::ErrorKind::TimedOut => {
+                        format!("the Python worker did not answer within the response timeout ({timeout:?}); restarted")
+                    }
+                    std::io::ErrorKind::UnexpectedEof => "Worker died (it closed its connection); restarted".into(),
+                    _ => format!("Worker died ({error}); restarted"),
                 };
                 return Err(BackendError::inference(what));
             }
@@ -268,6 +275,15 @@ mod tests {
         assert!(in_order(&ids, vec![("1".into(), answer("a"))]).is_err(), "one missing");
         assert!(in_order(&ids, vec![("1".into(), answer("a")), ("1".into(), answer("a"))]).is_err(), "twice");
         assert!(in_order(&ids, vec![("9".into(), answer("a"))]).is_err(), "unknown");
+    }
+
+    #[test]
+    fn workers_take_the_model_gpus_in_turn() {
+        let gpus = [Device::Cuda(2), Device::Cuda(5)];
+        let assigned: Vec<_> = (0..4).map(|w| gpu_of(&gpus, w)).collect();
+        assert_eq!(assigned, vec![Some(2), Some(5), Some(2), Some(5)]);
+        assert_eq!(gpu_of(&[Device::Cpu], 3), None);
+        assert_eq!(gpu_of(&[], 0), None);
     }
 
     #[test]

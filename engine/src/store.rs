@@ -338,6 +338,7 @@ mod tests {
             handler: handler.map(Into::into),
             model_file: model_file.map(Into::into),
             config_file: None,
+            requirements_file: None,
         }
     }
 

@@ -199,6 +199,9 @@ pub struct Config {
     /// The interpreter that runs archives' Python handlers (`python_executable`, TorchServe's key; default: the
     /// venv `make deps` makes, [`default_python`]).
     pub python_executable: PathBuf,
+    /// Whether an archive's `requirements.txt` (`--requirements-file`) is installed with `python_executable`'s pip
+    /// before its workers start (`install_py_dep_per_model`, TorchServe's key, default false).
+    pub install_py_dep_per_model: bool,
     /// Whether the Python worker decodes JSON and text bodies before the handler sees them
     /// (`decode_input_request`, TorchServe's key, default true).
     pub decode_input_request: bool,
@@ -253,6 +256,7 @@ impl Default for Config {
             io_threads: cores,
             models: BTreeMap::new(),
             python_executable: default_python(),
+            install_py_dep_per_model: false,
             decode_input_request: true,
             limit_max_image_pixels: true,
             service_envelope: String::new(),
@@ -267,7 +271,6 @@ const IGNORED: &[&str] = &[
     "metrics_mode",
     "number_of_gpu",
     "async_logging",
-    "install_py_dep_per_model",
     "disable_system_metrics",
     "cors_allowed_origin",
     "cors_allowed_methods",
@@ -360,6 +363,7 @@ impl Config {
             "number_of_netty_threads" => self.io_threads = positive(value)?,
             "models" => self.models = parse_models(value)?,
             "python_executable" => self.python_executable = PathBuf::from(value),
+            "install_py_dep_per_model" => self.install_py_dep_per_model = parse_bool(value)?,
             "decode_input_request" => self.decode_input_request = parse_bool(value)?,
             "limit_max_image_pixels" => self.limit_max_image_pixels = parse_bool(value)?,
             "service_envelope" => self.service_envelope = value.to_string(),
@@ -697,12 +701,12 @@ mod tests {
     #[test]
     fn reads_the_python_worker_keys() {
         let c = parse(
-            "python_executable=/opt/py/bin/python\ndecode_input_request=false\nlimit_max_image_pixels=false\n\
+            "python_executable=/opt/py/bin/python\ninstall_py_dep_per_model=true\ndecode_input_request=false\nlimit_max_image_pixels=false\n\
              service_envelope=kservev2\nmodels={\"m\": {\"1.0\": {\"startupTimeout\": 7}}}\n",
         )
         .expect("valid config");
         assert_eq!(c.python_executable, PathBuf::from("/opt/py/bin/python"));
-        assert!(!c.decode_input_request && !c.limit_max_image_pixels);
+        assert!(c.install_py_dep_per_model && !c.decode_input_request && !c.limit_max_image_pixels);
         assert_eq!(c.service_envelope, "kservev2");
         assert_eq!(c.model_config("m", "1.0").and_then(|m| m.startup_timeout), Some(7));
         let defaults = Config::default();

@@ -262,6 +262,15 @@ fn python_factory(
 ) -> Result<Arc<dyn BackendFactory>, LoadError> {
     let name = &options.name;
     let handler = files.manifest.as_ref().and_then(|m| m.handler.clone()).unwrap_or_default();
+    let requirements = files.manifest.as_ref().and_then(|m| m.requirements_file.as_deref());
+    if requirements.is_some_and(|r| !Path::new(r).components().all(|c| matches!(c, std::path::Component::Normal(_)))) {
+        let message = format!("requirementsFile {requirements:?} must be a file inside the archive");
+        return Err(LoadError::Mismatch { name: name.clone(), message });
+    }
+    let requirements = requirements.map(|r| root.join(r));
+    if requirements.is_some() && !config.install_py_dep_per_model {
+        tracing::info!(model = %name, "the archive has a requirements file; install_py_dep_per_model is off");
+    }
     tracing::info!(model = %name, handler, python = %config.python_executable.display(),
         "the archive's handler runs in TorchServe's Python worker");
     let python = PythonOptions {
@@ -277,6 +286,7 @@ fn python_factory(
         startup_timeout: Duration::from_secs(settings.startup_timeout.unwrap_or(STARTUP_TIMEOUT_S)),
         response_timeout: options.response_timeout,
         metrics_config: None,
+        requirements: requirements.filter(|_| config.install_py_dep_per_model),
     };
     let factory = PythonFactory::new(python).map_err(|source| LoadError::Backend { name: name.clone(), source })?;
     Ok(Arc::new(factory))

@@ -320,3 +320,45 @@ fn sigterm_leaves_no_python_process() {
     assert!(child.wait().expect("exit").success(), "a clean exit");
     wait_all_gone(&workers);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_archives_requirements_are_installed_only_when_asked() {
+    let Some(bin) = venv() else { return };
+    let (store, src) = (tempfile::tempdir().expect("store"), tempfile::tempdir().expect("sources"));
+    run(Command::new(bin.join("python")).arg(sources().join("make_wheel.py")).arg(src.path()));
+    std::fs::write(src.path().join("requirements.txt"), "./tinydep-0.1-py3-none-any.whl\n").expect("requirements");
+    std::fs::copy(sources().join("dep_handler.py"), src.path().join("dep_handler.py")).expect("copy the handler");
+    let at = |file: &str| src.path().join(file).display().to_string();
+    run(Command::new(bin.join("torch-model-archiver"))
+        .args(["--model-name", "deps", "--version", "1.0", "--handler", &at("dep_handler.py")])
+        .args(["--requirements-file", &at("requirements.txt"), "--extra-files", &at("tinydep-0.1-py3-none-any.whl")])
+        .arg("--export-path")
+        .arg(store.path()));
+    // Off (the default): the handler cannot import its dependency, and the load says why.
+    let (refused, ..) = load_deps(&bin, store.path(), false).await;
+    let error = refused.err().expect("the handler cannot load without its requirements").to_string();
+    assert!(error.contains("exited while it loaded the model"), "{error}");
+
+    let (model, config, metrics) = load_deps(&bin, store.path(), true).await;
+    let registry = Arc::new(Registry::new());
+    assert!(registry.register(model.expect("loads with its requirements installed")).is_ok());
+    let server = TestServer::start_state(Arc::new(AppState::new(registry, config, metrics))).await;
+    let reply = server.predict("deps", "{}").await;
+    assert_eq!((reply.status, reply.text.as_str()), (StatusCode::OK, "from tinydep"));
+}
+
+/// Loads `deps.mar` from `store`, installing its requirements when `install` is true.
+async fn load_deps(
+    bin: &Path,
+    store: &Path,
+    install: bool,
+) -> (Result<ferroserve_engine::Model, load::LoadError>, Config, Arc<ferroserve::metrics::ServerMetrics>) {
+    let mut config = config(bin, store, "{}");
+    config.install_py_dep_per_model = install;
+    let metrics = metrics_for(&config);
+    let (c, m) = (config.clone(), Arc::clone(&metrics));
+    let model = tokio::task::spawn_blocking(move || load::load_model(&c, ("deps", "1.0"), "deps.mar", &m.engine))
+        .await
+        .expect("task");
+    (model, config, metrics)
+}

@@ -52,6 +52,42 @@ pub struct PythonOptions {
     pub response_timeout: Duration,
     /// The worker's metrics configuration; `None`: `ts/configs/metrics.yaml` of the installed wheel.
     pub metrics_config: Option<PathBuf>,
+    /// The archive's `requirements.txt` to install before the workers start (TorchServe's
+    /// `install_py_dep_per_model`), into [`DEPENDENCIES`] in the archive's folder; `None`: nothing is installed.
+    pub requirements: Option<PathBuf>,
+}
+
+/// The folder, inside the unpacked archive, that an archive's requirements are installed into; it comes first
+/// on the workers' import path.
+pub const DEPENDENCIES: &str = ".ferroserve-python-deps";
+
+/// Installs `requirements` with `python`'s pip into `model_dir`/[`DEPENDENCIES`], from `model_dir` (so that
+/// paths in the file are the archive's), as TorchServe's `pip install -U -t`.
+///
+/// # Errors
+/// [`BackendError::Load`] with pip's last lines when it fails.
+fn install_requirements(python: &Path, model_dir: &Path, requirements: &Path) -> Result<(), BackendError> {
+    let target = model_dir.join(DEPENDENCIES);
+    tracing::info!(requirements = %requirements.display(), target = %target.display(), "installing the archive's Python dependencies");
+    let output = Command::new(python)
+        .args(["-m", "pip", "install", "--quiet", "--no-input", "--disable-pip-version-check", "-U", "-t"])
+        .arg(&target)
+        .arg("-r")
+        .arg(requirements)
+        .current_dir(model_dir)
+        .output()
+        .map_err(|e| BackendError::load(format!("cannot run pip of {}: {e}", python.display())))?;
+    if output.status.success() {
+        return Ok(());
+    }
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let tail: Vec<&str> = stderr.lines().rev().take(5).collect();
+    let tail: Vec<&str> = tail.into_iter().rev().collect();
+    Err(BackendError::load(format!(
+        "install_py_dep_per_model: pip could not install {}: {}",
+        requirements.display(),
+        tail.join(" | ")
+    )))
 }
 
 /// The `ts` package's folder as `python` imports it.
@@ -99,6 +135,9 @@ impl PythonFactory {
     pub fn new(mut options: PythonOptions) -> Result<Self, BackendError> {
         let ts = find_ts_package(&options.python)?;
         options.metrics_config.get_or_insert_with(|| ts.join("configs").join("metrics.yaml"));
+        if let Some(requirements) = &options.requirements {
+            install_requirements(&options.python, &options.model_dir, requirements)?;
+        }
         if options.devices.is_empty() {
             return Err(BackendError::load("a model needs at least one device"));
         }

@@ -99,7 +99,13 @@ impl Spawned {
             }
         };
         let mut worker = Worker { spawned: self, stream, next_id: 0 };
-        let answer = worker.exchange(&protocol::encode_load(load), until)?;
+        let answer = worker.exchange(&protocol::encode_load(load), until).map_err(|e| match e.kind() {
+            // The worker exits on any exception but a few while it loads (an ImportError of the handler, say).
+            io::ErrorKind::UnexpectedEof => io::Error::other(
+                "the Python worker exited while it loaded the model: see its log lines above (the handler's traceback)",
+            ),
+            _ => e,
+        })?;
         if answer.code != 200 {
             return Err(io::Error::other(format!(
                 "the handler failed to load: {} {} (see the worker's log lines above)",
@@ -180,10 +186,16 @@ impl Drop for Spawned {
     }
 }
 
-/// The archive's folder first on the import path (the handler and its extra files are there), then what the
-/// server's environment had.
+/// The archive's installed requirements first on the import path when there are any, then the archive's folder
+/// (the handler and its extra files are there), then what the server's environment had.
 fn python_path(model_dir: &Path) -> std::ffi::OsString {
-    let mut path = model_dir.as_os_str().to_os_string();
+    let mut path = std::ffi::OsString::new();
+    let dependencies = model_dir.join(super::DEPENDENCIES);
+    if dependencies.is_dir() {
+        path.push(dependencies.as_os_str());
+        path.push(":");
+    }
+    path.push(model_dir.as_os_str());
     if let Some(existing) = std::env::var_os("PYTHONPATH").filter(|p| !p.is_empty()) {
         path.push(":");
         path.push(existing);

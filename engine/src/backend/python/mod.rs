@@ -4,8 +4,8 @@
 //! command; each request gets back what the handler made of it (status, content type, headers, body).
 //!
 //! A worker that dies, or does not answer within the model's response timeout, fails its batch, is killed with
-//! its process group, and is started again at once (TorchServe's worker restart); its next batch waits for the
-//! new process to load the model. Dropping the backend (unregister, scaling down, shutdown) kills the process.
+//! its process group, and is started again at once (TorchServe's worker restart); the new process is connected
+//! and loads the model when the next batch comes (a new one is started then if it gave up waiting). Dropping the backend (unregister, scaling down, shutdown) kills the process.
 
 mod process;
 mod protocol;
@@ -197,7 +197,7 @@ impl BackendFactory for PythonFactory {
 enum State {
     /// Loaded and answering.
     Ready(Worker),
-    /// Started again after a failure, loading; connected on the next batch.
+    /// Started again after a failure, importing torch meanwhile; connected and loaded on the next batch.
     Restarting(Spawned),
     /// Could not be started; tried again on the next batch.
     Gone,
@@ -211,35 +211,40 @@ struct PythonBackend {
 }
 
 impl PythonBackend {
-    /// The loaded worker, connecting the one restarting (or starting one) first.
+    /// The loaded worker: the one restarting connected and loaded first, or, when that fails (it gives up on a
+    /// connection that does not come within 30 s of its start) or none runs, a new one started.
     fn ready(&mut self) -> Result<&mut Worker, BackendError> {
-        let options = &self.factory.options;
-        let fresh = match std::mem::replace(&mut self.state, State::Gone) {
-            State::Ready(worker) => Ok(worker),
-            State::Restarting(spawned) => spawned.connect(options, &self.factory.load_command(self.worker)),
-            State::Gone => Spawned::start(options, self.worker)
-                .and_then(|spawned| spawned.connect(options, &self.factory.load_command(self.worker))),
+        let (options, worker) = (&self.factory.options, self.worker);
+        let ready = match std::mem::replace(&mut self.state, State::Gone) {
+            State::Ready(ready) => Ok(ready),
+            State::Restarting(spawned) => spawned.connect(options, &self.factory.load_command(worker)).or_else(|e| {
+                tracing::info!(model = %options.model_name, worker, error = %e, "starting the Python worker anew");
+                self.factory.start(worker)
+            }),
+            State::Gone => self.factory.start(worker),
         }
         .map_err(|e| BackendError::inference(format!("the Python worker could not be restarted: {e}")))?;
-        self.state = State::Ready(fresh);
+        self.state = State::Ready(ready);
         match &mut self.state {
-            State::Ready(worker) => Ok(worker),
+            State::Ready(ready) => Ok(ready),
             State::Restarting(_) | State::Gone => Err(BackendError::inference("the Python worker is not ready")),
         }
     }
 
-    /// Kills the worker that failed and starts its replacement at once, so that it loads while nothing waits.
+    /// Kills the worker that failed and starts its replacement at once, so that it imports torch while the failed
+    /// batch is answered; it is connected and loaded when the next batch comes.
     fn restart(&mut self, why: &std::io::Error) {
         let pid = match &self.state {
-            State::Ready(worker) => Some(worker.pid()),
+            State::Ready(ready) => Some(ready.pid()),
             State::Restarting(_) | State::Gone => None,
         };
         self.state = State::Gone; // Kills the old process (and its group).
-        tracing::warn!(model = %self.factory.options.model_name, worker = self.worker, ?pid, error = %why,
-            "Python worker failed; restarting it");
+        let model = &self.factory.options.model_name;
+        tracing::warn!(model = %model, worker = self.worker, ?pid, error = %why, "Python worker failed; restarting it");
         match Spawned::start(&self.factory.options, self.worker) {
             Ok(spawned) => self.state = State::Restarting(spawned),
-            Err(error) => tracing::error!(%error, "cannot restart the Python worker; trying again on the next batch"),
+            Err(error) => tracing::error!(model = %model, worker = self.worker, %error,
+                "cannot restart the Python worker; trying again on the next batch"),
         }
     }
 }

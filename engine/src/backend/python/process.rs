@@ -24,7 +24,6 @@ const CONNECT_POLL: Duration = Duration::from_millis(20);
 pub(crate) struct Spawned {
     child: Child,
     socket: tempfile::TempDir,
-    started: Instant,
 }
 
 /// A worker that has loaded the model and takes inference commands.
@@ -71,16 +70,17 @@ impl Spawned {
         if let Some(err) = child.stderr.take() {
             forward_log(err, &options.model_name, worker, true);
         }
-        Ok(Self { child, socket, started: Instant::now() })
+        Ok(Self { child, socket })
     }
 
-    /// Connects to the worker and loads the model in it, within `startup_timeout` of its start.
+    /// Connects to the worker and loads the model in it, within `startup_timeout` (counted from now: a worker
+    /// restarted after a failure is connected when its next batch comes).
     ///
     /// # Errors
     /// When the worker exits or does not listen in time, or the handler fails to load (TorchServe's status and
     /// message).
     pub(crate) fn connect(mut self, options: &PythonOptions, load: &Load<'_>) -> io::Result<Worker> {
-        let until = self.started + options.startup_timeout;
+        let until = Instant::now() + options.startup_timeout;
         let stream = loop {
             if let Some(status) = self.child.try_wait()? {
                 return Err(io::Error::other(format!(

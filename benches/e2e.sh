@@ -25,15 +25,8 @@ server_pid=
 cleanup() { [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null; rm -rf "$work"; }
 trap cleanup EXIT
 
-cat > "$work/post.lua" <<LUA
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-local f = assert(io.open("models/signnet/example.json", "rb"))
-wrk.body = f:read("*a")
-f:close()
-LUA
-
 source benches/server.sh
+write_post_lua "$work/post.lua"
 
 printf '%-10s %-12s %12s %10s %10s %10s\n' batchSize concurrency "req/s" p50 p99 errors
 for batch in $BATCH_SIZES; do

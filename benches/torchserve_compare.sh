@@ -45,13 +45,8 @@ cp server/tests/python_handler/{model.py,sign_handler.py,feature_engineering.py,
     --serialized-file "$work/src/model.pt" --handler "$work/src/sign_handler.py" \
     --extra-files "$work/src/feature_engineering.py,$work/src/index_to_name.json" --export-path "$work/store"
 
-cat > "$work/post.lua" <<LUA
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-local f = assert(io.open("models/signnet/example.json", "rb"))
-wrk.body = f:read("*a")
-f:close()
-LUA
+source benches/server.sh
+write_post_lua "$work/post.lua"
 
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 models="{\"signs\": {\"1.0\": {\"minWorkers\": $WORKERS, \"maxWorkers\": $WORKERS, \"batchSize\": $BATCH, \

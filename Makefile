@@ -10,6 +10,10 @@ ORT_VERSION   := 1.31.1
 TORCH_VERSION := 2.13.0
 ONNX_VERSION  := 1.23.2
 ONNXSCRIPT_VERSION := 0.7.2
+# TorchServe's Python worker, for archives with their own handler; its wheel does not declare pyyaml, which its
+# worker imports (ts/utils/util.py).
+TORCHSERVE_VERSION := 0.12.0
+PYYAML_VERSION     := 6.0.4
 PYTHON  ?= python3
 CACHE   ?= $(HOME)/.cache/ferroserve
 # onnxruntime-gpu (CUDA execution provider) when nvidia-smi finds a GPU, else the CPU wheel.
@@ -19,14 +23,17 @@ TORCH_VENV   := $(CACHE)/venv-torch-$(TORCH_VERSION)
 MODEL_VENV   := $(CACHE)/venv-model-torch-$(TORCH_VERSION)-onnx-$(ONNX_VERSION)
 ORT_LIB := third_party/onnxruntime/capi/libonnxruntime.so.$(ORT_VERSION)
 TORCH_LIB := third_party/libtorch/lib/libtorch.so
+TORCHSERVE_STAMP := $(TORCH_VENV)/.torchserve-$(TORCHSERVE_VERSION).stamp
 CONFIG  ?= config/config.properties
 BIN     := target/release/ferroserve
 
 .PHONY: deps tools run build dist image-test test fmt lint features deploy-check deploy-live bench bench-backend bench-e2e soak loadtest tune model fuzz clean
 
 ## deps: install onnxruntime==$(ORT_VERSION) and torch==$(TORCH_VERSION) (once each) and link
-## third_party/onnxruntime and third_party/libtorch (the wheel's torch folder: lib/ and include/) to them
-deps: $(ORT_LIB) $(TORCH_LIB)
+## third_party/onnxruntime and third_party/libtorch (the wheel's torch folder: lib/ and include/) to them; install
+## torchserve and torch-model-archiver==$(TORCHSERVE_VERSION) beside torch (the Python worker of archives with
+## their own handler: ferroserve's default python_executable)
+deps: $(ORT_LIB) $(TORCH_LIB) $(TORCHSERVE_STAMP)
 
 $(RUNTIME_VENV)/.stamp:
 	$(PYTHON) -m venv $(RUNTIME_VENV)
@@ -36,6 +43,13 @@ $(RUNTIME_VENV)/.stamp:
 $(TORCH_VENV)/.stamp:
 	$(PYTHON) -m venv $(TORCH_VENV)
 	$(TORCH_VENV)/bin/python -m pip install --quiet torch==$(TORCH_VERSION)
+	touch $@
+
+# torch pinned again so that pip never moves it; the import proves the worker's modules are there.
+$(TORCHSERVE_STAMP): $(TORCH_VENV)/.stamp
+	$(TORCH_VENV)/bin/python -m pip install --quiet torch==$(TORCH_VERSION) torchserve==$(TORCHSERVE_VERSION) \
+		torch-model-archiver==$(TORCHSERVE_VERSION) pyyaml==$(PYYAML_VERSION)
+	$(TORCH_VENV)/bin/python -c 'import ts.model_service_worker, model_archiver, yaml'
 	touch $@
 
 # find_spec locates the package without importing torch (seconds saved on every relink).

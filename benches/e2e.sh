@@ -28,15 +28,8 @@ server_pid=
 cleanup() { [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null; rm -rf "$work"; }
 trap cleanup EXIT
 
-cat > "$work/post.lua" <<LUA
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-local f = assert(io.open("models/signnet/example.json", "rb"))
-wrk.body = f:read("*a")
-f:close()
-LUA
-
 source benches/server.sh
+write_post_lua "$work/post.lua"
 
 # With CANARY: a model store holding signnet and a no-archive folder of the same files, version 2.0.
 store_lines=

@@ -22,3 +22,14 @@ start_server() {
         exit 1
     fi
 }
+
+# write_post_lua FILE: the wrk script that POSTs the bundled example (models/signnet/example.json) as JSON.
+write_post_lua() {
+    cat > "$1" <<LUA
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+local f = assert(io.open("models/signnet/example.json", "rb"))
+wrk.body = f:read("*a")
+f:close()
+LUA
+}

@@ -44,6 +44,10 @@ pub struct Manifest {
     /// `model.configFile`: the model's `model-config.yaml` (`torch-model-archiver -c`), relative to the root.
     #[serde(default, deserialize_with = "non_empty")]
     pub config_file: Option<String>,
+    /// `model.requirementsFile`: the handler's Python dependencies (`torch-model-archiver --requirements-file`),
+    /// installed only with `install_py_dep_per_model=true`.
+    #[serde(default, deserialize_with = "non_empty")]
+    pub requirements_file: Option<String>,
 }
 
 /// An optional string, `None` when it is empty (the archiver writes `""` for what it was not given).

@@ -20,7 +20,7 @@ use crate::{
     error::EngineError,
     metrics::{EngineMetrics, ModelMetrics, StatsSnapshot},
     queue::{self, PushError},
-    request::{InferRequest, InferResult},
+    request::{HandlerInput, InferRequest, InferResult, SampleShape},
     scheduler::{supervise, Shared},
 };
 
@@ -276,6 +276,37 @@ impl Model {
         timeout: Option<Duration>,
     ) -> Result<oneshot::Receiver<InferResult>, EngineError> {
         let shape = self.shared.spec.sample_shape(input.len(), shape).map_err(EngineError::InvalidInput)?;
+        self.enqueue(input, shape, None, timeout)
+    }
+
+    /// Queues one request for a model served by a Python handler ([`crate::backend::python`]): the handler gets
+    /// it as TorchServe's front end would pass it, batched with others, and its answer comes back as the handler
+    /// made it ([`InferOutput::handler`]).
+    ///
+    /// # Errors
+    /// As [`Model::submit`]; a model that runs tensors answers the batch [`BackendError::Inference`].
+    pub fn submit_handler(
+        &self,
+        input: HandlerInput,
+        timeout: Option<Duration>,
+    ) -> Result<oneshot::Receiver<InferResult>, EngineError> {
+        self.enqueue(Vec::new(), None, Some(Box::new(input)), timeout)
+    }
+
+    /// Whether the model runs a Python handler (requests go through [`Model::submit_handler`]).
+    #[must_use]
+    pub fn runs_handler(&self) -> bool {
+        self.runtime == crate::backend::python::RUNTIME
+    }
+
+    /// Pushes one request onto the queue, or says at once why not.
+    fn enqueue(
+        &self,
+        input: Vec<f32>,
+        shape: SampleShape,
+        handler: Option<Box<HandlerInput>>,
+        timeout: Option<Duration>,
+    ) -> Result<oneshot::Receiver<InferResult>, EngineError> {
         let tx = self.tx.read();
         let closed = || EngineError::ShuttingDown(self.options.name.clone());
         let tx = tx.as_ref().ok_or_else(closed)?;
@@ -286,7 +317,7 @@ impl Model {
         let arrived = Instant::now();
         let timeout = timeout.map_or(self.options.response_timeout, |t| t.min(self.options.response_timeout));
         let deadline = crate::request::deadline(arrived, timeout);
-        let request = InferRequest { input, shape, reply, arrived, deadline, span: self.request_span() };
+        let request = InferRequest { input, shape, handler, reply, arrived, deadline, span: self.request_span() };
         match queue::push(tx, request) {
             Ok(()) => {
                 self.shared.metrics.accepted.inc();

@@ -9,13 +9,13 @@ use crate::{
     request::InferRequest,
 };
 
-/// Why a push was refused; the request is handed back.
+/// Why a push was refused; the request is handed back (boxed: the error stays small on the hot path).
 #[derive(Debug)]
 pub enum PushError {
     /// The queue holds `job_queue_size` requests already.
-    Full(InferRequest),
+    Full(Box<InferRequest>),
     /// The workers are gone (the model is shutting down).
-    Closed(InferRequest),
+    Closed(Box<InferRequest>),
 }
 
 /// Makes a queue of `capacity` requests (at least 1): the sending half and the workers' receiving half.
@@ -30,8 +30,8 @@ pub fn bounded(capacity: usize) -> (Sender<InferRequest>, Receiver<InferRequest>
 /// [`PushError::Full`] or [`PushError::Closed`], with the request.
 pub fn push(tx: &Sender<InferRequest>, request: InferRequest) -> Result<(), PushError> {
     tx.try_send(request).map_err(|e| match e {
-        TrySendError::Full(r) => PushError::Full(r),
-        TrySendError::Disconnected(r) => PushError::Closed(r),
+        TrySendError::Full(r) => PushError::Full(Box::new(r)),
+        TrySendError::Disconnected(r) => PushError::Closed(Box::new(r)),
     })
 }
 

@@ -7,6 +7,7 @@ use std::{
 
 use tokio::sync::oneshot;
 
+pub use crate::backend::handler::{HandlerInput, HandlerOutput, Part};
 use crate::{backend::Device, error::EngineError};
 
 /// The result a request's caller receives.
@@ -29,6 +30,9 @@ pub struct InferRequest {
     pub arrived: Instant,
     /// When the caller stops waiting for it; a request still queued past this is answered with a timeout.
     pub deadline: Instant,
+    /// The request as a Python handler takes it, for a model served by a TorchServe handler
+    /// ([`crate::backend::python`]); `None` for a tensor request (whose sample is `input`).
+    pub handler: Option<Box<HandlerInput>>,
     /// Its span (`queued`, DEBUG): a child of the span current where it was submitted, so the caller's own
     /// request span reaches the worker. The worker links it to its batch's span (`follows_from`) and records the
     /// queue time, inference time and batch size into it. Disabled, and free, unless DEBUG spans are on.
@@ -47,6 +51,8 @@ pub struct InferOutput {
     pub device: Device,
     /// Timings and batch size, for response headers and metrics.
     pub timing: Timing,
+    /// What the Python handler answered, for a request that carried a [`HandlerInput`] (`output` is then empty).
+    pub handler: Option<Box<HandlerOutput>>,
 }
 
 /// Where a request's time went inside the engine.

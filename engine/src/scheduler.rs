@@ -28,7 +28,7 @@ use crate::{
     batcher::{collect_with, BatchPolicy, Recv, Skip, Source},
     error::EngineError,
     metrics::ModelMetrics,
-    request::{InferOutput, InferRequest, SampleShape, Timing},
+    request::{HandlerInput, HandlerOutput, InferOutput, InferRequest, SampleShape, Timing},
 };
 
 /// How often an idle worker looks whether it should retire.
@@ -308,23 +308,18 @@ fn answer_skipped(request: InferRequest, why: Skip, shared: &Shared) {
     }
 }
 
-/// Stacks the batch into one buffer (one copy per request), runs it on worker `id`'s `device`, and answers each
-/// request with its row. The batch's span (`batch`, DEBUG) is entered meanwhile; each request's span follows
-/// from it.
+/// Runs the batch on worker `id`'s `device` ([`compute`]) and answers each request with its own answer. The
+/// batch's span (`batch`, DEBUG) is entered meanwhile; each request's span follows from it.
 fn run_batch(backend: &mut dyn Backend, batch: Vec<InferRequest>, shared: &Shared, id: usize, device: Device) {
     let n = batch.len();
     let span = tracing::debug_span!("batch", size = n, worker = id).entered();
     let dispatched = Instant::now();
-    let mut input = Vec::with_capacity(batch.iter().map(|r| r.input.len()).sum());
     for request in &batch {
-        input.extend_from_slice(&request.input);
         let queued = dispatched - request.arrived;
         record_queue_time(shared, queued);
         trace_dispatch(&request.span, &span, queued, n);
     }
-    // The batcher puts samples of one shape only in a batch: the first's is every one's.
-    let shape = batch.first().and_then(|r| r.shape.clone());
-    let result = catch_unwind(AssertUnwindSafe(|| run(backend, &shared.spec, n, shape.as_deref(), &input)))
+    let result = catch_unwind(AssertUnwindSafe(|| compute(backend, &shared.spec, &batch)))
         .unwrap_or_else(|panic| Err(BackendError::inference(panic_message(&*panic))));
     let inference = dispatched.elapsed();
     record_batch(shared, n, inference);
@@ -332,13 +327,10 @@ fn run_batch(backend: &mut dyn Backend, batch: Vec<InferRequest>, shared: &Share
         request.span.record("inference_us", micros(inference));
     }
     match result {
-        Ok((output, row_shape)) => {
-            let row_len = output.len() / n.max(1);
-            for (k, request) in batch.into_iter().enumerate() {
+        Ok(answers) => {
+            for (request, (output, shape, handler)) in batch.into_iter().zip(answers) {
                 let timing = Timing { queue: dispatched - request.arrived, inference, batch_size: n };
-                let row = output[k * row_len..(k + 1) * row_len].to_vec();
-                let answer = InferOutput { output: row, shape: row_shape.clone(), device, timing };
-                let _ = request.reply.send(Ok(answer));
+                let _ = request.reply.send(Ok(InferOutput { output, shape, device, timing, handler }));
             }
         }
         Err(error) => {
@@ -353,6 +345,37 @@ fn run_batch(backend: &mut dyn Backend, batch: Vec<InferRequest>, shared: &Share
             }
         }
     }
+}
+
+/// One request's answer: its row of the output, the row's shape when the model does not fix it, and what a
+/// Python handler answered.
+type Answer = (Vec<f32>, SampleShape, Option<Box<HandlerOutput>>);
+
+/// Runs the batch and returns one answer per request, in order: requests for a Python handler through
+/// [`Backend::handle`], samples stacked into one buffer (one copy per request) through [`run`].
+fn compute(backend: &mut dyn Backend, spec: &ModelSpec, batch: &[InferRequest]) -> Result<Vec<Answer>, BackendError> {
+    let n = batch.len();
+    if batch.first().is_some_and(|r| r.handler.is_some()) {
+        let inputs: Vec<&HandlerInput> = batch.iter().filter_map(|r| r.handler.as_deref()).collect();
+        if inputs.len() != n {
+            return Err(BackendError::inference("a batch mixes tensor requests and handler requests"));
+        }
+        let outputs = backend.handle(&inputs)?;
+        if outputs.len() != n {
+            let got = outputs.len();
+            return Err(BackendError::inference(format!("the handler gave {got} answers for a batch of {n}")));
+        }
+        return Ok(outputs.into_iter().map(|o| (Vec::new(), None, Some(Box::new(o)))).collect());
+    }
+    let mut input = Vec::with_capacity(batch.iter().map(|r| r.input.len()).sum());
+    for request in batch {
+        input.extend_from_slice(&request.input);
+    }
+    // The batcher puts samples of one shape only in a batch: the first's is every one's.
+    let shape = batch.first().and_then(|r| r.shape.clone());
+    let (output, row_shape) = run(backend, spec, n, shape.as_deref(), &input)?;
+    let row_len = output.len() / n.max(1);
+    Ok((0..n).map(|k| (output[k * row_len..(k + 1) * row_len].to_vec(), row_shape.clone(), None)).collect())
 }
 
 /// Runs the stacked batch: through [`Backend::infer`] when the model fixes its input shape (`shape` is `None`),

@@ -66,7 +66,8 @@ impl ModelFormat {
 pub struct ModelFiles {
     /// Model name.
     pub name: String,
-    /// The serialized model: one file per format it ships in, sorted by format (ONNX first); never empty.
+    /// The serialized model: one file per format it ships in, sorted by format (ONNX first); never empty, except
+    /// for an archive whose handler runs in Python (`python`).
     pub models: Vec<(ModelFormat, PathBuf)>,
     /// Class labels by index, when the model ships `index_to_name.json`.
     pub labels: Option<Vec<String>>,
@@ -76,9 +77,17 @@ pub struct ModelFiles {
     pub config: Option<PathBuf>,
     /// Where a `.mar` was unpacked: keep it (or a clone) as long as the model's files are used.
     pub unpacked: Option<Unpacked>,
+    /// The archive's root folder when its handler runs in TorchServe's Python worker ([`runs_python_handler`]);
+    /// `models` may then be empty (an eager model's state dict is the handler's business).
+    pub python: Option<PathBuf>,
 }
 
 impl ModelFiles {
+    /// The files of a model that is not an archive: its model files and labels.
+    fn plain(name: &str, models: Vec<(ModelFormat, PathBuf)>, labels: Option<Vec<String>>) -> Self {
+        Self { name: name.to_string(), models, labels, manifest: None, config: None, unpacked: None, python: None }
+    }
+
     /// The model's file in `format`, if it ships one.
     #[must_use]
     pub fn model(&self, format: ModelFormat) -> Option<&Path> {
@@ -127,6 +136,9 @@ pub fn peek_manifest(store: &Path, entry: &str) -> Option<Manifest> {
 fn archive_files(root: &Path, name: &str, unpacked: Option<Unpacked>) -> Result<ModelFiles, StoreError> {
     let bad = |message: String| StoreError::Archive { name: name.to_string(), message };
     let manifest = archive::read_manifest(root).map_err(bad)?;
+    if runs_python_handler(&manifest) {
+        return python_archive_files(root, name, manifest, unpacked);
+    }
     let model = archive::serialized_file(root, &manifest).map_err(bad)?;
     let file = model.strip_prefix(root).unwrap_or(&model).display().to_string();
     let format = ModelFormat::of(&model)
@@ -141,7 +153,60 @@ fn archive_files(root: &Path, name: &str, unpacked: Option<Unpacked>) -> Result<
     }
     let labels = labels_in(root)?;
     let models = vec![(format, model)];
-    Ok(ModelFiles { name: name.to_string(), models, labels, manifest: Some(manifest), config, unpacked })
+    Ok(ModelFiles { name: name.to_string(), models, labels, manifest: Some(manifest), config, unpacked, python: None })
+}
+
+/// TorchServe's built-in handlers (`ts/torch_handler/*.py`): an archive naming one of them with an ONNX or
+/// TorchScript model is served by ferroserve's own handlers, natively.
+pub const BUILTIN_HANDLERS: &[&str] = &[
+    "base_handler",
+    "image_classifier",
+    "image_segmenter",
+    "object_detector",
+    "text_classifier",
+    "text_handler",
+    "vision_handler",
+    "densenet_handler",
+];
+
+/// Whether an archive's handler runs in TorchServe's Python worker: a handler of its own (`handler.py`,
+/// `module:function`, any name that is not built in), or a built-in handler whose model ferroserve cannot run
+/// natively (an eager model, `modelFile`; a serialized file that is not ONNX or TorchScript; none). An archive
+/// without a handler is served natively, as before.
+#[must_use]
+pub fn runs_python_handler(manifest: &Manifest) -> bool {
+    let Some(handler) = manifest.handler.as_deref() else {
+        return false;
+    };
+    let native = manifest.model_file.is_none()
+        && manifest.serialized_file.as_deref().is_some_and(|f| ModelFormat::of(Path::new(f)).is_some());
+    !(BUILTIN_HANDLERS.contains(&handler) && native)
+}
+
+/// The files of an archive whose handler runs in Python: its folder, its `model-config.yaml` and labels, and
+/// nothing else: the model file is the handler's to load.
+fn python_archive_files(
+    root: &Path,
+    name: &str,
+    manifest: Manifest,
+    unpacked: Option<Unpacked>,
+) -> Result<ModelFiles, StoreError> {
+    let bad = |message: String| StoreError::Archive { name: name.to_string(), message };
+    let config = archive::config_file(root, &manifest).map_err(bad)?;
+    if let Some(config) = config.as_ref().filter(|c| !c.is_file()) {
+        let file = config.strip_prefix(root).unwrap_or(config).display().to_string();
+        return Err(bad(format!("the archive has no {file}, the configFile of its manifest")));
+    }
+    // Its index_to_name.json is the handler's to read, in whatever form the handler reads it.
+    Ok(ModelFiles {
+        name: name.to_string(),
+        models: Vec::new(),
+        labels: None,
+        manifest: Some(manifest),
+        config,
+        unpacked,
+        python: Some(root.to_path_buf()),
+    })
 }
 
 /// Refuses a path that resolves outside the store (through `..` or a symbolic link).
@@ -167,8 +232,7 @@ fn locate_unchecked(store: &Path, name: &str, entry: &str) -> Result<ModelFiles,
         // A file inside a model folder (`signnet/signnet.pt`, to pick one format) keeps the folder's labels.
         let folder = path.parent().filter(|dir| !same_dir(dir, store));
         let labels = folder.map(labels_in).transpose()?.flatten();
-        let models = vec![(format, path)];
-        return Ok(ModelFiles { name: name.to_string(), models, labels, manifest: None, config: None, unpacked: None });
+        return Ok(ModelFiles::plain(name, vec![(format, path)], labels));
     }
     if path.is_file() && archive::is_archive_file(&path) {
         let unpacked = archive::unpack(&path).map_err(|message| StoreError::Archive { name: name.into(), message })?;
@@ -200,7 +264,7 @@ fn locate_unchecked(store: &Path, name: &str, entry: &str) -> Result<ModelFiles,
         return Err(not_found(format!("{} holds {a} and {b} in one format; keep one", path.display())));
     }
     let labels = labels_in(&path)?;
-    Ok(ModelFiles { name: name.to_string(), models, labels, manifest: None, config: None, unpacked: None })
+    Ok(ModelFiles::plain(name, models, labels))
 }
 
 /// Every model in the store (for `load_models=all`): `(name, entry)` pairs sorted by name.
@@ -264,6 +328,43 @@ mod tests {
 
     fn bundled_store() -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../models")
+    }
+
+    fn manifest(handler: Option<&str>, serialized: Option<&str>, model_file: Option<&str>) -> Manifest {
+        Manifest {
+            model_name: "m".into(),
+            model_version: None,
+            serialized_file: serialized.map(Into::into),
+            handler: handler.map(Into::into),
+            model_file: model_file.map(Into::into),
+            config_file: None,
+            requirements_file: None,
+        }
+    }
+
+    #[test]
+    fn custom_handlers_and_models_only_python_can_run_go_to_the_python_worker() {
+        let native = [
+            manifest(None, Some("m.onnx"), None),
+            manifest(Some("image_classifier"), Some("m.pt"), None),
+            manifest(Some("base_handler"), Some("m.onnx"), None),
+            // No handler: served natively, and refused there when it cannot be.
+            manifest(None, Some("m.pt"), Some("model.py")),
+        ];
+        for m in &native {
+            assert!(!runs_python_handler(m), "{m:?}");
+        }
+        let python = [
+            manifest(Some("handler.py"), Some("m.onnx"), None),
+            manifest(Some("handler:handle"), Some("m.pt"), None),
+            manifest(Some("my_module"), None, None),
+            manifest(Some("image_classifier"), Some("m.pt"), Some("model.py")),
+            manifest(Some("text_classifier"), Some("m.bin"), None),
+            manifest(Some("base_handler"), None, None),
+        ];
+        for m in &python {
+            assert!(runs_python_handler(m), "{m:?}");
+        }
     }
 
     #[test]

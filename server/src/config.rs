@@ -102,8 +102,10 @@ pub struct ModelConfig {
     pub min_workers: Option<usize>,
     /// Upper bound of workers (accepted; scaling comes with the management API).
     pub max_workers: Option<usize>,
-    /// Seconds a request may wait for its answer.
+    /// Seconds a request may wait for its answer; a Python worker that takes longer is killed and restarted.
     pub response_timeout: Option<u64>,
+    /// Seconds a Python handler's worker may take to start and load the model (default 120).
+    pub startup_timeout: Option<u64>,
     /// Capacity of the model's job queue.
     pub job_queue_size: Option<usize>,
     /// Whether this version is the model's default.
@@ -199,6 +201,31 @@ pub struct Config {
     pub io_threads: usize,
     /// Per model, per version settings (`models`).
     pub models: BTreeMap<String, BTreeMap<String, ModelConfig>>,
+    /// The interpreter that runs archives' Python handlers (`python_executable`, TorchServe's key; default: the
+    /// venv `make deps` makes, [`default_python`]).
+    pub python_executable: PathBuf,
+    /// Whether an archive's `requirements.txt` (`--requirements-file`) is installed with `python_executable`'s pip
+    /// before its workers start (`install_py_dep_per_model`, TorchServe's key, default false).
+    pub install_py_dep_per_model: bool,
+    /// Whether the Python worker decodes JSON and text bodies before the handler sees them
+    /// (`decode_input_request`, TorchServe's key, default true).
+    pub decode_input_request: bool,
+    /// Whether Pillow's image size limit stays on in the Python worker (`limit_max_image_pixels`, TorchServe's
+    /// key, default true).
+    pub limit_max_image_pixels: bool,
+    /// The request envelope of Python handlers (`service_envelope`, TorchServe's key: `json`, `kserve`,
+    /// `kservev2`; default none).
+    pub service_envelope: String,
+}
+
+/// The venv `make deps` installs torch and torchserve into (`~/.cache/ferroserve/venv-torch-<version>`), when it
+/// is there; else `python3` from the `PATH`.
+#[must_use]
+pub fn default_python() -> PathBuf {
+    let venv = std::env::var_os("HOME")
+        .map(|home| PathBuf::from(home).join(".cache/ferroserve/venv-torch-2.13.0/bin/python"))
+        .filter(|python| python.is_file());
+    venv.unwrap_or_else(|| PathBuf::from("python3"))
 }
 
 impl Default for Config {
@@ -233,6 +260,11 @@ impl Default for Config {
             max_batch_delay: Duration::from_millis(100),
             io_threads: cores,
             models: BTreeMap::new(),
+            python_executable: default_python(),
+            install_py_dep_per_model: false,
+            decode_input_request: true,
+            limit_max_image_pixels: true,
+            service_envelope: String::new(),
         }
     }
 }
@@ -244,13 +276,11 @@ const IGNORED: &[&str] = &[
     "metrics_mode",
     "number_of_gpu",
     "async_logging",
-    "install_py_dep_per_model",
     "disable_system_metrics",
     "cors_allowed_origin",
     "cors_allowed_methods",
     "cors_allowed_headers",
     "default_service_handler",
-    "service_envelope",
     "workflow_store",
     "plugins_path",
 ];
@@ -337,6 +367,11 @@ impl Config {
             "max_batch_delay" => self.max_batch_delay = delay_ms(value.parse().map_err(|e| format!("{e}"))?)?,
             "number_of_netty_threads" => self.io_threads = positive(value)?,
             "models" => self.models = parse_models(value)?,
+            "python_executable" => self.python_executable = PathBuf::from(value),
+            "install_py_dep_per_model" => self.install_py_dep_per_model = parse_bool(value)?,
+            "decode_input_request" => self.decode_input_request = parse_bool(value)?,
+            "limit_max_image_pixels" => self.limit_max_image_pixels = parse_bool(value)?,
+            "service_envelope" => self.service_envelope = value.to_string(),
             ignored if IGNORED.contains(&ignored) => {
                 tracing::warn!(key, "config key has no effect in ferroserve; ignored");
             }
@@ -521,6 +556,7 @@ impl ModelConfig {
             min_workers: self.min_workers.or(base.min_workers),
             max_workers: self.max_workers.or(base.max_workers),
             response_timeout: self.response_timeout.or(base.response_timeout),
+            startup_timeout: self.startup_timeout.or(base.startup_timeout),
             job_queue_size: self.job_queue_size.or(base.job_queue_size),
             default_version: self.default_version.or(base.default_version),
             mar_name: self.mar_name.or(base.mar_name),
@@ -673,6 +709,25 @@ mod tests {
             assert_eq!(c.load_models, LoadModels::List(vec![(None, "signnet".into())]), "{file}");
             assert_eq!(c.model_config("signnet", "1.0").and_then(|m| m.batch_size), Some(16), "{file}");
         }
+    }
+
+    #[test]
+    fn reads_the_python_worker_keys() {
+        let c = parse(
+            "python_executable=/opt/py/bin/python\ninstall_py_dep_per_model=true\ndecode_input_request=false\nlimit_max_image_pixels=false\n\
+             service_envelope=kservev2\nmodels={\"m\": {\"1.0\": {\"startupTimeout\": 7}}}\n",
+        )
+        .expect("valid config");
+        assert_eq!(c.python_executable, PathBuf::from("/opt/py/bin/python"));
+        assert!(c.install_py_dep_per_model && !c.decode_input_request && !c.limit_max_image_pixels);
+        assert_eq!(c.service_envelope, "kservev2");
+        assert_eq!(c.model_config("m", "1.0").and_then(|m| m.startup_timeout), Some(7));
+        let defaults = Config::default();
+        assert!(
+            defaults.decode_input_request && defaults.limit_max_image_pixels && defaults.service_envelope.is_empty()
+        );
+        let err = parse("decode_input_request=maybe\n").expect_err("not a boolean").to_string();
+        assert!(err.contains("decode_input_request"), "{err}");
     }
 
     #[test]

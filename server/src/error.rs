@@ -153,6 +153,11 @@ impl From<EngineError> for ApiError {
                 (StatusCode::BAD_REQUEST, "BadRequestException")
             }
             EngineError::Timeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "RequestTimeoutException"),
+            // A Python worker's status for the whole batch (503 `Prediction failed` when the handler raised), under
+            // the exception name TorchServe's front end answers it with.
+            EngineError::Backend(BackendError::Status { code, .. }) => {
+                (StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), "InternalServerException")
+            }
             EngineError::Backend(_) => (StatusCode::INTERNAL_SERVER_ERROR, "InternalServerException"),
         };
         Self::new(status, kind, message)

@@ -8,8 +8,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use ferroserve_engine::{canary, InferOutput, Model};
+use ferroserve_engine::{
+    canary,
+    request::{HandlerInput, InferResult},
+    InferOutput, Model,
+};
 use hyper::{body::Incoming, header::HeaderValue, Request};
+use tokio::sync::oneshot::Receiver;
 
 use crate::{
     error::ApiError,
@@ -114,8 +119,37 @@ pub async fn infer_within(
     shape: &[usize],
     timeout: Option<Duration>,
 ) -> Result<InferOutput, ApiError> {
-    let limit = timeout.map_or(model.options().response_timeout, |t| t.min(model.options().response_timeout));
-    let reply = model.submit_shaped(input, Some(shape), Some(limit))?;
+    if model.runs_handler() {
+        return Err(ApiError::bad_request(format!(
+            "model {} runs its archive's Python handler: send its requests to /predictions/{}",
+            model.name(),
+            model.name()
+        )));
+    }
+    let limit = limit(model, timeout);
+    answer(model, limit, model.submit_shaped(input, Some(shape), Some(limit))?).await
+}
+
+/// Queues one request for a model's Python handler and waits for the handler's answer, as [`infer_within`].
+///
+/// # Errors
+/// As [`infer_within`].
+pub async fn infer_handler(
+    model: &Model,
+    input: HandlerInput,
+    timeout: Option<Duration>,
+) -> Result<InferOutput, ApiError> {
+    let limit = limit(model, timeout);
+    answer(model, limit, model.submit_handler(input, Some(limit))?).await
+}
+
+/// The client's timeout when it is shorter than the model's `responseTimeout`.
+fn limit(model: &Model, timeout: Option<Duration>) -> Duration {
+    timeout.map_or(model.options().response_timeout, |t| t.min(model.options().response_timeout))
+}
+
+/// Waits for the answer on `reply` for `limit` at most.
+async fn answer(model: &Model, limit: Duration, reply: Receiver<InferResult>) -> Result<InferOutput, ApiError> {
     let answer = tokio::time::timeout(limit, reply)
         .await
         .map_err(|_| {

@@ -20,6 +20,7 @@ pub mod landmarks;
 pub mod load;
 pub mod metrics;
 pub mod model_responses;
+pub mod passthrough;
 pub mod reply;
 pub mod rollout;
 pub mod rollout_config;

@@ -16,7 +16,7 @@ use ferroserve_engine::backend::torch::{self, TorchFactory};
 #[cfg(feature = "onnx")]
 use ferroserve_engine::backend::{OnnxFactory, OnnxOptions};
 use ferroserve_engine::{
-    backend::{Declaration, MultiDevice},
+    backend::{Declaration, MultiDevice, PythonFactory, PythonOptions},
     device::{self, Availability, DeviceError, DeviceRequest},
     metrics::EngineMetrics,
     store::{self, ModelFiles, ModelFormat},
@@ -202,14 +202,17 @@ fn start_model(
     metrics: &EngineMetrics,
 ) -> Result<Model, LoadError> {
     let name = options.name.clone();
-    // A custom handler is Python code the model's author expects to run: say loudly that it does not.
-    match files.manifest.as_ref().and_then(|m| m.handler.as_deref()) {
-        Some(custom) if custom.ends_with(".py") || custom.contains(':') => tracing::warn!(
-            model = %name, handler = custom,
-            "the archive's Python handler is not run: ferroserve answers with its own (landmarks, KServe v2)"
-        ),
-        Some(builtin) => tracing::info!(model = %name, handler = builtin, "built-in handler replaced by ferroserve's"),
-        None => {}
+    if let Some(root) = files.python.clone() {
+        let factory = python_factory(config, &files, &root, settings, &options)?;
+        let model = Model::start_with(factory, options, metrics)
+            .map_err(|source| LoadError::Backend { name: name.clone(), source })?;
+        return Ok(match files.unpacked {
+            Some(unpacked) => model.keeping(unpacked),
+            None => model,
+        });
+    }
+    if let Some(builtin) = files.manifest.as_ref().and_then(|m| m.handler.as_deref()) {
+        tracing::info!(model = %name, handler = builtin, "built-in handler replaced by ferroserve's");
     }
     let devices = model_devices(&name, settings)?;
     let backend = |source| LoadError::Backend { name: name.clone(), source };
@@ -243,6 +246,54 @@ fn start_model(
         None => Ok(model),
     }
 }
+
+/// What runs an archive's own Python handler, in TorchServe's worker, from the archive's folder `root`: the
+/// manifest's handler, the model's devices (a GPU per worker, in turn), its batch size and timeouts, and the
+/// server's `python_executable`, `service_envelope`, `decode_input_request` and `limit_max_image_pixels`.
+///
+/// # Errors
+/// [`LoadError::Backend`] when the interpreter or its `ts` package is missing, or a device is not there.
+fn python_factory(
+    config: &Config,
+    files: &ModelFiles,
+    root: &Path,
+    settings: &ModelConfig,
+    options: &ModelOptions,
+) -> Result<Arc<dyn BackendFactory>, LoadError> {
+    let name = &options.name;
+    let handler = files.manifest.as_ref().and_then(|m| m.handler.clone()).unwrap_or_default();
+    let requirements = files.manifest.as_ref().and_then(|m| m.requirements_file.as_deref());
+    if requirements.is_some_and(|r| !Path::new(r).components().all(|c| matches!(c, std::path::Component::Normal(_)))) {
+        let message = format!("requirementsFile {requirements:?} must be a file inside the archive");
+        return Err(LoadError::Mismatch { name: name.clone(), message });
+    }
+    let requirements = requirements.map(|r| root.join(r));
+    if requirements.is_some() && !config.install_py_dep_per_model {
+        tracing::info!(model = %name, "the archive has a requirements file; install_py_dep_per_model is off");
+    }
+    tracing::info!(model = %name, handler, python = %config.python_executable.display(),
+        "the archive's handler runs in TorchServe's Python worker");
+    let python = PythonOptions {
+        python: config.python_executable.clone(),
+        model_dir: root.to_path_buf(),
+        model_name: name.clone(),
+        handler,
+        envelope: config.service_envelope.clone(),
+        batch_size: options.policy.max_batch_size,
+        devices: model_devices(name, settings)?,
+        limit_max_image_pixels: config.limit_max_image_pixels,
+        decode_input_request: config.decode_input_request,
+        startup_timeout: Duration::from_secs(settings.startup_timeout.unwrap_or(STARTUP_TIMEOUT_S)),
+        response_timeout: options.response_timeout,
+        metrics_config: None,
+        requirements: requirements.filter(|_| config.install_py_dep_per_model),
+    };
+    let factory = PythonFactory::new(python).map_err(|source| LoadError::Backend { name: name.clone(), source })?;
+    Ok(Arc::new(factory))
+}
+
+/// TorchServe's default `startupTimeout`, in seconds.
+const STARTUP_TIMEOUT_S: u64 = 120;
 
 /// The file a model runs from on `device`: when it ships both formats, ONNX on the CPU and TorchScript on a GPU
 /// (ONNX Runtime has no MPS provider, and TorchScript's CUDA path is the one with per-worker streams and pinned

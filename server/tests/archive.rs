@@ -231,8 +231,11 @@ async fn broken_archives_are_refused_with_the_reason() {
     std::fs::write(dir.join("notzip.mar"), b"PK but not really").expect("write");
     write_mar(&dir.join("nomanifest.mar"), "{\"model\": {}}", &["signnet.onnx"]);
     write_mar(&dir.join("missing.mar"), &manifest("m", "1.0", "absent.onnx"), &["signnet.onnx"]);
-    write_mar(&dir.join("python.mar"), &manifest("m", "1.0", "index_to_name.json"), &["index_to_name.json"]);
-    let eager = serde_json::json!({"model": {"modelName": "m", "modelFile": "model.py", "handler": "h.py"}});
+    // Without a handler (with one, a model that is not ONNX or TorchScript goes to the Python worker).
+    let json_model = serde_json::json!({"model": {"modelName": "m", "serializedFile": "index_to_name.json"}});
+    write_mar(&dir.join("python.mar"), &json_model.to_string(), &["index_to_name.json"]);
+    // No handler: an archive with one runs in the Python worker (tests/python_handler.rs).
+    let eager = serde_json::json!({"model": {"modelName": "m", "modelFile": "model.py"}});
     write_mar(&dir.join("eager.mar"), &eager.to_string(), &[]);
     let mut evil = ZipWriter::new(std::fs::File::create(dir.join("evil.mar")).expect("archive"));
     evil.start_file("../escape.onnx", SimpleFileOptions::default()).expect("entry");

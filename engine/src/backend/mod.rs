@@ -11,8 +11,10 @@
 
 pub mod declared;
 mod fake;
+pub mod handler;
 #[cfg(feature = "onnx")]
 mod onnx;
+pub mod python;
 mod shape;
 #[cfg(feature = "torch")]
 pub mod torch;
@@ -21,10 +23,13 @@ use std::{fmt, sync::Arc};
 
 use parking_lot::Mutex;
 
+use handler::{HandlerInput, HandlerOutput};
+
 pub use declared::Declaration;
 pub use fake::{FakeBackend, FakeMode, FakeScript, FakeStep, Gate};
 #[cfg(feature = "onnx")]
 pub use onnx::{OnnxFactory, OnnxOptions};
+pub use python::{PythonFactory, PythonOptions};
 pub use shape::{elements_of, Shape};
 #[cfg(feature = "torch")]
 pub use torch::TorchFactory;
@@ -140,6 +145,16 @@ pub enum BackendError {
     /// requests. Every request of the batch has that shape, so each is told, as the client's error.
     #[error("{0}")]
     Input(Arc<str>),
+    /// A Python handler's worker answered the whole batch with this status and message (TorchServe's
+    /// `PredictionException`, or 503 `Prediction failed` when the handler raised): each request of the batch
+    /// gets them, as in TorchServe.
+    #[error("{message}")]
+    Status {
+        /// The HTTP status the worker gave.
+        code: u16,
+        /// The worker's message.
+        message: Arc<str>,
+    },
 }
 
 impl BackendError {
@@ -176,6 +191,17 @@ pub trait Backend: Send {
     /// [`BackendError::Input`] when the model rejects the input (libtorch's message), [`BackendError::Inference`]
     /// when the runtime fails otherwise; the worker answers the whole batch with it.
     fn infer_shaped(&mut self, batch: usize, shape: &[usize], input: &[f32]) -> Result<Shaped, BackendError>;
+
+    /// Runs a batch of requests through a Python handler and returns one answer per request, in order: for
+    /// models served by a TorchServe handler ([`python`]). Backends of tensor models refuse.
+    ///
+    /// # Errors
+    /// [`BackendError::Status`] when the worker fails the whole batch, [`BackendError::Inference`] when it dies,
+    /// hangs past the response timeout or answers out of protocol.
+    fn handle(&mut self, batch: &[&HandlerInput]) -> Result<Vec<HandlerOutput>, BackendError> {
+        let _ = batch;
+        Err(BackendError::inference("this model takes tensors, not requests for a Python handler"))
+    }
 }
 
 /// A loaded model that makes backends for worker threads.

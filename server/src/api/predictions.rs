@@ -8,8 +8,9 @@ use serde::Serialize;
 
 use crate::{
     error::ApiError,
-    infer::{infer_within, on_model, request_timeout, split_bucket, timing_headers},
+    infer::{infer_handler, infer_within, on_model, request_timeout, split_bucket, timing_headers},
     landmarks::{self, LandmarkShape},
+    passthrough,
     reply::{json, json_value, query, read_body_timed, Reply},
     state::AppState,
 };
@@ -58,8 +59,32 @@ async fn predict(
     version: Option<&str>,
 ) -> Result<Reply, ApiError> {
     let bucket = split_bucket(&req, name);
-    on_model(state, name, version, bucket, |model| async move { run_landmarks(req, state, &model, version).await })
-        .await
+    on_model(state, name, version, bucket, |model| async move {
+        if model.runs_handler() {
+            run_handler(req, state, &model, version).await
+        } else {
+            run_landmarks(req, state, &model, version).await
+        }
+    })
+    .await
+}
+
+/// Passes the request to the archive's Python handler and answers what it made of it, with the timing headers.
+async fn run_handler(
+    req: Request<Incoming>,
+    state: &AppState,
+    model: &Model,
+    version: Option<&str>,
+) -> Result<Reply, ApiError> {
+    let timeout = request_timeout(&req)?;
+    let input = passthrough::input_of(&req);
+    let body = read_body_timed(req, &state.config).await?;
+    let mut output = infer_handler(model, passthrough::with_body(input, body), timeout).await?;
+    state.metrics.observe_queue(model, version, output.timing.queue);
+    let handler = output.handler.take().ok_or_else(|| ApiError::internal("the handler's answer is missing"))?;
+    let mut response = passthrough::reply_of(*handler);
+    timing_headers(&mut response, &output);
+    Ok(response)
 }
 
 async fn run_landmarks(

@@ -117,6 +117,9 @@ pub struct ModelConfig {
     pub device_ids: Option<Vec<usize>>,
     /// Service level objectives (`crate::slo_config`), rendered as Prometheus rules by `crate::slo::rules`.
     pub slo: Option<crate::slo_config::SloConfig>,
+    /// ferroserve's own key: the drift reference profile of this version (`ferroserve drift-profile` writes
+    /// one), a path relative to the model store; default `<model>.drift.json` there when it exists.
+    pub drift_profile: Option<String>,
     /// ferroserve's own key: the names and shapes of a TorchScript model's tensors, as its `<file>.json` would
     /// declare them (`{"input": {"name": ..., "shape": [...]}, "output": {...}}`, `-1` for a size the requests
     /// give). Checked when read; used when no file beside the model declares them.
@@ -194,6 +197,8 @@ pub struct Config {
     pub io_threads: usize,
     /// Per model, per version settings (`models`).
     pub models: BTreeMap<String, BTreeMap<String, ModelConfig>>,
+    /// The drift monitor (`drift_*`, ferroserve's keys).
+    pub drift: crate::drift_config::DriftConfig,
 }
 
 impl Default for Config {
@@ -228,6 +233,7 @@ impl Default for Config {
             max_batch_delay: Duration::from_millis(100),
             io_threads: cores,
             models: BTreeMap::new(),
+            drift: crate::drift_config::DriftConfig::default(),
         }
     }
 }
@@ -299,7 +305,12 @@ impl Config {
             let invalid = |message: String| ConfigError::Invalid { key: key.clone(), line, message };
             self.set(&key, value.trim()).map_err(invalid)?;
         }
-        Ok(())
+        self.check_drift()
+    }
+
+    /// The drift keys checked together (one may only be read against another).
+    fn check_drift(&self) -> Result<(), ConfigError> {
+        self.drift.validate().map_err(|(key, message)| ConfigError::Invalid { key: key.into(), line: None, message })
     }
 
     fn set(&mut self, key: &str, value: &str) -> Result<(), String> {
@@ -332,6 +343,12 @@ impl Config {
             "max_batch_delay" => self.max_batch_delay = delay_ms(value.parse().map_err(|e| format!("{e}"))?)?,
             "number_of_netty_threads" => self.io_threads = positive(value)?,
             "models" => self.models = parse_models(value)?,
+            "drift_detection" => self.drift.enabled = parse_bool(value)?,
+            "drift_window_size" => self.drift.window_size = positive(value)?,
+            "drift_window_seconds" => self.drift.window_age = Duration::from_secs(positive(value)? as u64),
+            "drift_min_window_size" => self.drift.min_window_size = positive(value)?,
+            "drift_reference_size" => self.drift.reference_size = positive(value)?,
+            "drift_queue_size" => self.drift.queue_size = positive(value)?,
             ignored if IGNORED.contains(&ignored) => {
                 tracing::warn!(key, "config key has no effect in ferroserve; ignored");
             }
@@ -367,7 +384,7 @@ impl Config {
                 message,
             })?;
         }
-        Ok(())
+        self.check_drift()
     }
 
     /// The settings of `name` at `version`, if the `models` JSON has any.
@@ -522,6 +539,7 @@ impl ModelConfig {
             device_type: self.device_type.or(base.device_type),
             device_ids: self.device_ids.or(base.device_ids),
             slo: self.slo.or(base.slo),
+            drift_profile: self.drift_profile.or(base.drift_profile),
             ferroserve: self.ferroserve.or(base.ferroserve),
             other,
         }

@@ -10,6 +10,8 @@
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod drift;
+pub mod drift_config;
 pub mod error;
 pub mod infer;
 mod json;

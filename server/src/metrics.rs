@@ -11,6 +11,7 @@ use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec
 
 use crate::{
     config::{Api, Config},
+    drift::metrics::DriftMetrics,
     model_responses::ModelResponses,
 };
 
@@ -20,6 +21,8 @@ pub struct ServerMetrics {
     pub registry: Registry,
     /// The engine's families; models record into them.
     pub engine: EngineMetrics,
+    /// The drift monitor's families.
+    pub drift: DriftMetrics,
     request_latency: HistogramVec,
     responses: IntCounterVec,
     refused: IntCounterVec,
@@ -69,7 +72,8 @@ impl ServerMetrics {
         registry.register(Box::new(refused.clone()))?;
         let ts = if config.ts_metric_names { Some(TorchServeNames::new(&registry)?) } else { None };
         let model_responses = ModelResponses::new(&registry)?;
-        Ok(Self { registry, engine, request_latency, responses, refused, model_responses, ts })
+        let drift = DriftMetrics::new(&registry)?;
+        Ok(Self { registry, engine, drift, request_latency, responses, refused, model_responses, ts })
     }
 
     /// Brings the gauges and series of the models in `models` up to date, before an exposition: the queue depth

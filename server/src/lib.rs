@@ -12,6 +12,7 @@ pub mod auth;
 pub mod config;
 pub mod drift;
 pub mod drift_config;
+pub mod drift_profile;
 pub mod error;
 pub mod infer;
 mod json;

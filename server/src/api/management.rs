@@ -109,6 +109,10 @@ struct Description {
     device: String,
     workers: Vec<Worker>,
     job_queue_status: QueueStatus,
+    /// ferroserve's extension: the drift monitor's reference and last window's verdict, once the model has had
+    /// a request with drift detection on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    drift: Option<crate::drift::Status>,
 }
 
 #[derive(Serialize)]
@@ -128,7 +132,7 @@ struct QueueStatus {
     pending_requests: usize,
 }
 
-fn description(model: &Model) -> Description {
+fn description(state: &AppState, model: &Model) -> Description {
     let (wanted, _) = model.workers();
     let policy = model.policy();
     let options = model.options();
@@ -163,6 +167,7 @@ fn description(model: &Model) -> Description {
             remaining_capacity: capacity.saturating_sub(pending),
             pending_requests: pending,
         },
+        drift: state.drift.status(model.name(), model.version()),
     }
 }
 
@@ -186,7 +191,7 @@ fn describe(state: &AppState, name: &str, which: Option<Option<&str>>) -> Result
             all
         }
     };
-    let body: Vec<Description> = models.iter().map(|m| description(m)).collect();
+    let body: Vec<Description> = models.iter().map(|m| description(state, m)).collect();
     Ok(json_value(StatusCode::OK, &body))
 }
 
@@ -381,5 +386,6 @@ async fn unregister(state: &AppState, name: &str, version: Option<&str>) -> Resu
     tokio::task::spawn_blocking(move || stopping.shutdown()).await.map_err(|e| ApiError::internal(e.to_string()))?;
     // Once the requests it accepted are answered, so that their counts do not bring the series back.
     state.metrics.forget(&model);
+    state.drift.forget(model.name(), &version);
     Ok(status(StatusCode::OK, &format!("Model \"{name}\" Version: {version} unregistered")))
 }

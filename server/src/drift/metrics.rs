@@ -75,10 +75,15 @@ impl DriftMetrics {
         self.predictions.with_label_values(&[&tap.name, &tap.version, &tap.label(class)]).inc();
     }
 
-    /// Sets the reference size (0 while it is collected).
+    /// Sets the reference size (0 while it is collected), and the window counts at 0 from then on, so that a
+    /// ratio of flagged windows is 0 rather than absent before the first one closes.
     pub(super) fn reference(&self, tap: &Tap, samples: u64) {
-        self.reference_samples.with_label_values(&[&tap.name, &tap.version]).set(gauge(samples));
-        self.detected.with_label_values(&[&tap.name, &tap.version]).set(0);
+        let (name, version) = (tap.name.as_str(), tap.version.as_str());
+        self.reference_samples.with_label_values(&[name, version]).set(gauge(samples));
+        self.detected.with_label_values(&[name, version]).set(0);
+        for detected in ["true", "false"] {
+            self.windows.with_label_values(&[name, version, detected]);
+        }
     }
 
     /// Publishes a closed window's report.

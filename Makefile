@@ -25,7 +25,7 @@ TORCH_LIB := third_party/libtorch/lib/libtorch.so
 CONFIG  ?= config/config.properties
 BIN     := target/release/ferroserve
 
-.PHONY: deps tools run build test fmt lint features deploy-check deploy-live bench bench-backend bench-e2e soak loadtest tune model drift-fixtures fuzz clean
+.PHONY: deps tools run build test fmt lint features deploy-check deploy-live bench bench-backend bench-e2e bench-drift soak loadtest tune model drift-fixtures fuzz clean
 
 ## deps: install onnxruntime==$(ORT_VERSION) and torch==$(TORCH_VERSION) (once each) and link
 ## third_party/onnxruntime and third_party/libtorch (the wheel's torch folder: lib/ and include/) to them
@@ -111,6 +111,10 @@ bench-backend: deps
 
 bench-e2e: build
 	bash benches/e2e.sh
+
+## bench-drift: the cost of drift detection, on and off in alternation (throughput and CPU per request)
+bench-drift: build
+	bash benches/drift-cost.sh
 
 LT := target/release/ferroserve-loadtest
 

@@ -3,7 +3,8 @@
 # one connection per concurrent client) at concurrency 1, 16 and 64, for batchSize 1 and 16.
 # Usage: bash benches/e2e.sh            (from the repository root, after `make build`; `make bench-e2e` does both)
 # Env: DURATION (per run, default 10s), BATCH_SIZES ("1 16"), CONCURRENCY ("1 16 64"), DELAY_MS (2), WORKERS (2),
-# BIN (the server binary, default target/release/ferroserve: another build to compare with).
+# BIN (the server binary, default target/release/ferroserve: another build to compare with), DRIFT (true: drift
+# detection on, as by default; false to measure its cost).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,35 +13,19 @@ BATCH_SIZES=${BATCH_SIZES:-1 16}
 CONCURRENCY=${CONCURRENCY:-1 16 64}
 DELAY_MS=${DELAY_MS:-2}
 WORKERS=${WORKERS:-2}
+DRIFT=${DRIFT:-true}
 BIN=${BIN:-target/release/ferroserve}
 
-if ! command -v wrk >/dev/null; then
-    echo "installing wrk (Debian package)" >&2
-    apt-get install -y -qq wrk >/dev/null || { echo "wrk is needed: apt-get install wrk" >&2; exit 1; }
-fi
-[ -x "$BIN" ] || { echo "build first: make build" >&2; exit 1; }
-
-work=$(mktemp -d)
-server_pid=
-cleanup() { [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null; rm -rf "$work"; }
-trap cleanup EXIT
-
-cat > "$work/post.lua" <<LUA
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-local f = assert(io.open("models/signnet/example.json", "rb"))
-wrk.body = f:read("*a")
-f:close()
-LUA
-
 source benches/server.sh
+wrk_bench_setup "$BIN"
 
 printf '%-10s %-12s %12s %10s %10s %10s\n' batchSize concurrency "req/s" p50 p99 errors
 for batch in $BATCH_SIZES; do
     start_server "$work" "$BIN" "default_workers_per_model=$WORKERS
 job_queue_size=1000
 batch_size=$batch
-max_batch_delay=$DELAY_MS"
+max_batch_delay=$DELAY_MS
+drift_detection=$DRIFT"
     addr=$inference
     wrk -t1 -c16 -d2s -s "$work/post.lua" "http://$addr/predictions/signnet" >/dev/null # warm-up
     for c in $CONCURRENCY; do

@@ -740,6 +740,28 @@ mod tests {
     }
 
     #[test]
+    fn drift_keys_are_read_and_checked_together() {
+        let c = parse(
+            "drift_detection=false\ndrift_window_size=500\ndrift_window_seconds=60\ndrift_min_window_size=50\n\
+             drift_reference_size=2000\ndrift_queue_size=64\n\
+             models={\"m\": {\"1.0\": {\"driftProfile\": \"m.drift.json\"}}}\n",
+        )
+        .expect("valid");
+        let d = &c.drift;
+        assert!(!d.enabled);
+        assert_eq!((d.window_size, d.window_age, d.min_window_size), (500, Duration::from_secs(60), 50));
+        assert_eq!((d.reference_size, d.queue_size), (2000, 64));
+        assert_eq!(c.model_config("m", "1.0").and_then(|m| m.drift_profile.as_deref()), Some("m.drift.json"));
+        // The minimum may come before the size it must not exceed.
+        assert!(parse("drift_min_window_size=2000\ndrift_window_size=5000\n").is_ok());
+        let e = parse("drift_min_window_size=2000\n").expect_err("above the window").to_string();
+        assert!(e.contains("`drift_min_window_size`") && e.contains("above drift_window_size"), "{e}");
+        let e = parse("drift_window_size=100001\n").expect_err("too large").to_string();
+        assert!(e.contains("`drift_window_size`"), "{e}");
+        assert!(parse("drift_reference_size=0\n").is_err());
+    }
+
+    #[test]
     fn environment_wins_only_when_enabled() {
         let vars = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
             pairs.iter().map(|(k, v)| ((*k).to_string(), (*v).to_string())).collect()

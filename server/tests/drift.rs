@@ -57,7 +57,7 @@ fn model_labels(model: &str) -> [(&str, &str); 2] {
 /// 18 values for the fake model (it echoes the first 10 as its scores): request `i` of a smooth spread, moved by
 /// `shift`; its top class is `i % 10`.
 fn fake_values(i: usize, shift: f32) -> Vec<f32> {
-    (0..18).map(|j| shift + 0.01 * ((j + 10 - i % 10) % 10) as f32 + 0.001 * (i % 7) as f32).collect()
+    (0..18).map(|j| shift + 0.01 * ((j + 19 - i % 10) % 10) as f32 + 0.001 * (i % 7) as f32).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -116,6 +116,25 @@ async fn the_metrics_move_as_the_traffic_shifts_and_pass_promtool() {
     scrape_until(&server, "forgotten series", |t| !t.contains("ferroserve_drift_detected{")).await;
     let text = server.scrape().await;
     assert!(!text.contains("ferroserve_drift_score{") && !text.contains("ferroserve_predictions_total{"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_row_of_a_kserve_request_is_observed() {
+    let server = metered_server(drift_config(3, 3)).await;
+    let engine = &server.state.metrics.engine;
+    add_fake_metered(&server.state.registry, engine, FakeMode::Echo, support::options("m", 1, 10, 1, Duration::ZERO));
+    let data: Vec<f32> = (0..3).flat_map(|i| fake_values(i, 0.0)).collect();
+    let request =
+        serde_json::json!({"inputs": [{"name": "landmarks", "shape": [3, 2, 3, 3], "datatype": "FP32", "data": data}]});
+    let reply = server.send(Method::POST, "/v2/models/m/infer", request.to_string()).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    let labels = model_labels("m");
+    let text =
+        scrape_until(&server, "reference", |t| metric(t, "ferroserve_drift_reference_samples", &labels) == Some(3.0))
+            .await;
+    for class in ["c0", "c1", "c2"] {
+        assert_eq!(metric(&text, "ferroserve_predictions_total", &[labels[0], ("class", class)]), Some(1.0), "{text}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

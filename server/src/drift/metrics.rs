@@ -70,9 +70,10 @@ impl DriftMetrics {
         Ok(this)
     }
 
-    /// Counts one answered request of predicted class `class`.
-    pub(super) fn predicted(&self, tap: &Tap, class: usize) {
-        self.predictions.with_label_values(&[&tap.name, &tap.version, &tap.label(class)]).inc();
+    /// The counter of answered requests of `tap`'s model that predicted class `class` (the monitor keeps it, so
+    /// that a row costs an increment, not a label lookup).
+    pub(super) fn predicted(&self, tap: &Tap, class: usize) -> IntCounter {
+        self.predictions.with_label_values(&[&tap.name, &tap.version, &tap.label(class)])
     }
 
     /// Sets the reference size (0 while it is collected), and the window counts at 0 from then on, so that a

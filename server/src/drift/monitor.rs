@@ -4,12 +4,13 @@
 //! is dropped.
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::HashMap,
     sync::{atomic::Ordering, Arc},
     time::{Duration, Instant},
 };
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
+use prometheus::IntCounter;
 
 use super::{
     metrics::DriftMetrics,
@@ -50,7 +51,8 @@ struct ModelState {
     tap: Arc<Tap>,
     reference: Reference,
     window: Window,
-    classes: BTreeSet<usize>,
+    /// Per class index predicted so far, its `ferroserve_predictions_total` counter.
+    classes: Vec<Option<IntCounter>>,
 }
 
 enum Reference {
@@ -82,8 +84,7 @@ impl Monitor {
         if !state.tap.alive.load(Ordering::Acquire) {
             return;
         }
-        self.metrics.predicted(&state.tap, row.observation.class);
-        state.classes.insert(row.observation.class);
+        state.count(row.observation.class, &self.metrics);
         match &mut state.reference {
             Reference::Collecting(rows) => {
                 rows.push(row.observation);
@@ -96,7 +97,8 @@ impl Monitor {
                 if state.window.is_due(&self.settings, now) {
                     let report = state.window.close(profile, &self.settings);
                     self.metrics.publish(&state.tap, &report);
-                    state.tap.status.lock().last_window = Some(LastWindow::now(report));
+                    let mut status = state.tap.status.lock();
+                    (status.window_samples, status.last_window) = (0, Some(LastWindow::now(report)));
                 }
             }
         }
@@ -108,7 +110,7 @@ impl Monitor {
         self.models.retain(|_, state| {
             let alive = state.tap.alive.load(Ordering::Acquire);
             if !alive {
-                metrics.forget(&state.tap, state.classes.iter().copied());
+                metrics.forget(&state.tap, state.predicted());
             }
             alive
         });
@@ -132,14 +134,23 @@ impl Monitor {
 }
 
 impl ModelState {
+    /// Counts one prediction of `class`.
+    fn count(&mut self, class: usize, metrics: &DriftMetrics) {
+        if self.classes.len() <= class {
+            self.classes.resize(class + 1, None);
+        }
+        self.classes[class].get_or_insert_with(|| metrics.predicted(&self.tap, class)).inc();
+    }
+
+    /// The class indices predicted so far.
+    fn predicted(&self) -> impl Iterator<Item = usize> + '_ {
+        self.classes.iter().enumerate().filter(|(_, c)| c.is_some()).map(|(i, _)| i)
+    }
+
     /// The state of a model's first row: its profile read from file, else an empty reference to collect.
     fn new(tap: Arc<Tap>, metrics: &DriftMetrics, reference_size: usize) -> Self {
-        let mut state = Self {
-            tap,
-            reference: Reference::Collecting(Vec::new()),
-            window: Window::default(),
-            classes: BTreeSet::new(),
-        };
+        let mut state =
+            Self { tap, reference: Reference::Collecting(Vec::new()), window: Window::default(), classes: Vec::new() };
         let file = &state.tap.profile;
         let loaded = match Profile::read(&file.path) {
             Ok(profile) => state.check(profile).map(Some),

@@ -87,9 +87,8 @@ type Waiting = (Vec<f32>, tokio::sync::oneshot::Receiver<InferResult>);
 fn collect(pending: &mut Vec<Waiting>, observations: &mut Vec<Observation>) -> Result<(), String> {
     for (features, reply) in pending.drain(..) {
         let output = reply.blocking_recv().map_err(|_| "the model stopped".to_string())?.map_err(|e| e.to_string())?;
-        let (class, confidence) =
-            crate::drift::features::top1(&output.output).ok_or_else(|| "the model answered nothing".to_string())?;
-        observations.push(Observation { features, class, confidence });
+        let observation = Observation::of(features, &output.output).ok_or("the model answered nothing")?;
+        observations.push(observation);
     }
     Ok(())
 }

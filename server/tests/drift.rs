@@ -177,8 +177,7 @@ type Pending = Vec<(Vec<f32>, tokio::sync::oneshot::Receiver<ferroserve_engine::
 fn drain(pending: &mut Pending, out: &mut Vec<Observation>) {
     for (features, reply) in pending.drain(..) {
         let output = reply.blocking_recv().expect("answered").expect("success");
-        let (class, confidence) = ferroserve::drift::features::top1(&output.output).expect("scores");
-        out.push(Observation { features, class, confidence });
+        out.push(Observation::of(features, &output.output).expect("scores"));
     }
 }
 

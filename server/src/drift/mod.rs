@@ -46,6 +46,20 @@ pub struct Observation {
     pub confidence: f32,
 }
 
+/// Most classes told apart: a larger class index counts as class `MAX_CLASSES`, labelled `other`, so that a
+/// model with a huge output bounds the monitor's memory and the number of `ferroserve_predictions_total` series.
+pub const MAX_CLASSES: usize = 1024;
+
+impl Observation {
+    /// The observation of a request with `features` whose model answered `output`: its top-1 class (at most
+    /// [`MAX_CLASSES`]) and score; `None` for an empty output.
+    #[must_use]
+    pub fn of(features: Vec<f32>, output: &[f32]) -> Option<Self> {
+        let (class, confidence) = features::top1(output)?;
+        Some(Self { features, class: class.min(MAX_CLASSES), confidence })
+    }
+}
+
 /// One model version as the monitor knows it; shared by the request path (which hands rows over) and the
 /// monitor's thread (which writes its status).
 pub struct Tap {
@@ -71,6 +85,9 @@ struct ProfileFile {
 impl Tap {
     /// The label of class `class`: its name from the model's labels, else its index.
     fn label(&self, class: usize) -> String {
+        if class >= MAX_CLASSES {
+            return "other".into();
+        }
         self.labels.get(class).map_or_else(|| class.to_string(), Clone::clone)
     }
 }
@@ -165,8 +182,9 @@ impl Drift {
     /// Hands a request's features and its model's `output` row to the monitor, without waiting: when the
     /// monitor's queue is full the row is dropped and counted in `ferroserve_drift_rows_dropped_total`.
     pub fn observe(&self, pending: Pending, output: &[f32]) {
-        let (Some(rows), Some((class, confidence))) = (&self.rows, features::top1(output)) else { return };
-        let row = Row { tap: pending.tap, observation: Observation { features: pending.features, class, confidence } };
+        let Some(rows) = &self.rows else { return };
+        let Some(observation) = Observation::of(pending.features, output) else { return };
+        let row = Row { tap: pending.tap, observation };
         if let Err(TrySendError::Full(_)) = rows.try_send(row) {
             self.metrics.dropped.inc();
         }

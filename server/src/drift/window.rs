@@ -288,6 +288,18 @@ mod tests {
     }
 
     #[test]
+    fn a_huge_output_counts_its_high_classes_as_one() {
+        let mut scores = vec![0.0; 5000];
+        scores[4321] = 1.0;
+        let o = Observation::of(vec![0.5], &scores).expect("an output");
+        assert_eq!((o.class, o.confidence), (super::super::MAX_CLASSES, 1.0));
+        let mut w = Window::default();
+        w.push(&o, Instant::now());
+        assert_eq!(w.classes.len(), super::super::MAX_CLASSES + 1);
+        assert!(Observation::of(vec![], &[]).is_none());
+    }
+
+    #[test]
     fn predictions_of_one_class_only_drift() {
         let mut window = observations(1000, 0.0, 4);
         for o in &mut window {

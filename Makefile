@@ -14,6 +14,8 @@ ONNXSCRIPT_VERSION := 0.7.2
 # worker imports (ts/utils/util.py).
 TORCHSERVE_VERSION := 0.12.0
 PYYAML_VERSION     := 6.0.4
+SCIPY_VERSION := 1.17.1
+NUMPY_VERSION := 2.4.6
 PYTHON  ?= python3
 CACHE   ?= $(HOME)/.cache/ferroserve
 # onnxruntime-gpu (CUDA execution provider) when nvidia-smi finds a GPU, else the CPU wheel.
@@ -21,13 +23,14 @@ ORT_FLAVOUR  := $(shell nvidia-smi -L >/dev/null 2>&1 && echo -gpu)
 RUNTIME_VENV := $(CACHE)/venv-ort$(ORT_FLAVOUR)-$(ORT_VERSION)
 TORCH_VENV   := $(CACHE)/venv-torch-$(TORCH_VERSION)
 MODEL_VENV   := $(CACHE)/venv-model-torch-$(TORCH_VERSION)-onnx-$(ONNX_VERSION)
+SCIPY_VENV   := $(CACHE)/venv-scipy-$(SCIPY_VERSION)-numpy-$(NUMPY_VERSION)
 ORT_LIB := third_party/onnxruntime/capi/libonnxruntime.so.$(ORT_VERSION)
 TORCH_LIB := third_party/libtorch/lib/libtorch.so
 TORCHSERVE_STAMP := $(TORCH_VENV)/.torchserve-$(TORCHSERVE_VERSION).stamp
 CONFIG  ?= config/config.properties
 BIN     := target/release/ferroserve
 
-.PHONY: deps tools run build dist image-test test fmt lint features deploy-check deploy-live bench bench-backend bench-e2e soak loadtest tune model fuzz clean
+.PHONY: deps tools run build dist image-test test fmt lint features deploy-check deploy-live bench bench-backend bench-e2e bench-drift soak loadtest tune model drift-fixtures fuzz clean
 
 ## deps: install onnxruntime==$(ORT_VERSION) and torch==$(TORCH_VERSION) (once each) and link
 ## third_party/onnxruntime and third_party/libtorch (the wheel's torch folder: lib/ and include/) to them; install
@@ -136,6 +139,10 @@ bench-backend: deps
 bench-e2e: build
 	bash benches/e2e.sh
 
+## bench-drift: the cost of drift detection, on and off in alternation (throughput and CPU per request)
+bench-drift: build
+	bash benches/drift-cost.sh
+
 LT := target/release/ferroserve-loadtest
 
 ## loadtest: 10 s of closed-loop load (64 connections) against the server `make run` started, with its side of the
@@ -165,6 +172,16 @@ $(MODEL_VENV)/.stamp:
 
 model: $(MODEL_VENV)/.stamp
 	$(MODEL_VENV)/bin/python models/signnet/make_signnet.py
+
+$(SCIPY_VENV)/.stamp:
+	$(PYTHON) -m venv $(SCIPY_VENV)
+	$(SCIPY_VENV)/bin/python -m pip install --quiet scipy==$(SCIPY_VERSION) numpy==$(NUMPY_VERSION)
+	touch $@
+
+## drift-fixtures: the drift statistics' expected values (server/tests/fixtures/drift/expected.json), computed
+## with scipy==$(SCIPY_VERSION) in a venv under $(CACHE); the tests read the committed file and need no Python
+drift-fixtures: $(SCIPY_VENV)/.stamp
+	$(SCIPY_VENV)/bin/python server/tests/fixtures/drift/make_expected.py
 
 ## fuzz: each cargo-fuzz target for FUZZ_SECONDS (default 600) on the nightly toolchain; crashes land in
 ## fuzz/artifacts/TARGET (commit them as regression tests)

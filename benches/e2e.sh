@@ -6,7 +6,8 @@
 # BIN (the server binary, default target/release/ferroserve: another build to compare with), CANARY (unset: one
 # version of signnet; a percentage: a second version, 2.0, of the same model file is loaded beside it, with
 # WORKERS workers of its own, and made the canary with that share; 0 loads it without a split, the baseline to
-# compare a canary with). wrk sends no x-canary-key: each request is drawn at random.
+# compare a canary with). wrk sends no x-canary-key: each request is drawn at random. DRIFT (true: drift
+# detection on, as by default; false to measure its cost).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,21 +16,11 @@ BATCH_SIZES=${BATCH_SIZES:-1 16}
 CONCURRENCY=${CONCURRENCY:-1 16 64}
 DELAY_MS=${DELAY_MS:-2}
 WORKERS=${WORKERS:-2}
+DRIFT=${DRIFT:-true}
 BIN=${BIN:-target/release/ferroserve}
 
-if ! command -v wrk >/dev/null; then
-    echo "installing wrk (Debian package)" >&2
-    apt-get install -y -qq wrk >/dev/null || { echo "wrk is needed: apt-get install wrk" >&2; exit 1; }
-fi
-[ -x "$BIN" ] || { echo "build first: make build" >&2; exit 1; }
-
-work=$(mktemp -d)
-server_pid=
-cleanup() { [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null; rm -rf "$work"; }
-trap cleanup EXIT
-
 source benches/server.sh
-write_post_lua "$work/post.lua"
+wrk_bench_setup "$BIN"
 
 # With CANARY: a model store holding signnet and a no-archive folder of the same files, version 2.0.
 store_lines=
@@ -54,7 +45,8 @@ for batch in $BATCH_SIZES; do
 job_queue_size=1000
 batch_size=$batch
 max_batch_delay=$DELAY_MS
-$store_lines"
+$store_lines
+drift_detection=$DRIFT"
     addr=$inference
     wrk -t1 -c16 -d2s -s "$work/post.lua" "http://$addr/predictions/signnet" >/dev/null # warm-up
     for c in $CONCURRENCY; do

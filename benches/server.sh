@@ -1,4 +1,5 @@
-# Sourced by the benchmark scripts: starts the release server on the bundled model, every API on a free port.
+# Sourced by the benchmark scripts: starts the release server on the bundled model, every API on a free port,
+# and prepares wrk (wrk_bench_setup, at the end).
 #
 # start_server WORK BIN EXTRA: writes WORK/config.properties (ports 0, models/, signnet, the key file in WORK)
 # followed by the config lines EXTRA, starts BIN, waits until it listens, and sets server_pid and the addresses
@@ -8,6 +9,8 @@ start_server() {
     printf '%s\n' "inference_address=http://127.0.0.1:0" "management_address=http://127.0.0.1:0" \
         "metrics_address=http://127.0.0.1:0" "model_store=models" "load_models=signnet" \
         "key_file=$work/key_file.json" "$extra" > "$work/config.properties"
+    # Emptied first: the redirection below happens in the child, after this shell may already read the log.
+    : > "$work/server.log"
     "$bin" --ts-config "$work/config.properties" 2> "$work/server.log" &
     server_pid=$!
     for _ in $(seq 100); do
@@ -32,4 +35,19 @@ local f = assert(io.open("models/signnet/example.json", "rb"))
 wrk.body = f:read("*a")
 f:close()
 LUA
+}
+
+# wrk_bench_setup BIN: checks for wrk (installs Debian's package when it can) and for BIN, makes the folder `work`
+# (removed on exit, with the server still running, if any) and work/post.lua (write_post_lua).
+wrk_bench_setup() {
+    local bin=$1
+    if ! command -v wrk >/dev/null; then
+        echo "installing wrk (Debian package)" >&2
+        apt-get install -y -qq wrk >/dev/null || { echo "wrk is needed: apt-get install wrk" >&2; exit 1; }
+    fi
+    [ -x "$bin" ] || { echo "build first: make build" >&2; exit 1; }
+    work=$(mktemp -d)
+    server_pid=
+    trap '[ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null; rm -rf "$work"' EXIT
+    write_post_lua "$work/post.lua"
 }

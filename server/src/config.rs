@@ -124,6 +124,9 @@ pub struct ModelConfig {
     pub canary_percent: Option<f64>,
     /// ferroserve's own key: the automatic analysis of this version as a canary ([`crate::rollout_config`]).
     pub canary_analysis: Option<crate::rollout_config::AnalysisConfig>,
+    /// ferroserve's own key: the drift reference profile of this version (`ferroserve drift-profile` writes
+    /// one), a path relative to the model store; default `<model>.drift.json` there when it exists.
+    pub drift_profile: Option<String>,
     /// ferroserve's own key: the names and shapes of a TorchScript model's tensors, as its `<file>.json` would
     /// declare them (`{"input": {"name": ..., "shape": [...]}, "output": {...}}`, `-1` for a size the requests
     /// give). Checked when read; used when no file beside the model declares them.
@@ -216,6 +219,8 @@ pub struct Config {
     /// The request envelope of Python handlers (`service_envelope`, TorchServe's key: `json`, `kserve`,
     /// `kservev2`; default none).
     pub service_envelope: String,
+    /// The drift monitor (`drift_*`, ferroserve's keys).
+    pub drift: crate::drift_config::DriftConfig,
 }
 
 /// The venv `make deps` installs torch and torchserve into (`~/.cache/ferroserve/venv-torch-<version>`), when it
@@ -265,6 +270,7 @@ impl Default for Config {
             decode_input_request: true,
             limit_max_image_pixels: true,
             service_envelope: String::new(),
+            drift: crate::drift_config::DriftConfig::default(),
         }
     }
 }
@@ -334,7 +340,12 @@ impl Config {
             let invalid = |message: String| ConfigError::Invalid { key: key.clone(), line, message };
             self.set(&key, value.trim()).map_err(invalid)?;
         }
-        Ok(())
+        self.check_drift()
+    }
+
+    /// The drift keys checked together (one may only be read against another).
+    fn check_drift(&self) -> Result<(), ConfigError> {
+        self.drift.validate().map_err(|(key, message)| ConfigError::Invalid { key: key.into(), line: None, message })
     }
 
     fn set(&mut self, key: &str, value: &str) -> Result<(), String> {
@@ -372,6 +383,12 @@ impl Config {
             "decode_input_request" => self.decode_input_request = parse_bool(value)?,
             "limit_max_image_pixels" => self.limit_max_image_pixels = parse_bool(value)?,
             "service_envelope" => self.service_envelope = value.to_string(),
+            "drift_detection" => self.drift.enabled = parse_bool(value)?,
+            "drift_window_size" => self.drift.window_size = positive(value)?,
+            "drift_window_seconds" => self.drift.window_age = Duration::from_secs(positive(value)? as u64),
+            "drift_min_window_size" => self.drift.min_window_size = positive(value)?,
+            "drift_reference_size" => self.drift.reference_size = positive(value)?,
+            "drift_queue_size" => self.drift.queue_size = positive(value)?,
             ignored if IGNORED.contains(&ignored) => {
                 tracing::warn!(key, "config key has no effect in ferroserve; ignored");
             }
@@ -407,7 +424,7 @@ impl Config {
                 message,
             })?;
         }
-        Ok(())
+        self.check_drift()
     }
 
     /// The settings of `name` at `version`, if the `models` JSON has any.
@@ -565,6 +582,7 @@ impl ModelConfig {
             slo: self.slo.or(base.slo),
             canary_percent: self.canary_percent.or(base.canary_percent),
             canary_analysis: self.canary_analysis.or(base.canary_analysis),
+            drift_profile: self.drift_profile.or(base.drift_profile),
             ferroserve: self.ferroserve.or(base.ferroserve),
             other,
         }
@@ -787,6 +805,28 @@ mod tests {
         for bad in ["0", "-1", "soon", "inf", "5256001", "1e300"] {
             assert!(parse(&format!("token_expiration_min={bad}\n")).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn drift_keys_are_read_and_checked_together() {
+        let c = parse(
+            "drift_detection=false\ndrift_window_size=500\ndrift_window_seconds=60\ndrift_min_window_size=50\n\
+             drift_reference_size=2000\ndrift_queue_size=64\n\
+             models={\"m\": {\"1.0\": {\"driftProfile\": \"m.drift.json\"}}}\n",
+        )
+        .expect("valid");
+        let d = &c.drift;
+        assert!(!d.enabled);
+        assert_eq!((d.window_size, d.window_age, d.min_window_size), (500, Duration::from_secs(60), 50));
+        assert_eq!((d.reference_size, d.queue_size), (2000, 64));
+        assert_eq!(c.model_config("m", "1.0").and_then(|m| m.drift_profile.as_deref()), Some("m.drift.json"));
+        // The minimum may come before the size it must not exceed.
+        assert!(parse("drift_min_window_size=2000\ndrift_window_size=5000\n").is_ok());
+        let e = parse("drift_min_window_size=2000\n").expect_err("above the window").to_string();
+        assert!(e.contains("`drift_min_window_size`") && e.contains("above drift_window_size"), "{e}");
+        let e = parse("drift_window_size=100001\n").expect_err("too large").to_string();
+        assert!(e.contains("`drift_window_size`"), "{e}");
+        assert!(parse("drift_reference_size=0\n").is_err());
     }
 
     #[test]

@@ -4,7 +4,9 @@ use std::{path::PathBuf, sync::Arc};
 
 use anyhow::Context;
 use clap::Parser;
-use ferroserve::{auth, config::LoadModels, load, metrics::ServerMetrics, Api, AppState, Config, ServeError};
+use ferroserve::{
+    auth, config::LoadModels, drift_profile, load, metrics::ServerMetrics, Api, AppState, Config, ServeError,
+};
 
 /// A dynamic-batching model inference server that speaks TorchServe's API.
 #[derive(Debug, Parser)]
@@ -49,6 +51,23 @@ enum Command {
         #[arg(long, value_name = "DURATION", default_value = "5s")]
         timeout: humantime::Duration,
     },
+    /// Makes a model's drift reference profile from a file of example requests (one `{"landmarks": ...}` body
+    /// per line), run through the model as the server runs them; the server reads it from
+    /// `<model store>/<model>.drift.json`, or from the model's `driftProfile`.
+    DriftProfile {
+        /// The model, as `load_models` names it (its version and settings from `--ts-config`).
+        #[arg(long, value_name = "NAME")]
+        model: String,
+        /// The file or folder in the model store to load it from (default: the model's name).
+        #[arg(long, value_name = "FILE")]
+        file: Option<String>,
+        /// The requests, one JSON body per line.
+        #[arg(value_name = "REQUESTS")]
+        requests: PathBuf,
+        /// Where to write the profile.
+        #[arg(short, long, value_name = "FILE")]
+        output: PathBuf,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -65,6 +84,13 @@ fn main() -> anyhow::Result<()> {
     }
     if let Some(Command::Healthcheck { url, timeout }) = &cli.command {
         return healthcheck(&cli, url.as_deref(), (*timeout).into());
+    }
+    if let Some(Command::DriftProfile { model, file, requests, output }) = &cli.command {
+        let job = drift_profile::ProfileJob { model: model.clone(), entry: file.clone(), requests: requests.clone() };
+        let profile = drift_profile::build(&load_config(&cli)?, &job).map_err(anyhow::Error::msg)?;
+        profile.write(output)?;
+        eprintln!("{} requests; profile written to {}", profile.samples, output.display());
+        return Ok(());
     }
     let config = load_config(&cli)?;
     let metrics = Arc::new(ServerMetrics::new(&config).context("cannot set up the metrics")?);

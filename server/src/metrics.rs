@@ -14,6 +14,7 @@ use prometheus::{
 use crate::{
     canary_metrics::CanaryMetrics,
     config::{Api, Config},
+    drift::metrics::DriftMetrics,
     model_responses::ModelResponses,
     rollout::Window,
 };
@@ -24,6 +25,8 @@ pub struct ServerMetrics {
     pub registry: Registry,
     /// The engine's families; models record into them.
     pub engine: EngineMetrics,
+    /// The drift monitor's families.
+    pub drift: DriftMetrics,
     request_latency: HistogramVec,
     responses: IntCounterVec,
     refused: IntCounterVec,
@@ -76,7 +79,8 @@ impl ServerMetrics {
         let ts = if config.ts_metric_names { Some(TorchServeNames::new(&registry)?) } else { None };
         let model_responses = ModelResponses::new(&registry)?;
         let canary = CanaryMetrics::new(&registry)?;
-        Ok(Self { registry, engine, request_latency, responses, refused, model_responses, canary, ts })
+        let drift = DriftMetrics::new(&registry)?;
+        Ok(Self { registry, engine, drift, request_latency, responses, refused, model_responses, canary, ts })
     }
 
     /// Brings the gauges and series of the models in `models` up to date, before an exposition: the queue depth

@@ -1,4 +1,5 @@
-//! What every handler shares: the models, the configuration they were loaded with, and the metrics.
+//! What every handler shares: the models, the configuration they were loaded with, the metrics and the drift
+//! monitor.
 
 use std::{
     collections::BTreeMap,
@@ -15,6 +16,7 @@ use tokio::sync::Semaphore;
 use crate::{
     auth::{Keys, Tokens},
     config::{Api, Config},
+    drift::Drift,
     metrics::ServerMetrics,
     rollouts::{Rollouts, Scope},
 };
@@ -27,6 +29,8 @@ pub struct AppState {
     pub config: Config,
     /// Prometheus metrics of the engine and the server.
     pub metrics: Arc<ServerMetrics>,
+    /// The drift monitor: each answered request's features and prediction go to it.
+    pub drift: Drift,
     /// Permits for inference requests in flight (`max_inflight_requests`).
     pub inflight: Arc<Semaphore>,
     /// Permits for open connections, per API (`max_connections`).
@@ -50,10 +54,12 @@ impl AppState {
         rollouts.start_configured(&config, Scope { registry: &registry, metrics: &metrics });
         let inflight = Arc::new(Semaphore::new(config.max_inflight_requests));
         let connections = std::array::from_fn(|_| Arc::new(Semaphore::new(config.max_connections)));
+        let drift = Drift::start(&config, metrics.drift.clone());
         Self {
             registry,
             config,
             metrics,
+            drift,
             inflight,
             connections,
             ready: AtomicBool::new(true),

@@ -4,11 +4,11 @@
 
 mod support;
 
-use std::{io::Write, process::Command, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use ferroserve_engine::backend::FakeMode;
 use hyper::{Method, StatusCode};
-use support::{add_fake_metered, landmark_body, metered_server, metric, options, test_config};
+use support::{add_fake_metered, landmark_body, metered_server, metric, options, promtool, test_config};
 
 const MB: usize = 1 << 20;
 
@@ -111,21 +111,6 @@ async fn the_name_filter_and_wrong_paths() {
         StatusCode::METHOD_NOT_ALLOWED
     );
     assert_eq!(server.send_to(server.metrics, Method::GET, "/other", "").await.status, StatusCode::NOT_FOUND);
-}
-
-/// Runs `promtool check metrics` on `text`; `None` when promtool is not installed.
-fn promtool(text: &str) -> Option<(i32, String)> {
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .ok()?;
-    child.stdin.take().expect("stdin").write_all(text.as_bytes()).expect("write");
-    let out = child.wait_with_output().expect("promtool runs");
-    let said = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    Some((out.status.code().unwrap_or(-1), said))
 }
 
 async fn busy_exposition(ts_metric_names: bool) -> String {

@@ -186,7 +186,13 @@ async fn run_infer(
         )));
     }
     let rows = rows(std::mem::take(&mut request.input), request.samples);
+    let drift: Vec<_> = rows.iter().map(|row| state.drift.features(model, row, &request.sample_shape)).collect();
     let answers = infer_rows(model, rows, &request.sample_shape, timeout).await?;
+    for (pending, answer) in drift.into_iter().zip(&answers) {
+        if let Some(pending) = pending {
+            state.drift.observe(pending, &answer.output);
+        }
+    }
     if let Some(first) = answers.first() {
         // Once per request, as TorchServe counts a v2 request (its rows wait side by side).
         state.metrics.observe_queue(model, version, first.timing.queue);

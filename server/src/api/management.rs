@@ -120,6 +120,10 @@ struct Description {
     /// ferroserve's extension: the model's canary rollout (the last one, once ended), on each of its versions.
     #[serde(skip_serializing_if = "Option::is_none")]
     canary: Option<Status>,
+    /// ferroserve's extension: the drift monitor's reference and last window's verdict, once the model has had
+    /// a request with drift detection on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    drift: Option<crate::drift::Status>,
 }
 
 #[derive(Serialize)]
@@ -139,7 +143,7 @@ struct QueueStatus {
     pending_requests: usize,
 }
 
-fn description(model: &Model) -> Description {
+fn description(state: &AppState, model: &Model) -> Description {
     let (wanted, _) = model.workers();
     let policy = model.policy();
     let options = model.options();
@@ -175,6 +179,7 @@ fn description(model: &Model) -> Description {
             pending_requests: pending,
         },
         canary: None,
+        drift: state.drift.status(model.name(), model.version()),
     }
 }
 
@@ -200,7 +205,7 @@ fn describe(state: &AppState, name: &str, which: Option<Option<&str>>) -> Result
     };
     let canary = state.rollouts.status(&state.registry, name);
     let body: Vec<Description> =
-        models.iter().map(|m| Description { canary: canary.clone(), ..description(m) }).collect();
+        models.iter().map(|m| Description { canary: canary.clone(), ..description(state, m) }).collect();
     Ok(json_value(StatusCode::OK, &body))
 }
 
@@ -470,5 +475,6 @@ async fn unregister(state: &AppState, name: &str, version: Option<&str>) -> Resu
     tokio::task::spawn_blocking(move || stopping.shutdown()).await.map_err(|e| ApiError::internal(e.to_string()))?;
     // Once the requests it accepted are answered, so that their counts do not bring the series back.
     state.metrics.forget(&model);
+    state.drift.forget(model.name(), &version);
     Ok(status(StatusCode::OK, &format!("Model \"{name}\" Version: {version} unregistered")))
 }

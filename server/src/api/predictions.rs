@@ -105,7 +105,11 @@ async fn run_landmarks(
     let timeout = request_timeout(&req)?;
     let mut body = read_body_timed(req, &state.config).await?;
     let request = landmarks::parse(&mut body, shape)?;
+    let drift = state.drift.features(model, &request.input, &request.shape);
     let output = infer_within(model, request.input, &request.shape, timeout).await?;
+    if let Some(pending) = drift {
+        state.drift.observe(pending, &output.output);
+    }
     state.metrics.observe_queue(model, version, output.timing.queue);
     let topk = request.topk.or(query_k).unwrap_or(1);
     Ok(prediction_response(model, &output, topk))

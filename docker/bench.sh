@@ -24,13 +24,7 @@ cleanup() {
     rm -rf "$work"
 }
 trap cleanup EXIT
-cat >"$work/post.lua" <<LUA
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-local f = assert(io.open("models/signnet/example.json", "rb"))
-wrk.body = f:read("*a")
-f:close()
-LUA
+write_post_lua "$work/post.lua"
 
 measure() {
     local where=$1 addr=$2

@@ -17,6 +17,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# The onnxruntime version of the linked wheel: the cross build and the cuda build take the same one.
+ort_version=$(basename "$(readlink -f third_party/onnxruntime/capi/libonnxruntime.so.*)")
+ort_version=${ort_version#libonnxruntime.so.}
 host=$(dpkg --print-architecture)
 arch=${DIST_ARCH:-$host}
 out=dist/linux-$arch
@@ -25,19 +28,17 @@ if [[ $arch != "$host" ]]; then
     command -v aarch64-linux-gnu-gcc >/dev/null \
         || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc-aarch64-linux-gnu >/dev/null
     rustup target list --installed | grep -qx aarch64-unknown-linux-gnu || rustup target add aarch64-unknown-linux-gnu
-    version=$(basename "$(readlink -f third_party/onnxruntime/capi/libonnxruntime.so.*)")
-    version=${version#libonnxruntime.so.}
     wheels=${FERRO_CACHE:-$HOME/.cache/ferroserve}/wheels-arm64
-    ls "$wheels"/onnxruntime-"$version"-*aarch64.whl >/dev/null 2>&1 \
+    ls "$wheels"/onnxruntime-"$ort_version"-*aarch64.whl >/dev/null 2>&1 \
         || python3 -m pip download --quiet --no-deps --only-binary=:all: --platform manylinux_2_28_aarch64 \
-            --python-version 3.11 "onnxruntime==$version" -d "$wheels"
+            --python-version 3.11 "onnxruntime==$ort_version" -d "$wheels"
     rm -rf "$out"
     mkdir -p "$out"/bin "$out"/lib/onnxruntime
     cargo build --release --target aarch64-unknown-linux-gnu --bin ferroserve -p ferroserve \
         --no-default-features --features onnx
     aarch64-linux-gnu-strip --strip-unneeded -o "$out/bin/ferroserve-onnx" \
         target/aarch64-unknown-linux-gnu/release/ferroserve
-    python3 - "$wheels"/onnxruntime-"$version"-*aarch64.whl "$out/lib/onnxruntime" <<'PY'
+    python3 - "$wheels"/onnxruntime-"$ort_version"-*aarch64.whl "$out/lib/onnxruntime" <<'PY'
 import os, sys, zipfile
 with zipfile.ZipFile(sys.argv[1]) as wheel:
     for name in wheel.namelist():
@@ -82,12 +83,10 @@ for lib in libcudart.so.13 libcupti.so.13; do
 done
 
 if [[ ${DIST_CUDA:-0} == 1 ]]; then
-    version=$(basename "$(ls "$ort"/libonnxruntime.so.*)")
-    version=${version#libonnxruntime.so.}
-    gpu_venv=${FERRO_CACHE:-$HOME/.cache/ferroserve}/venv-ort-gpu-$version
+    gpu_venv=${FERRO_CACHE:-$HOME/.cache/ferroserve}/venv-ort-gpu-$ort_version
     if [[ ! -f $gpu_venv/.stamp ]]; then
         python3 -m venv "$gpu_venv"
-        "$gpu_venv/bin/pip" install --quiet --no-deps "onnxruntime-gpu==$version"
+        "$gpu_venv/bin/pip" install --quiet --no-deps "onnxruntime-gpu==$ort_version"
         touch "$gpu_venv/.stamp"
     fi
     rm -f "$out"/lib/onnxruntime/*

@@ -7,7 +7,7 @@
 start_server() {
     local work=$1 bin=$2 extra=$3
     printf '%s\n' "inference_address=http://127.0.0.1:0" "management_address=http://127.0.0.1:0" \
-        "metrics_address=http://127.0.0.1:0" "model_store=models" "load_models=signnet" \
+        "metrics_address=http://127.0.0.1:0" "grpc_inference_port=0" "grpc_management_port=0" "model_store=models" "load_models=signnet" \
         "key_file=$work/key_file.json" "$extra" > "$work/config.properties"
     # Emptied first: the redirection below happens in the child, after this shell may already read the log.
     : > "$work/server.log"

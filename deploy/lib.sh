@@ -48,8 +48,10 @@ start_ferroserve() {
     local inference management metrics
     inference=$(free_port) management=$(free_port) metrics=$(free_port)
     {
-        grep -vE '^(inference_address|management_address|metrics_address|model_store|key_file)=' \
+        grep -vE '^(inference_address|management_address|metrics_address|grpc_inference_port|grpc_management_port|model_store|key_file)=' \
             "$ROOT/config/config.properties"
+        echo "grpc_inference_port=0"
+        echo "grpc_management_port=0"
         echo "inference_address=http://127.0.0.1:$inference"
         echo "management_address=http://127.0.0.1:$management"
         echo "metrics_address=http://127.0.0.1:$metrics"

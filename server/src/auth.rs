@@ -159,11 +159,13 @@ impl Keys {
 /// The token of `Authorization: Bearer <token>`.
 #[must_use]
 pub fn bearer(req: &Request<Incoming>) -> Option<&str> {
-    req.headers()
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
+    req.headers().get(AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(bearer_token)
+}
+
+/// The token of an `Authorization` value (a header, or gRPC metadata): `Bearer <token>`.
+#[must_use]
+pub fn bearer_token(value: &str) -> Option<&str> {
+    value.strip_prefix("Bearer ").map(str::trim)
 }
 
 /// Compares `given` with `expected` in constant time.
@@ -244,6 +246,15 @@ impl Tokens {
     /// 401 when the key is missing, wrong or expired.
     pub fn check(&self, api: Api, req: &Request<Incoming>) -> Result<(), ApiError> {
         self.read().check(api, req)
+    }
+
+    /// Checks a call to `api` for `path` (what stands for it among the HTTP paths: health checks need no key)
+    /// that carries the token `given`, now.
+    ///
+    /// # Errors
+    /// 401 when the key is missing, wrong or expired.
+    pub fn check_token(&self, api: Api, path: &str, given: Option<&str>) -> Result<(), ApiError> {
+        self.read().check_at(api, path, given, SystemTime::now())
     }
 
     /// Replaces the `kind` key: the new keys are written to `path` (on the blocking pool) before they are put in

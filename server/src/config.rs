@@ -75,6 +75,18 @@ impl Api {
             Api::Metrics => "metrics_address",
         }
     }
+
+    /// The APIs that also have gRPC services: inference (TorchServe's and KServe v2's) and management.
+    pub const GRPC: [Api; 2] = [Api::Inference, Api::Management];
+
+    /// The key of `config.properties` that sets the port of its gRPC services.
+    #[must_use]
+    pub fn grpc_port_key(self) -> &'static str {
+        match self {
+            Api::Inference => "grpc_inference_port",
+            Api::Management | Api::Metrics => "grpc_management_port",
+        }
+    }
 }
 
 /// Which models to load at start-up (`load_models`).
@@ -145,6 +157,12 @@ pub struct Config {
     pub management_address: SocketAddr,
     /// Where the metrics API listens (`metrics_address`, default `http://127.0.0.1:8082`).
     pub metrics_address: SocketAddr,
+    /// Where the gRPC inference services listen, TorchServe's and KServe v2's (`grpc_inference_address`, a host,
+    /// default 127.0.0.1, and `grpc_inference_port`, default 7070).
+    pub grpc_inference_address: SocketAddr,
+    /// Where TorchServe's gRPC management service listens (`grpc_management_address`, default 127.0.0.1, and
+    /// `grpc_management_port`, default 7071).
+    pub grpc_management_address: SocketAddr,
     /// Whether `TS_<KEY>` environment variables override the file and the command line
     /// (`enable_envvars_config`, default false).
     pub enable_envvars_config: bool,
@@ -240,6 +258,8 @@ impl Default for Config {
             inference_address: SocketAddr::from(([127, 0, 0, 1], 8080)),
             management_address: SocketAddr::from(([127, 0, 0, 1], 8081)),
             metrics_address: SocketAddr::from(([127, 0, 0, 1], 8082)),
+            grpc_inference_address: SocketAddr::from(([127, 0, 0, 1], 7070)),
+            grpc_management_address: SocketAddr::from(([127, 0, 0, 1], 7071)),
             enable_envvars_config: false,
             max_response_size: 6_553_500,
             latency_buckets: ferroserve_engine::metrics::DEFAULT_LATENCY_BUCKETS.to_vec(),
@@ -302,6 +322,16 @@ impl Config {
         }
     }
 
+    /// Where the gRPC services of `api` listen (the metrics API has none: `None`).
+    #[must_use]
+    pub fn grpc_address(&self, api: Api) -> Option<SocketAddr> {
+        match api {
+            Api::Inference => Some(self.grpc_inference_address),
+            Api::Management => Some(self.grpc_management_address),
+            Api::Metrics => None,
+        }
+    }
+
     /// Reads a `config.properties` file over the defaults.
     ///
     /// # Errors
@@ -353,6 +383,14 @@ impl Config {
             "inference_address" => self.inference_address = parse_address(value)?,
             "management_address" => self.management_address = parse_address(value)?,
             "metrics_address" => self.metrics_address = parse_address(value)?,
+            "grpc_inference_address" => self.grpc_inference_address.set_ip(parse_host(value)?),
+            "grpc_management_address" => self.grpc_management_address.set_ip(parse_host(value)?),
+            "grpc_inference_port" => self.grpc_inference_address.set_port(parse_port(value)?),
+            "grpc_management_port" => self.grpc_management_address.set_port(parse_port(value)?),
+            "enable_grpc_ssl" if parse_bool(value)? => {
+                return Err("gRPC over TLS is not supported: terminate TLS in front of ferroserve".into())
+            }
+            "enable_grpc_ssl" => {}
             "enable_envvars_config" => self.enable_envvars_config = parse_bool(value)?,
             "max_response_size" => self.max_response_size = positive(value)?,
             "metrics_latency_buckets_ms" => self.latency_buckets = parse_buckets(value)?,
@@ -518,6 +556,21 @@ fn parse_address(value: &str) -> Result<SocketAddr, String> {
         .map_err(|e| format!("`{value}`: {e}"))?
         .next()
         .ok_or_else(|| format!("`{value}` resolves to no address"))
+}
+
+/// A gRPC address key's host: an IP address or a name that resolves to one (TorchServe gives the port apart).
+fn parse_host(value: &str) -> Result<std::net::IpAddr, String> {
+    (value, 0)
+        .to_socket_addrs()
+        .map_err(|e| format!("`{value}`: {e}"))?
+        .next()
+        .map(|addr| addr.ip())
+        .ok_or_else(|| format!("`{value}` resolves to no address"))
+}
+
+/// A port number (0: the system chooses one).
+fn parse_port(value: &str) -> Result<u16, String> {
+    value.parse().map_err(|_| format!("`{value}` is not a port number (0 to 65535)"))
 }
 
 fn parse_load_models(value: &str) -> Result<LoadModels, String> {
@@ -766,6 +819,51 @@ mod tests {
         assert_eq!(defaults.management_address, SocketAddr::from(([127, 0, 0, 1], 8081)));
         assert_eq!(defaults.metrics_address, SocketAddr::from(([127, 0, 0, 1], 8082)));
         assert!(defaults.latency_buckets.contains(&0.025) && defaults.latency_buckets.contains(&0.000_05));
+    }
+
+    #[test]
+    fn grpc_keys_give_host_and_port_apart() {
+        let defaults = Config::default();
+        assert_eq!(defaults.grpc_address(Api::Inference), Some(SocketAddr::from(([127, 0, 0, 1], 7070))));
+        assert_eq!(defaults.grpc_address(Api::Management), Some(SocketAddr::from(([127, 0, 0, 1], 7071))));
+        assert_eq!(defaults.grpc_address(Api::Metrics), None);
+        let c = parse(
+            "grpc_inference_address=0.0.0.0
+grpc_inference_port=9070
+grpc_management_port=0
+             grpc_management_address=localhost
+enable_grpc_ssl=false
+",
+        )
+        .expect("valid");
+        assert_eq!(c.grpc_inference_address, SocketAddr::from(([0, 0, 0, 0], 9070)));
+        assert_eq!(c.grpc_management_address.port(), 0);
+        assert!(c.grpc_management_address.ip().is_loopback());
+        for (text, key) in [
+            (
+                "grpc_inference_port=70000
+",
+                "grpc_inference_port",
+            ),
+            (
+                "grpc_management_port=x
+",
+                "grpc_management_port",
+            ),
+            (
+                "grpc_inference_address=no such host.invalid
+",
+                "grpc_inference_address",
+            ),
+            (
+                "enable_grpc_ssl=true
+",
+                "enable_grpc_ssl",
+            ),
+        ] {
+            let e = parse(text).expect_err(text).to_string();
+            assert!(e.contains(key), "{text}: {e}");
+        }
     }
 
     #[test]

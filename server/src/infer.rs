@@ -13,7 +13,7 @@ use ferroserve_engine::{
     request::{HandlerInput, InferResult},
     InferOutput, Model,
 };
-use hyper::{body::Incoming, header::HeaderValue, Request};
+use hyper::{body::Incoming, header::HeaderValue, Request, StatusCode};
 use tokio::sync::oneshot::Receiver;
 
 use crate::{
@@ -44,9 +44,34 @@ pub const CANARY_KEY: &str = "x-canary-key";
 /// client stays on one version, else a random one.
 #[must_use]
 pub fn split_bucket(req: &Request<Incoming>, name: &str) -> u32 {
-    match req.headers().get(CANARY_KEY) {
-        Some(key) => canary::bucket(name, key.as_bytes()),
+    bucket_of(name, req.headers().get(CANARY_KEY).map(HeaderValue::as_bytes))
+}
+
+/// The canary bucket of a request to model `name` whose canary key (header or gRPC metadata) is `key`.
+#[must_use]
+pub fn bucket_of(name: &str, key: Option<&[u8]>) -> u32 {
+    match key {
+        Some(key) => canary::bucket(name, key),
         None => fastrand::u32(..canary::BUCKETS),
+    }
+}
+
+/// An answer of an inference handler, whatever its protocol: its status for the metrics, and the model version
+/// that gave it.
+pub trait Answer {
+    /// The HTTP status the answer stands for.
+    fn status(&self) -> StatusCode;
+    /// Names `version` as the model version that answered.
+    fn answered_by(&mut self, version: &str);
+}
+
+impl Answer for Reply {
+    fn status(&self) -> StatusCode {
+        Reply::status(self)
+    }
+
+    fn answered_by(&mut self, version: &str) {
+        name_version(self, version);
     }
 }
 
@@ -68,8 +93,16 @@ pub fn route(state: &AppState, name: &str, version: Option<&str>, bucket: u32) -
 /// # Errors
 /// 400 when the header is not a positive integer.
 pub fn request_timeout(req: &Request<Incoming>) -> Result<Option<Duration>, ApiError> {
-    let Some(value) = req.headers().get("x-request-timeout-ms") else { return Ok(None) };
-    match value.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok()) {
+    timeout_ms(req.headers().get("x-request-timeout-ms").map(HeaderValue::as_bytes))
+}
+
+/// The deadline `x-request-timeout-ms` (a header, or gRPC metadata) gives, when it is there.
+///
+/// # Errors
+/// 400 when it is not a positive integer.
+pub fn timeout_ms(value: Option<&[u8]>) -> Result<Option<Duration>, ApiError> {
+    let Some(value) = value else { return Ok(None) };
+    match std::str::from_utf8(value).ok().and_then(|v| v.trim().parse::<u64>().ok()) {
         Some(ms) if ms > 0 => Ok(Some(Duration::from_millis(ms))),
         _ => Err(ApiError::bad_request("header x-request-timeout-ms must be a positive number of milliseconds")),
     }
@@ -82,25 +115,26 @@ pub fn request_timeout(req: &Request<Incoming>) -> Result<Option<Duration>, ApiE
 ///
 /// # Errors
 /// 404 from [`find_model`] (not recorded: no model was reached), and whatever `work` answers.
-pub async fn on_model<F, W>(
+pub async fn on_model<F, W, A>(
     state: &AppState,
     name: &str,
     url_version: Option<&str>,
     bucket: u32,
     work: W,
-) -> Result<Reply, ApiError>
+) -> Result<A, ApiError>
 where
     W: FnOnce(Arc<Model>) -> F,
-    F: Future<Output = Result<Reply, ApiError>>,
+    F: Future<Output = Result<A, ApiError>>,
+    A: Answer,
 {
     let model = route(state, name, url_version, bucket)?;
     let started = Instant::now();
     let result = work(Arc::clone(&model)).await;
-    let status = result.as_ref().map_or_else(|e| e.status, Reply::status);
+    let status = result.as_ref().map_or_else(|e| e.status, Answer::status);
     state.metrics.observe_request(&model, url_version, status, started.elapsed());
     match result {
         Ok(mut reply) => {
-            name_version(&mut reply, model.version());
+            reply.answered_by(model.version());
             Ok(reply)
         }
         Err(e) => Err(e.answered_by(model.version())),

@@ -1,10 +1,12 @@
-//! The HTTP front end of ferroserve: TorchServe's `config.properties`, its inference, management and metrics APIs
-//! and KServe v2, over hyper 1, on three listeners as TorchServe has. It knows nothing of tensors beyond parsing
+//! The front end of ferroserve: TorchServe's `config.properties`, its inference, management and metrics APIs
+//! and KServe v2, over hyper 1, on three HTTP listeners as TorchServe has, and their gRPC services (TorchServe's
+//! inference and management, KServe v2's `GRPCInferenceService`) on two more. It knows nothing of tensors beyond parsing
 //! requests into model inputs and printing outputs; the queue, batching and models live in `ferroserve-engine`.
 //!
 //! The whole server is [`run`] over the listeners [`bind`] opened; `main` adds the command line, the models of
 //! [`load::load_all`] and the signals. Modules point one way:
 //! `run → serve (accept) → router (auth, admission, protocol) → api::* → {infer, reply, error, state} → engine`,
+//! and for gRPC `serve → grpc (auth, admission, deadline, status) → api::* → ... → proto` (the generated types),
 //! with `load` (start-up and registration) and `config` below them, and the canary rollouts (`rollouts`, judged by
 //! the pure `rollout`) between `state` and `metrics`.
 
@@ -16,6 +18,7 @@ pub mod drift;
 pub mod drift_config;
 pub mod drift_profile;
 pub mod error;
+mod grpc;
 pub mod healthcheck;
 pub mod infer;
 mod json;
@@ -24,6 +27,7 @@ pub mod load;
 pub mod metrics;
 pub mod model_responses;
 pub mod passthrough;
+pub mod proto;
 pub mod reply;
 pub mod rollout;
 pub mod rollout_config;
@@ -62,10 +66,12 @@ pub enum ServeError {
     GraceExceeded(Duration),
 }
 
-/// The listeners of the three APIs, bound.
+/// The listeners of the three APIs and of the gRPC services, bound.
 #[derive(Debug)]
 pub struct Listeners {
     listeners: [TcpListener; Api::ALL.len()],
+    /// Those of the gRPC services of [`Api::GRPC`], in its order.
+    grpc: [TcpListener; Api::GRPC.len()],
 }
 
 impl Listeners {
@@ -76,9 +82,18 @@ impl Listeners {
     pub fn local_addr(&self, api: Api) -> std::io::Result<SocketAddr> {
         self.listeners[api.index()].local_addr()
     }
+
+    /// Where the gRPC services of `api` listen (`None` for the metrics API, which has none).
+    ///
+    /// # Errors
+    /// When the socket's address cannot be read.
+    pub fn grpc_addr(&self, api: Api) -> std::io::Result<Option<SocketAddr>> {
+        let index = Api::GRPC.iter().position(|a| *a == api);
+        index.map(|i| self.grpc[i].local_addr()).transpose()
+    }
 }
 
-/// Binds the three APIs' addresses. Each accept queue holds up to `max_connections` connections (the kernel caps
+/// Binds the three APIs' addresses and those of the gRPC services. Each accept queue holds up to `max_connections` connections (the kernel caps
 /// it at `somaxconn`), so that a burst of new connections waits to be accepted (and answered, 503 past
 /// `max_connections`) instead of being dropped by the kernel.
 ///
@@ -90,7 +105,14 @@ pub async fn bind(config: &Config) -> Result<Listeners, ServeError> {
         let addr = config.address(api);
         listen(addr, backlog).map_err(|source| ServeError::Bind { addr, key: api.address_key(), source })
     };
-    Ok(Listeners { listeners: [open(Api::Inference)?, open(Api::Management)?, open(Api::Metrics)?] })
+    let open_grpc = |api: Api| {
+        let addr = config.grpc_address(api).unwrap_or(config.grpc_inference_address);
+        listen(addr, backlog).map_err(|source| ServeError::Bind { addr, key: api.grpc_port_key(), source })
+    };
+    Ok(Listeners {
+        listeners: [open(Api::Inference)?, open(Api::Management)?, open(Api::Metrics)?],
+        grpc: [open_grpc(Api::Inference)?, open_grpc(Api::Management)?],
+    })
 }
 
 fn listen(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
@@ -100,7 +122,7 @@ fn listen(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
     socket.listen(backlog)
 }
 
-/// Serves the three APIs over `state` until `shutdown` completes, then shuts down in order: readiness off,
+/// Serves the three APIs and the gRPC services over `state` until `shutdown` completes, then shuts down in order: readiness off,
 /// listeners closed, open connections finish their requests, the model queues drain and the workers are joined,
 /// all within `shutdown_grace_period`.
 ///
@@ -114,9 +136,11 @@ pub async fn run(
 ) -> Result<(), ServeError> {
     let (stop, _) = tokio::sync::broadcast::channel::<()>(1);
     let mut servers = tokio::task::JoinSet::new();
-    for (api, listener) in Api::ALL.into_iter().zip(listeners.listeners) {
+    let http = Api::ALL.into_iter().zip(listeners.listeners).map(|(api, l)| (api, serve::Transport::Http, l));
+    let grpc = Api::GRPC.into_iter().zip(listeners.grpc).map(|(api, l)| (api, serve::Transport::Grpc, l));
+    for (api, transport, listener) in http.chain(grpc) {
         let mut stopped = stop.subscribe();
-        servers.spawn(serve::serve(listener, Arc::clone(&state), api, async move {
+        servers.spawn(serve::serve(listener, Arc::clone(&state), api, transport, async move {
             let _ = stopped.recv().await;
         }));
     }

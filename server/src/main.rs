@@ -116,6 +116,11 @@ fn main() -> anyhow::Result<()> {
         for api in Api::ALL {
             tracing::info!("{} API on http://{}", api.name(), listeners.local_addr(api)?);
         }
+        for api in Api::GRPC {
+            if let Some(addr) = listeners.grpc_addr(api)? {
+                tracing::info!("{} API over gRPC on {addr}", api.name());
+            }
+        }
         match ferroserve::run(listeners, state, first_signal()).await {
             Ok(()) => {
                 tracing::info!("shut down cleanly");

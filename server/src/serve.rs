@@ -1,22 +1,37 @@
 //! The transport of one API: the accept loop over hyper 1 (HTTP/1.1 and HTTP/2) with TCP_NODELAY, a
 //! header-read timeout, the `max_connections` limit, back-off on accept errors, and graceful shutdown. Every
-//! request it reads goes to the router.
+//! request it reads goes to the router, or, on a gRPC listener, to the API's gRPC services (HTTP/2 only, with the
+//! limits of [`grpc::http2`]). HTTP and gRPC connections to one API share its `max_connections`.
 
 use std::{convert::Infallible, future::Future, sync::Arc, time::Duration};
 
-use hyper::service::service_fn;
+use hyper::{
+    body::{Body, Incoming},
+    service::{service_fn, Service},
+    Request, Response,
+};
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
     server::{conn::auto, graceful::GracefulShutdown},
+    service::TowerToHyperService,
 };
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::{
     config::Api,
     error::{ApiError, Protocol},
-    router,
+    grpc, router,
     state::AppState,
 };
+
+/// What a listener speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Transport {
+    /// TorchServe's HTTP API (and KServe v2's over HTTP on the inference API).
+    Http,
+    /// The API's gRPC services.
+    Grpc,
+}
 
 /// How long a client may take to send its request headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -24,11 +39,50 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a refused connection may keep sending before it is closed.
 const LINGER: Duration = Duration::from_secs(2);
 
-/// Serves `api` on `listener` until `shutdown` completes, then lets open connections finish their requests (for
-/// `shutdown_grace_period` at most).
-pub(crate) async fn serve(listener: TcpListener, state: Arc<AppState>, api: Api, shutdown: impl Future<Output = ()>) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+/// Serves `api` over `transport` on `listener` until `shutdown` completes, then lets open connections finish
+/// their requests (for `shutdown_grace_period` at most).
+pub(crate) async fn serve(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    api: Api,
+    transport: Transport,
+    shutdown: impl Future<Output = ()>,
+) {
+    match transport {
+        Transport::Http => {
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+            let routed = Arc::clone(&state);
+            let service = service_fn(move |req| {
+                let state = Arc::clone(&routed);
+                async move { Ok::<_, Infallible>(router::route(req, &state, api).await) }
+            });
+            accept(listener, state, api, &builder, service, shutdown).await;
+        }
+        Transport::Grpc => {
+            let builder = grpc::http2(&state.config);
+            let service = TowerToHyperService::new(grpc::routes(&state, api));
+            accept(listener, state, api, &builder, service, shutdown).await;
+        }
+    }
+}
+
+/// The accept loop: each connection `builder` serves with `service`.
+async fn accept<S, B>(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    api: Api,
+    builder: &auto::Builder<TokioExecutor>,
+    service: S,
+    shutdown: impl Future<Output = ()>,
+) where
+    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let graceful = GracefulShutdown::new();
     let mut backoff = Backoff::default();
     tokio::pin!(shutdown);
@@ -59,12 +113,8 @@ pub(crate) async fn serve(listener: TcpListener, state: Arc<AppState>, api: Api,
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%error, %peer, "cannot set TCP_NODELAY");
         }
-        let routed = Arc::clone(&state);
-        let service = service_fn(move |req| {
-            let state = Arc::clone(&routed);
-            async move { Ok::<_, Infallible>(router::route(req, &state, api).await) }
-        });
-        let conn = graceful.watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned());
+        let conn =
+            graceful.watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), service.clone()).into_owned());
         tokio::spawn(async move {
             if let Err(error) = conn.await {
                 tracing::debug!(%error, %peer, "connection ended with an error");

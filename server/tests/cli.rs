@@ -34,7 +34,7 @@ fn config_file(text: &str) -> tempfile::NamedTempFile {
 fn ephemeral_config(keys: &tempfile::TempDir, extra: &str) -> tempfile::NamedTempFile {
     config_file(&format!(
         "inference_address=http://127.0.0.1:0\nmanagement_address=http://127.0.0.1:0\n\
-         metrics_address=http://127.0.0.1:0\nmodel_store={}\ndefault_workers_per_model=1\nkey_file={}\n{extra}",
+         metrics_address=http://127.0.0.1:0\ngrpc_inference_port=0\ngrpc_management_port=0\nmodel_store={}\ndefault_workers_per_model=1\nkey_file={}\n{extra}",
         models_dir(),
         keys.path().join("key_file.json").display()
     ))

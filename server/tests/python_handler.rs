@@ -295,7 +295,7 @@ fn sigterm_leaves_no_python_process() {
     let keys = tempfile::tempdir().expect("keys");
     let text = format!(
         "inference_address=http://127.0.0.1:0\nmanagement_address=http://127.0.0.1:0\n\
-         metrics_address=http://127.0.0.1:0\nmodel_store={}\nload_models=signs.mar\ndefault_workers_per_model=2\n\
+         metrics_address=http://127.0.0.1:0\ngrpc_inference_port=0\ngrpc_management_port=0\nmodel_store={}\nload_models=signs.mar\ndefault_workers_per_model=2\n\
          key_file={}\npython_executable={}\n",
         store.path().display(),
         keys.path().join("key_file.json").display(),

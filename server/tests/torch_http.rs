@@ -204,7 +204,7 @@ fn failed_start(config: &str, env: &[(&str, &str)]) -> String {
     let file = dir.path().join("config.properties");
     let any = "http://127.0.0.1:0";
     let text = format!(
-        "inference_address={any}\nmanagement_address={any}\nmetrics_address={any}\nmodel_store={}\n\
+        "inference_address={any}\nmanagement_address={any}\nmetrics_address={any}\ngrpc_inference_port=0\ngrpc_management_port=0\nmodel_store={}\n\
          load_models=signnet\ndisable_token_authorization=true\n{config}",
         models_dir().display()
     );

@@ -14,6 +14,7 @@
 //! request states, `[N, ...]`, within what it fixes; its metadata shows each unknown size as -1 (Triton's
 //! convention) and an unknown rank as `[-1]`, the batch alone; the output's shape comes from the forward.
 
+pub mod grpc;
 mod tensor;
 
 use std::sync::Arc;
@@ -125,32 +126,60 @@ fn server_ready(state: &AppState) -> Reply {
     json_value(code, &json!({ "ready": ready }))
 }
 
+/// Whether `model` has a live worker.
+fn is_ready(model: &Model) -> bool {
+    model.workers().1 > 0
+}
+
 fn model_ready(model: &Model) -> Reply {
-    let ready = model.workers().1 > 0;
+    let ready = is_ready(model);
     let code = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     json_value(code, &json!({ "name": model.name(), "ready": ready }))
 }
 
+/// A tensor of a model's metadata.
+#[derive(Serialize)]
+struct TensorMetadata<'m> {
+    name: &'m str,
+    datatype: &'static str,
+    /// The batch first; -1 for every size the model leaves open.
+    shape: Vec<i64>,
+}
+
+/// A model's metadata, as both protocols answer it.
+#[derive(Serialize)]
+struct ModelMetadata<'m> {
+    name: &'m str,
+    versions: [&'m str; 1],
+    platform: &'m str,
+    inputs: [TensorMetadata<'m>; 1],
+    outputs: [TensorMetadata<'m>; 1],
+}
+
+impl<'m> ModelMetadata<'m> {
+    fn of(model: &'m Model) -> Self {
+        let spec = model.spec();
+        // Nothing after the batch when even the rank is open.
+        let batched =
+            |shape: &Shape| -> Vec<i64> { std::iter::once(-1).chain(shape.signed().unwrap_or_default()).collect() };
+        let platform = match model.runtime() {
+            "onnx" => "onnxruntime_onnx",
+            "torchscript" => "pytorch_libtorch",
+            other => other,
+        };
+        let tensor = |name, shape| TensorMetadata { name, datatype: "FP32", shape: batched(shape) };
+        Self {
+            name: model.name(),
+            versions: [model.version()],
+            platform,
+            inputs: [tensor(&spec.input_name, &spec.input_shape)],
+            outputs: [tensor(&spec.output_name, &spec.output_shape)],
+        }
+    }
+}
+
 fn model_metadata(model: &Model) -> Reply {
-    let spec = model.spec();
-    // The batch first; -1 for every size the model leaves open, and nothing more when even the rank is open.
-    let batched =
-        |shape: &Shape| -> Vec<i64> { std::iter::once(-1).chain(shape.signed().unwrap_or_default()).collect() };
-    let platform = match model.runtime() {
-        "onnx" => "onnxruntime_onnx",
-        "torchscript" => "pytorch_libtorch",
-        other => other,
-    };
-    json_value(
-        StatusCode::OK,
-        &json!({
-            "name": model.name(),
-            "versions": [model.version()],
-            "platform": platform,
-            "inputs": [{ "name": spec.input_name, "datatype": "FP32", "shape": batched(&spec.input_shape) }],
-            "outputs": [{ "name": spec.output_name, "datatype": "FP32", "shape": batched(&spec.output_shape) }],
-        }),
-    )
+    json_value(StatusCode::OK, &ModelMetadata::of(model))
 }
 
 /// `POST /v2/models/{m}[/versions/{v}]/infer`, recorded in the request-latency metrics whatever its outcome.
@@ -177,6 +206,19 @@ async fn run_infer(
     let mut request = tensor::parse(&mut body, json_len, model.spec())?;
     // The rows may wait in the queue: the body is not needed any more.
     drop(body);
+    let answers = run_samples(state, model, version, &mut request, timeout).await?;
+    response(model, &request, &answers)
+}
+
+/// Runs a validated request's samples, each its own engine request (moved out of `request.input`), with the
+/// drift monitor and the queue-time metric, and returns their answers in order.
+async fn run_samples(
+    state: &AppState,
+    model: &Arc<Model>,
+    version: Option<&str>,
+    request: &mut TensorRequest,
+    timeout: Option<std::time::Duration>,
+) -> Result<Vec<InferOutput>, ApiError> {
     // Each sample takes a place in the queue: more samples than it holds could never be admitted.
     let capacity = model.options().queue_size;
     if request.samples > capacity {
@@ -197,7 +239,7 @@ async fn run_infer(
         // Once per request, as TorchServe counts a v2 request (its rows wait side by side).
         state.metrics.observe_queue(model, version, first.timing.queue);
     }
-    response(model, &request, &answers)
+    Ok(answers)
 }
 
 /// Each row's answer, in order. The first failure fails the request; the rows still pending are then dropped
@@ -243,6 +285,11 @@ fn rows(input: Vec<f32>, samples: usize) -> Vec<Vec<f32>> {
     }
     let len = input.len() / samples.max(1);
     (0..samples).map(|k| input[k * len..(k + 1) * len].to_vec()).collect()
+}
+
+/// The output rows of `answers`, joined.
+fn joined(answers: &[InferOutput]) -> Vec<f32> {
+    answers.iter().flat_map(|a| a.output.iter().copied()).collect()
 }
 
 /// The response body's JSON.
@@ -294,7 +341,7 @@ fn output_shape(model: &Model, answers: &[InferOutput]) -> Result<Vec<usize>, Ap
 fn response(model: &Model, request: &TensorRequest, answers: &[InferOutput]) -> Result<Reply, ApiError> {
     let spec = model.spec();
     let row_shape = output_shape(model, answers)?;
-    let data: Vec<f32> = answers.iter().flat_map(|a| a.output.iter().copied()).collect();
+    let data = joined(answers);
     let binary = request.binary_output;
     let body = InferResponse {
         model_name: model.name(),

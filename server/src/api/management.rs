@@ -34,30 +34,49 @@ const DEFAULT_LIMIT: usize = 100;
 pub async fn handle(req: Request<Incoming>, state: &Arc<AppState>) -> Result<Reply, ApiError> {
     let path = req.uri().path().to_string();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let params = query(&req);
+    match dispatch(state, req.method(), &segments, &query(&req)).await {
+        Err(e) if e.kind == NO_SUCH_CALL => Err(ApiError::not_found(&path)),
+        answer => answer,
+    }
+}
+
+/// The exception name of a call that is no management call (answered 404 naming the path over HTTP).
+const NO_SUCH_CALL: &str = "NoSuchManagementCall";
+
+/// Runs the management call of `method` on the path `segments` with the query parameters `params`: what the
+/// HTTP API and TorchServe's gRPC management service (which names its calls the same way) share.
+///
+/// # Errors
+/// [`ApiError`] for an unknown call or method, a disabled model API, and whatever the call refuses.
+pub async fn dispatch(
+    state: &Arc<AppState>,
+    method: &Method,
+    segments: &[&str],
+    params: &HashMap<String, String>,
+) -> Result<Reply, ApiError> {
     // Ending a canary unregisters nothing.
-    let registering = matches!(req.method(), &Method::POST | &Method::DELETE) && segments.last() != Some(&"canary");
+    let registering = matches!(method, &Method::POST | &Method::DELETE) && segments.last() != Some(&"canary");
     if registering && !state.config.enable_model_api {
         let message = "The model API is disabled: set enable_model_api=true to register or unregister models";
         return Err(ApiError { message: message.into(), ..ApiError::method_not_allowed() });
     }
-    match (req.method(), segments.as_slice()) {
-        (&Method::GET, ["models"]) => list(state, &params),
-        (&Method::POST, ["models"]) => register(state, &params).await,
+    match (method, segments) {
+        (&Method::GET, ["models"]) => list(state, params),
+        (&Method::POST, ["models"]) => register(state, params).await,
         (&Method::GET, ["models", name]) => describe(state, name, Some(None)),
         (&Method::GET, ["models", name, "all"]) => describe(state, name, None),
         (&Method::GET, ["models", name, version]) => describe(state, name, Some(Some(version))),
-        (&Method::PUT, ["models", name]) => update(state, name, None, &params).await,
-        (&Method::PUT, ["models", name, version]) => update(state, name, Some(version), &params).await,
+        (&Method::PUT, ["models", name]) => update(state, name, None, params).await,
+        (&Method::PUT, ["models", name, version]) => update(state, name, Some(version), params).await,
         (&Method::PUT, ["models", name, version, "set-default"]) => set_default(state, name, version),
-        (&Method::PUT, ["models", name, version, "canary"]) => set_canary(state, name, version, &params),
+        (&Method::PUT, ["models", name, version, "canary"]) => set_canary(state, name, version, params),
         (&Method::DELETE, ["models", name, version, "canary"]) => clear_canary(state, name, version),
         (&Method::PUT, ["models", name, version, "promote"]) => promote(state, name, version),
         (&Method::DELETE, ["models", name]) => unregister(state, name, None).await,
         (&Method::DELETE, ["models", name, version]) => unregister(state, name, Some(version)).await,
         (_, ["models", ..]) => Err(ApiError::method_not_allowed()),
         (method, [page @ ("" | "api-description")]) => super::description::management(method, page),
-        _ => Err(ApiError::not_found(&path)),
+        _ => Err(ApiError { kind: NO_SUCH_CALL, ..ApiError::not_found(&segments.join("/")) }),
     }
 }
 

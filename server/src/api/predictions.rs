@@ -2,7 +2,10 @@
 
 use std::sync::Arc;
 
-use ferroserve_engine::{InferOutput, Model};
+use ferroserve_engine::{
+    request::{HandlerInput, HandlerOutput},
+    InferOutput, Model,
+};
 use hyper::{body::Incoming, Method, Request, StatusCode};
 use serde::Serialize;
 
@@ -11,7 +14,7 @@ use crate::{
     infer::{infer_handler, infer_within, on_model, request_timeout, split_bucket, timing_headers},
     landmarks::{self, LandmarkShape},
     passthrough,
-    reply::{json, json_value, query, read_body_timed, Reply},
+    reply::{json, query, read_body_timed, Reply},
     state::AppState,
 };
 
@@ -33,7 +36,8 @@ pub async fn handle(req: Request<Incoming>, state: &Arc<AppState>) -> Result<Rep
 }
 
 /// TorchServe's health answer: healthy while every model has a live worker and no shutdown has begun.
-fn ping(state: &AppState) -> Reply {
+#[must_use]
+pub fn ping(state: &AppState) -> Reply {
     if state.is_ready() {
         json(StatusCode::OK, br#"{"status":"Healthy"}"#.to_vec())
     } else {
@@ -79,12 +83,29 @@ async fn run_handler(
     let timeout = request_timeout(&req)?;
     let input = passthrough::input_of(&req);
     let body = read_body_timed(req, &state.config).await?;
-    let mut output = infer_handler(model, passthrough::with_body(input, body), timeout).await?;
-    state.metrics.observe_queue(model, version, output.timing.queue);
-    let handler = output.handler.take().ok_or_else(|| ApiError::internal("the handler's answer is missing"))?;
-    let mut response = passthrough::reply_of(*handler);
+    let (handler, output) =
+        predict_handler(state, model, version, passthrough::with_body(input, body), timeout).await?;
+    let mut response = passthrough::reply_of(handler);
     timing_headers(&mut response, &output);
     Ok(response)
+}
+
+/// Passes `input` to the archive's Python handler of `model` within `timeout`, and answers what the handler
+/// made of it, with the engine's answer: both protocols' handler path.
+///
+/// # Errors
+/// What the engine refuses or fails with.
+pub async fn predict_handler(
+    state: &AppState,
+    model: &Model,
+    version: Option<&str>,
+    input: HandlerInput,
+    timeout: Option<std::time::Duration>,
+) -> Result<(HandlerOutput, InferOutput), ApiError> {
+    let mut output = infer_handler(model, input, timeout).await?;
+    state.metrics.observe_queue(model, version, output.timing.queue);
+    let handler = output.handler.take().ok_or_else(|| ApiError::internal("the handler's answer is missing"))?;
+    Ok((*handler, output))
 }
 
 async fn run_landmarks(
@@ -93,6 +114,28 @@ async fn run_landmarks(
     model: &Model,
     version: Option<&str>,
 ) -> Result<Reply, ApiError> {
+    let query_k = query_topk(&req)?;
+    let timeout = request_timeout(&req)?;
+    let body = read_body_timed(req, &state.config).await?;
+    let (prediction, output) = predict_landmarks(state, model, version, body, query_k, timeout).await?;
+    let mut response = json(StatusCode::OK, prediction);
+    timing_headers(&mut response, &output);
+    Ok(response)
+}
+
+/// Runs the landmark JSON `body` on `model` within `timeout`, and answers the prediction's JSON (the `topk` of
+/// the body, else `query_k`, else 1 class) with the engine's answer: both protocols' landmark path.
+///
+/// # Errors
+/// 400 for a model that does not take landmarks or a body that does not fit it, and what the engine refuses.
+pub async fn predict_landmarks(
+    state: &AppState,
+    model: &Model,
+    version: Option<&str>,
+    mut body: Vec<u8>,
+    query_k: Option<usize>,
+    timeout: Option<std::time::Duration>,
+) -> Result<(Vec<u8>, InferOutput), ApiError> {
     let shape = LandmarkShape::of(model.spec()).ok_or_else(|| {
         ApiError::bad_request(format!(
             "model {} takes input `{}` of shape {}, not hand landmarks [frames, points, 3]",
@@ -101,9 +144,6 @@ async fn run_landmarks(
             model.spec().input_shape
         ))
     })?;
-    let query_k = query_topk(&req)?;
-    let timeout = request_timeout(&req)?;
-    let mut body = read_body_timed(req, &state.config).await?;
     let request = landmarks::parse(&mut body, shape)?;
     let drift = state.drift.features(model, &request.input, &request.shape);
     let output = infer_within(model, request.input, &request.shape, timeout).await?;
@@ -112,21 +152,15 @@ async fn run_landmarks(
     }
     state.metrics.observe_queue(model, version, output.timing.queue);
     let topk = request.topk.or(query_k).unwrap_or(1);
-    Ok(prediction_response(model, &output, topk))
+    let body = PredictionBody {
+        predictions: landmarks::top_k(&output.output, model.labels(), topk),
+        device: output.device.kind(),
+    };
+    Ok((serde_json::to_vec(&body).unwrap_or_default(), output))
 }
 
 #[derive(Serialize)]
 struct PredictionBody<'a> {
     predictions: Vec<landmarks::Prediction<'a>>,
     device: &'static str,
-}
-
-fn prediction_response(model: &Model, output: &InferOutput, topk: usize) -> Reply {
-    let body = PredictionBody {
-        predictions: landmarks::top_k(&output.output, model.labels(), topk),
-        device: output.device.kind(),
-    };
-    let mut response = json_value(StatusCode::OK, &body);
-    timing_headers(&mut response, output);
-    response
 }

@@ -26,6 +26,10 @@ pub struct TestServer {
     pub management: SocketAddr,
     /// Where the metrics API listens.
     pub metrics: SocketAddr,
+    /// Where the gRPC inference services (TorchServe's and KServe v2's) listen.
+    pub grpc: SocketAddr,
+    /// Where TorchServe's gRPC management service listens.
+    pub grpc_management: SocketAddr,
     /// Its state (models, config, metrics).
     pub state: Arc<AppState>,
     stop: Option<tokio::sync::broadcast::Sender<()>>,
@@ -59,6 +63,8 @@ pub fn test_config(max_request_size: usize) -> Config {
         inference_address: any,
         management_address: any,
         metrics_address: any,
+        grpc_inference_address: any,
+        grpc_management_address: any,
         max_request_size,
         model_store: models_dir(),
         enable_model_api: true,
@@ -92,13 +98,15 @@ impl TestServer {
         let listeners = ferroserve::bind(&state.config).await.expect("bind the test addresses");
         let addr = |api| listeners.local_addr(api).expect("local addr");
         let (inference, management, metrics) = (addr(Api::Inference), addr(Api::Management), addr(Api::Metrics));
+        let grpc_addr = |api| listeners.grpc_addr(api).expect("local addr").expect("a gRPC listener");
+        let (grpc, grpc_management) = (grpc_addr(Api::Inference), grpc_addr(Api::Management));
         let mut stopped = stop.subscribe();
         let shutdown = async move {
             let _ = stopped.recv().await;
         };
         tokio::spawn(ferroserve::run(listeners, Arc::clone(&state), shutdown));
         let client = Client::builder(TokioExecutor::new()).build_http();
-        Self { addr: inference, management, metrics, state, stop: Some(stop), client }
+        Self { addr: inference, management, metrics, grpc, grpc_management, state, stop: Some(stop), client }
     }
 
     /// Sends a request to `addr` and reads the whole answer.

@@ -49,7 +49,7 @@ impl DataType {
     }
 
     /// Bytes per element in binary data.
-    fn width(self) -> usize {
+    pub(crate) fn width(self) -> usize {
         match self {
             Self::Fp32 | Self::Int32 => 4,
             Self::Fp16 => 2,
@@ -59,7 +59,7 @@ impl DataType {
     }
 
     /// What an element must be, for messages.
-    fn element(self) -> &'static str {
+    pub(crate) fn element(self) -> &'static str {
         match self {
             Self::Fp32 => "a finite FP32 number",
             Self::Fp16 => "a finite FP16 number",
@@ -182,15 +182,16 @@ fn only_input<'t, 'i>(request: &Object<'t, 'i>, spec: &ModelSpec) -> Result<Obje
     inputs.get(0).and_then(Json::into_object).ok_or_else(|| ApiError::bad_request("inputs[0] must be an object"))
 }
 
-/// What an input says of its data, checked against the model: its name, datatype and shape.
-struct Claim {
-    dtype: DataType,
+/// What an input says of its data, checked against the model: its name, datatype and shape. Both protocols'
+/// decoders check an input through it before reading its data.
+pub(crate) struct Claim {
+    pub(crate) dtype: DataType,
     /// `shape[0]`.
-    samples: usize,
+    pub(crate) samples: usize,
     /// `shape[1..]`.
-    sample_shape: Vec<usize>,
+    pub(crate) sample_shape: Vec<usize>,
     /// Elements in the shape (which the data must have).
-    count: usize,
+    pub(crate) count: usize,
     /// Dimensions in the shape: the deepest nesting of JSON data.
     rank: usize,
 }
@@ -198,17 +199,28 @@ struct Claim {
 impl Claim {
     fn of(input: &Object<'_, '_>, spec: &ModelSpec) -> Result<Self, ApiError> {
         let name = string_field(input, "inputs[0]", "name")?;
+        let datatype = string_field(input, "inputs[0]", "datatype")?;
+        let not_integers = || ApiError::bad_request("inputs[0].shape must be an array of integers");
+        let shape = input.get("shape").and_then(Json::into_array).ok_or_else(not_integers)?;
+        let dims = shape.iter().map(|d| d.as_i64()).collect::<Option<Vec<i64>>>().ok_or_else(not_integers)?;
+        Self::new(name, datatype, &dims, spec)
+    }
+
+    /// Checks an input named `name` of `datatype` and shape `dims` against the model.
+    ///
+    /// # Errors
+    /// 400 naming what does not fit: the name, the datatype, the shape, or a shape too large to count.
+    pub(crate) fn new(name: &str, datatype: &str, dims: &[i64], spec: &ModelSpec) -> Result<Self, ApiError> {
         if name != spec.input_name {
             return Err(ApiError::bad_request(format!(
                 "unknown input `{name}`: the model takes one input, `{}`",
                 spec.input_name
             )));
         }
-        let datatype = string_field(input, "inputs[0]", "datatype")?;
         let dtype = DataType::parse(datatype).ok_or_else(|| {
             ApiError::bad_request(format!("unsupported datatype `{datatype}`: use one of {}", DataType::ACCEPTED))
         })?;
-        let (samples, sample_shape) = shape(input, spec)?;
+        let (samples, sample_shape) = shape(dims, spec)?;
         let too_many = || ApiError::bad_request(format!("inputs[0].shape claims {samples} samples, too many"));
         let count = elements_of(&sample_shape).and_then(|n| n.checked_mul(samples)).ok_or_else(too_many)?;
         Ok(Self { dtype, samples, rank: sample_shape.len() + 1, sample_shape, count })
@@ -217,28 +229,25 @@ impl Claim {
 
 /// `shape[0]` and `shape[1..]`, once the shape is checked to be `[N, ...a shape the model takes]` with `N >= 1`
 /// and every size at least 1 (the model's own sizes where it fixes them).
-fn shape(input: &Object<'_, '_>, spec: &ModelSpec) -> Result<(usize, Vec<usize>), ApiError> {
-    let not_integers = || ApiError::bad_request("inputs[0].shape must be an array of integers");
-    let shape = input.get("shape").and_then(Json::into_array).ok_or_else(not_integers)?;
+fn shape(dims: &[i64], spec: &ModelSpec) -> Result<(usize, Vec<usize>), ApiError> {
     let expected = || {
         let dims =
             spec.input_shape.signed().map_or_else(|| vec!["...".into()], |d| d.iter().map(i64::to_string).collect());
         format!("[{}] with N >= 1", std::iter::once("N".to_string()).chain(dims).collect::<Vec<_>>().join(", "))
     };
     match spec.input_shape.dims() {
-        Some(dims) if shape.len() != dims.len() + 1 => {
-            let n = shape.len();
+        Some(model) if dims.len() != model.len() + 1 => {
+            let n = dims.len();
             return Err(ApiError::bad_request(format!(
                 "inputs[0].shape has {n} dimensions, the model takes {}",
                 expected()
             )));
         }
-        None if shape.is_empty() => {
+        None if dims.is_empty() => {
             return Err(ApiError::bad_request(format!("inputs[0].shape is [], the model takes {}", expected())));
         }
         _ => {}
     }
-    let dims = shape.iter().map(|d| d.as_i64()).collect::<Option<Vec<i64>>>().ok_or_else(not_integers)?;
     let sizes = dims.iter().map(|&d| usize::try_from(d).ok().filter(|&d| d >= 1)).collect::<Option<Vec<usize>>>();
     match sizes {
         Some(sizes) if spec.input_shape.admits(&sizes[1..]) => Ok((sizes[0], sizes[1..].to_vec())),
@@ -301,11 +310,22 @@ fn read_binary(size: Json<'_, '_>, binary: &[u8], claim: &Claim) -> Result<Vec<f
             binary.len()
         )));
     }
-    let mut values = Vec::with_capacity(count);
-    for (k, bytes) in binary.chunks_exact(width).enumerate() {
-        let x = claim.dtype.parse_le(bytes).ok_or_else(|| {
-            ApiError::bad_request(format!("inputs[0] binary element {k} must be {}", claim.dtype.element()))
-        })?;
+    decode_le(binary, claim, "inputs[0] binary")
+}
+
+/// The little-endian elements of `bytes`, which holds exactly the claimed elements; `what` names them in
+/// messages.
+///
+/// # Errors
+/// 400 naming the first element that is not of the claim's datatype.
+pub(crate) fn decode_le(bytes: &[u8], claim: &Claim, what: &str) -> Result<Vec<f32>, ApiError> {
+    let width = claim.dtype.width();
+    let mut values = Vec::with_capacity(bytes.len() / width);
+    for (k, element) in bytes.chunks_exact(width).enumerate() {
+        let x = claim
+            .dtype
+            .parse_le(element)
+            .ok_or_else(|| ApiError::bad_request(format!("{what} element {k} must be {}", claim.dtype.element())))?;
         values.push(x);
     }
     Ok(values)
@@ -322,21 +342,29 @@ fn binary_output(request: &Object<'_, '_>, spec: &ModelSpec) -> Result<bool, Api
     for (i, output) in outputs.iter().enumerate() {
         let output =
             output.into_object().ok_or_else(|| ApiError::bad_request(format!("outputs[{i}] must be an object")))?;
-        let name = string_field(&output, &format!("outputs[{i}]"), "name")?;
-        if name != spec.output_name {
-            return Err(ApiError::bad_request(format!(
-                "unknown output `{name}`: the model gives one output, `{}`",
-                spec.output_name
-            )));
-        }
-        if i > 0 {
-            return Err(ApiError::bad_request(format!("output `{name}` is requested twice")));
-        }
+        check_output(i, string_field(&output, &format!("outputs[{i}]"), "name")?, spec)?;
         if let Some(flag) = bool_parameter(&output, "binary_data")? {
             binary = flag;
         }
     }
     Ok(binary)
+}
+
+/// Checks that the `i`th requested output, `name`, is the model's one output.
+///
+/// # Errors
+/// 400 for another name, or a second output.
+pub(crate) fn check_output(i: usize, name: &str, spec: &ModelSpec) -> Result<(), ApiError> {
+    if name != spec.output_name {
+        return Err(ApiError::bad_request(format!(
+            "unknown output `{name}`: the model gives one output, `{}`",
+            spec.output_name
+        )));
+    }
+    if i > 0 {
+        return Err(ApiError::bad_request(format!("output `{name}` is requested twice")));
+    }
+    Ok(())
 }
 
 /// The string `key` of `object`, which is `what` in messages.

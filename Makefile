@@ -16,6 +16,11 @@ TORCHSERVE_VERSION := 0.12.0
 PYYAML_VERSION     := 6.0.4
 SCIPY_VERSION := 1.17.1
 NUMPY_VERSION := 2.4.6
+# The gRPC clients of `make grpc-test`: Triton's, and grpcio-tools to generate TorchServe's.
+TRITONCLIENT_VERSION := 2.73.0
+GRPCIO_VERSION       := 1.85.3
+GRPCIO_TOOLS_VERSION := 1.81.1
+PROTOBUF_VERSION     := 6.33.6
 PYTHON  ?= python3
 CACHE   ?= $(HOME)/.cache/ferroserve
 # onnxruntime-gpu (CUDA execution provider) when nvidia-smi finds a GPU, else the CPU wheel.
@@ -24,13 +29,14 @@ RUNTIME_VENV := $(CACHE)/venv-ort$(ORT_FLAVOUR)-$(ORT_VERSION)
 TORCH_VENV   := $(CACHE)/venv-torch-$(TORCH_VERSION)
 MODEL_VENV   := $(CACHE)/venv-model-torch-$(TORCH_VERSION)-onnx-$(ONNX_VERSION)
 SCIPY_VENV   := $(CACHE)/venv-scipy-$(SCIPY_VERSION)-numpy-$(NUMPY_VERSION)
+GRPC_VENV    := $(CACHE)/venv-grpc-tritonclient-$(TRITONCLIENT_VERSION)-grpcio-$(GRPCIO_VERSION)
 ORT_LIB := third_party/onnxruntime/capi/libonnxruntime.so.$(ORT_VERSION)
 TORCH_LIB := third_party/libtorch/lib/libtorch.so
 TORCHSERVE_STAMP := $(TORCH_VENV)/.torchserve-$(TORCHSERVE_VERSION).stamp
 CONFIG  ?= config/config.properties
 BIN     := target/release/ferroserve
 
-.PHONY: deps tools run build dist image-test test fmt lint features deploy-check deploy-live bench bench-backend bench-e2e bench-drift soak loadtest tune model drift-fixtures fuzz clean
+.PHONY: deps tools run build dist image-test test grpc-test fmt lint features deploy-check deploy-live bench bench-backend bench-e2e bench-drift soak loadtest tune model drift-fixtures fuzz clean
 
 ## deps: install onnxruntime==$(ORT_VERSION) and torch==$(TORCH_VERSION) (once each) and link
 ## third_party/onnxruntime and third_party/libtorch (the wheel's torch folder: lib/ and include/) to them; install
@@ -87,7 +93,20 @@ run: build
 test: deps tools fmt lint features
 	cargo test --workspace --all-targets
 	cargo test --workspace --doc
-	$(MAKE) deploy-check deploy-live image-test
+	$(MAKE) grpc-test deploy-check deploy-live image-test
+
+$(GRPC_VENV)/.stamp:
+	$(PYTHON) -m venv $(GRPC_VENV)
+	$(GRPC_VENV)/bin/python -m pip install --quiet "tritonclient[grpc]==$(TRITONCLIENT_VERSION)" \
+		grpcio==$(GRPCIO_VERSION) grpcio-tools==$(GRPCIO_TOOLS_VERSION) protobuf==$(PROTOBUF_VERSION) \
+		numpy==$(NUMPY_VERSION)
+	touch $@
+
+## grpc-test: tritonclient.grpc==$(TRITONCLIENT_VERSION), unchanged, and a client generated with grpcio-tools from
+## TorchServe's protos, against the debug ferroserve (server/tests/python_grpc/; installs its venv under $(CACHE))
+grpc-test: deps $(GRPC_VENV)/.stamp
+	cargo build --bin ferroserve
+	FERROSERVE_BIN=target/debug/ferroserve PYTHON=$(GRPC_VENV)/bin/python bash server/tests/python_grpc/run.sh
 
 ## dist: the release binaries and the native libraries the images copy, in dist/linux-<arch>/ (DIST_CUDA=1 adds
 ## the CUDA libraries of the torch wheel, for the cuda image; DIST_ARCH=arm64 cross-builds the slim binary for
@@ -186,7 +205,7 @@ drift-fixtures: $(SCIPY_VENV)/.stamp
 ## fuzz: each cargo-fuzz target for FUZZ_SECONDS (default 600) on the nightly toolchain; crashes land in
 ## fuzz/artifacts/TARGET (commit them as regression tests)
 FUZZ_SECONDS ?= 600
-FUZZ_TARGETS := config_properties landmarks kserve_request
+FUZZ_TARGETS := config_properties landmarks kserve_request kserve_grpc_request
 fuzz:
 	command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 	for t in $(FUZZ_TARGETS); do \

@@ -241,3 +241,67 @@ fn response(
         raw_output_contents: vec![raw],
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Per sample: input `landmarks` [2, 3, 3], output `probabilities` [10].
+    fn spec() -> ModelSpec {
+        ModelSpec {
+            input_name: "landmarks".into(),
+            input_shape: vec![2, 3, 3].into(),
+            output_name: "probabilities".into(),
+            output_shape: vec![10].into(),
+        }
+    }
+
+    /// A valid request of `n` samples, encoded.
+    fn valid(n: i64) -> Vec<u8> {
+        let values = 18 * usize::try_from(n).unwrap_or_default();
+        pb::ModelInferRequest {
+            model_name: "m".into(),
+            inputs: vec![pb::model_infer_request::InferInputTensor {
+                name: "landmarks".into(),
+                datatype: "FP32".into(),
+                shape: vec![n, 2, 3, 3],
+                ..Default::default()
+            }],
+            raw_input_contents: vec![vec![0; values * 4]],
+            ..Default::default()
+        }
+        .encode_to_vec()
+    }
+
+    #[test]
+    fn a_valid_request_decodes_and_a_huge_claim_is_refused_from_the_bytes() {
+        assert_eq!(validate_request(&valid(3), &spec()).ok(), Some(3));
+        let mut huge = pb::ModelInferRequest::decode(valid(1).as_slice()).expect("valid");
+        huge.inputs[0].shape[0] = 1 << 40;
+        let e = validate_request(&huge.encode_to_vec(), &spec()).expect_err("refused");
+        assert!(e.message.contains("raw_input_contents[0] has 72 bytes"), "{}", e.message);
+    }
+
+    #[test]
+    fn random_and_mutated_bytes_are_refused_or_accepted_never_a_panic() {
+        let mut rng = fastrand::Rng::with_seed(19);
+        let seed = valid(2);
+        for round in 0..3000 {
+            let bytes: Vec<u8> = if round % 2 == 0 {
+                (0..rng.usize(0..200)).map(|_| rng.u8(..)).collect()
+            } else {
+                let mut mutated = seed.clone();
+                for _ in 0..rng.usize(1..4) {
+                    let k = rng.usize(..mutated.len());
+                    mutated[k] = rng.u8(..);
+                }
+                mutated.truncate(rng.usize(1..=mutated.len()));
+                mutated
+            };
+            match validate_request(&bytes, &spec()) {
+                Ok(samples) => assert!(samples >= 1),
+                Err(e) => assert_eq!(e.status, StatusCode::BAD_REQUEST, "{}", e.message),
+            }
+        }
+    }
+}

@@ -60,7 +60,7 @@ pub(crate) async fn serve(
             accept(listener, state, api, &builder, service, shutdown).await;
         }
         Transport::Grpc => {
-            let builder = grpc::http2(&state.config);
+            let builder = grpc::http2();
             let service = TowerToHyperService::new(grpc::routes(&state, api));
             accept(listener, state, api, &builder, service, shutdown).await;
         }

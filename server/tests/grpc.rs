@@ -203,6 +203,12 @@ async fn bad_requests_get_the_grpc_code_of_their_http_status() {
         send_frame(server.grpc, "/inference.GRPCInferenceService/ModelInfer", &request, Some("100m")).await;
     assert_eq!(grpc_status, "4", "DEADLINE_EXCEEDED? {message}");
 
+    // A message past max_request_size (1 MB here).
+    let mut large = raw_request("echo", &[1]);
+    large.raw_input_contents[0] = vec![0; 2 * MB];
+    let (c, m) = code(client.model_infer(large).await);
+    assert_eq!(c, Code::OutOfRange, "{m}");
+
     // Bytes that are no ModelInferRequest, in a well-formed gRPC frame.
     let (grpc_status, message) =
         send_frame(server.grpc, "/inference.GRPCInferenceService/ModelInfer", &[0x0a, 0xff, 0xff], None).await;
@@ -334,4 +340,34 @@ async fn the_management_service_asks_for_the_management_key_and_the_model_api_sw
     // The inference services ask for no key by default.
     let mut kserve = kserve(&server).await;
     assert!(kserve.model_infer(raw_request("echo", &[1])).await.is_ok());
+}
+
+#[tokio::test]
+async fn streams_answer_each_request_in_turn_with_errors_in_the_response() {
+    let (server, _fake) = server_with(test_config(MB)).await;
+    let mut client = kserve(&server).await;
+    let requests = tokio_stream::iter(vec![raw_request("echo", &[5]), raw_request("nope", &[1])]);
+    let mut answers = client.model_stream_infer(requests).await.expect("stream").into_inner();
+    let first = answers.message().await.expect("answer").expect("first");
+    assert_eq!(output(first.infer_response.as_ref().expect("a response")), sample(5)[..10]);
+    let second = answers.message().await.expect("answer").expect("second");
+    assert!(second.infer_response.is_none());
+    assert!(second.error_message.contains("Model not found: nope"), "{}", second.error_message);
+    assert!(answers.message().await.expect("end").is_none());
+
+    let mut torchserve = InferenceApIsServiceClient::new(channel(server.grpc).await);
+    let request = |model: &str, id: &str| ts::PredictionsRequest {
+        model_name: model.into(),
+        input: [("data".to_string(), landmark_body(&sample(6)).into_bytes())].into(),
+        sequence_id: Some(id.into()),
+        ..Default::default()
+    };
+    let requests = tokio_stream::iter(vec![request("echo", "s-1"), request("nope", "s-2")]);
+    let mut answers = torchserve.stream_predictions2(requests).await.expect("stream").into_inner();
+    let first = answers.message().await.expect("answer").expect("first");
+    assert_eq!(first.sequence_id.as_deref(), Some("s-1"));
+    assert!(first.status.is_none() && !first.prediction.is_empty());
+    let second = answers.message().await.expect("answer").expect("second");
+    assert_eq!(second.sequence_id.as_deref(), Some("s-2"));
+    assert_eq!(second.status.map(|s| s.code), Some(Code::NotFound as i32));
 }

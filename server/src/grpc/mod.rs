@@ -22,13 +22,7 @@ use hyper_util::server::conn::auto;
 use tokio::sync::OwnedSemaphorePermit;
 use tonic::{metadata::MetadataMap, service::Routes};
 
-use crate::{
-    auth::bearer_token,
-    config::{Api, Config},
-    error::ApiError,
-    infer::timeout_ms,
-    state::AppState,
-};
+use crate::{auth::bearer_token, config::Api, error::ApiError, infer::timeout_ms, state::AppState};
 
 /// Calls at once on one HTTP/2 connection (`SETTINGS_MAX_CONCURRENT_STREAMS`); inference calls past
 /// `max_inflight_requests` are refused anyway.
@@ -41,7 +35,7 @@ pub(crate) const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(60);
 pub(crate) const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The connection settings of the gRPC listeners: HTTP/2 only, with the limits above.
-pub(crate) fn http2(_config: &Config) -> auto::Builder<TokioExecutor> {
+pub(crate) fn http2() -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new()).http2_only();
     builder
         .http2()

@@ -280,6 +280,7 @@ fn python_factory(
         handler,
         envelope: config.service_envelope.clone(),
         batch_size: options.policy.max_batch_size,
+        threads: intra_threads(config, options.workers),
         devices: model_devices(name, settings)?,
         limit_max_image_pixels: config.limit_max_image_pixels,
         decode_input_request: config.decode_input_request,

@@ -21,7 +21,7 @@
 use std::time::{Duration, Instant};
 
 use crate::{
-    batcher::{Forming, Next, Rule},
+    batcher::{BatchPolicy, Forming, Next, Rule},
     cost::Cost,
 };
 
@@ -161,6 +161,31 @@ impl Rule for AutoPolicy {
             Next::Dispatch
         } else {
             Next::WaitUntil(latest)
+        }
+    }
+}
+
+/// The rule in force for a model at one step: its fixed policy, or the adaptive one when it has an objective.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Policy {
+    /// `batchSize` and `maxBatchDelay`.
+    Fixed(BatchPolicy),
+    /// `maxBatchDelay: "auto"`.
+    Auto(AutoPolicy),
+}
+
+impl Rule for Policy {
+    fn max_batch_size(&self) -> usize {
+        match self {
+            Self::Fixed(p) => Rule::max_batch_size(p),
+            Self::Auto(p) => p.max_batch_size(),
+        }
+    }
+
+    fn next(&self, forming: &Forming, now: Instant) -> Next {
+        match self {
+            Self::Fixed(p) => Rule::next(p, forming, now),
+            Self::Auto(p) => p.next(forming, now),
         }
     }
 }

@@ -12,6 +12,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::backend::Device;
+
 /// How many of the last batches the fit covers.
 pub const WINDOW: usize = 256;
 
@@ -135,6 +137,59 @@ impl ArrivalRate {
     }
 }
 
+/// What one model's workers have measured: the cost fit of each device they run on, and the arrival rate.
+#[derive(Debug, Default)]
+pub struct Estimates {
+    arrivals: ArrivalRate,
+    /// Per device: its fit, and the cost last fitted (refitted after every batch, read at every step).
+    devices: Vec<(Device, CostFit, Option<Cost>)>,
+}
+
+impl Estimates {
+    /// Counts a request arriving at `at`.
+    pub fn record_arrival(&mut self, at: Instant) {
+        self.arrivals.record(at);
+    }
+
+    /// Records a batch of `n` that took `took` on `device`.
+    pub fn record_batch(&mut self, device: Device, n: usize, took: Duration) {
+        let at = match self.devices.iter().position(|d| d.0 == device) {
+            Some(at) => at,
+            None => {
+                self.devices.push((device, CostFit::default(), None));
+                self.devices.len() - 1
+            }
+        };
+        let (_, fit, cost) = &mut self.devices[at];
+        fit.record(n, took);
+        *cost = fit.cost();
+    }
+
+    /// The fitted cost on `device`, once known.
+    #[must_use]
+    pub fn cost(&self, device: Device) -> Option<Cost> {
+        self.devices.iter().find(|d| d.0 == device).and_then(|d| d.2)
+    }
+
+    /// Every device's fitted cost, in the order the devices first ran a batch.
+    #[must_use]
+    pub fn costs(&self) -> Vec<(Device, Cost)> {
+        self.devices.iter().filter_map(|d| d.2.map(|c| (d.0, c))).collect()
+    }
+
+    /// The devices that have run a batch.
+    #[must_use]
+    pub fn devices(&self) -> Vec<Device> {
+        self.devices.iter().map(|d| d.0).collect()
+    }
+
+    /// Requests arriving per second at `now`.
+    #[must_use]
+    pub fn arrivals_per_second(&self, now: Instant) -> f64 {
+        self.arrivals.per_second(now)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -227,6 +282,20 @@ mod tests {
         let cost = fit.cost().expect("fitted");
         assert_eq!(cost.fixed, 0.0);
         assert!(cost.per_request > 0.0);
+    }
+
+    #[test]
+    fn each_device_has_its_own_fit() {
+        let mut estimates = Estimates::default();
+        for n in 1..=MIN_SAMPLES {
+            estimates.record_batch(Device::Cuda(0), n, us(1_000 * n as u64));
+            estimates.record_batch(Device::Cuda(1), n, us(3_000 * n as u64));
+        }
+        let per_request = |d| estimates.cost(d).map(|c| c.per_request);
+        assert_eq!(per_request(Device::Cuda(1)).map(|b| (b * 1e6).round()), Some(3_000.0));
+        assert_eq!(per_request(Device::Cuda(0)).map(|b| (b * 1e6).round()), Some(1_000.0));
+        assert_eq!(estimates.cost(Device::Cpu), None);
+        assert_eq!(estimates.costs().len(), 2);
     }
 
     #[test]

@@ -221,7 +221,7 @@ mod tests {
     fn a_lone_request_at_low_load_goes_at_once() {
         // 50 requests a second use an eighth of a worker at batches of one: nothing to gain by waiting.
         let t0 = Instant::now();
-        assert_eq!(policy(50.0).needed_batch(&policy(50.0).cost.unwrap()), 1);
+        assert_eq!(policy(50.0).needed_batch(&policy(50.0).cost.expect("a cost")), 1);
         assert_eq!(policy(50.0).next(&forming(1, t0), t0), Next::Dispatch);
     }
 
@@ -245,7 +245,7 @@ mod tests {
         // 1500 a second: n* = ceil(1500·0.002 / (0.9 − 1500·0.0005)) = 20 → the whole batch of 16.
         let t0 = Instant::now();
         let p = policy(1_500.0);
-        assert_eq!(p.needed_batch(&p.cost.unwrap()), 16);
+        assert_eq!(p.needed_batch(&p.cost.expect("a cost")), 16);
         // Oldest at t0, 3 collected: due at 20 ms (0.8 × 25), a batch of 4 takes 4 ms + 0.233 ms.
         let latest = t0 + ms(20) - Duration::from_micros(4_233);
         assert_eq!(p.next(&forming(3, t0), t0 + ms(1)), Next::WaitUntil(latest));
@@ -257,7 +257,7 @@ mod tests {
         // 1100 a second: n* = ceil(1100·0.002 / (0.9 − 0.55)) = ceil(6.3) = 7.
         let t0 = Instant::now();
         let p = policy(1_100.0);
-        assert_eq!(p.needed_batch(&p.cost.unwrap()), 7);
+        assert_eq!(p.needed_batch(&p.cost.expect("a cost")), 7);
         assert!(matches!(p.next(&forming(6, t0), t0), Next::WaitUntil(_)));
         assert_eq!(p.next(&forming(7, t0), t0), Next::Dispatch);
     }

@@ -56,7 +56,10 @@ impl EstimateFamilies {
             Ok(g)
         };
         let samples = IntGaugeVec::new(
-            Opts::new("ferroserve_batch_cost_samples", "Batches the fitted batch cost is made of (the last 256 at most)"),
+            Opts::new(
+                "ferroserve_batch_cost_samples",
+                "Batches the fitted batch cost is made of (the last 256 at most)",
+            ),
             LABELS,
         )?;
         registry.register(Box::new(samples.clone()))?;

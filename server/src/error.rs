@@ -148,9 +148,7 @@ impl From<EngineError> for ApiError {
             EngineError::QueueFull { .. }
             | EngineError::Shed { .. }
             | EngineError::ShuttingDown(_)
-            | EngineError::NoWorkers(_) => {
-                (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailableException")
-            }
+            | EngineError::NoWorkers(_) => (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailableException"),
             // A shape the model rejected (libtorch's message) is the client's, like any input that does not fit.
             EngineError::InvalidInput(_) | EngineError::Backend(BackendError::Input(_)) => {
                 (StatusCode::BAD_REQUEST, "BadRequestException")

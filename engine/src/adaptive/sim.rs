@@ -116,11 +116,8 @@ fn simulate<R: Rule>(
     seed: u64,
     rule: impl Fn(&Known, Instant) -> R,
 ) -> Outcome {
-    let items = times
-        .iter()
-        .enumerate()
-        .map(|(id, &at)| Item { id, at, skip: None, shape: 0, deadline: None })
-        .collect();
+    let items =
+        times.iter().enumerate().map(|(id, &at)| Item { id, at, skip: None, shape: 0, deadline: None }).collect();
     let source = Script::of(start, items, true);
     let known = RefCell::new(Known {
         arrivals: times.iter().copied().collect(),
@@ -202,7 +199,10 @@ fn meets_the_objective_wherever_a_fixed_setting_does(kind: Arrivals, workers: us
             assert!(adaptive <= SLO, "{kind:?} at {share} of capacity: p99 {adaptive:?} > {SLO:?}; {best:?} meets it");
         }
     }
-    assert!(met_somewhere >= 3, "the scenario must test something: a fixed setting met the objective at {met_somewhere} rates");
+    assert!(
+        met_somewhere >= 3,
+        "the scenario must test something: a fixed setting met the objective at {met_somewhere} rates"
+    );
 }
 
 #[test]

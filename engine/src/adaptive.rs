@@ -115,8 +115,9 @@ impl AutoPolicy {
     /// or past its own deadline. A request that finds the queue empty is always taken (a worker takes it soon,
     /// in a batch that starts with it); so is every request while the cost is not known.
     ///
-    /// The prediction: half a full batch for the batches running now, a full batch for each round of
-    /// `batchSize × workers` requests ahead, then its own batch.
+    /// The prediction: a full batch for the batches running now (the worst case, which the 99th percentile
+    /// meets under overload), a full batch for each round of `batchSize × workers` requests ahead, then its own
+    /// batch.
     ///
     /// # Errors
     /// [`Shed`], the cause, with the predicted time.
@@ -126,7 +127,7 @@ impl AutoPolicy {
         let full = Self::pessimistic(&cost, self.max());
         let rounds = u32::try_from(queued / round).unwrap_or(u32::MAX);
         let own = Self::pessimistic(&cost, (queued % round + 1).min(self.max()));
-        let predicted = (full / 2).saturating_add(full.saturating_mul(rounds)).saturating_add(own);
+        let predicted = full.saturating_add(full.saturating_mul(rounds)).saturating_add(own);
         if predicted > self.slo_p99 {
             Err((Shed::Slo, predicted))
         } else if predicted > timeout {
@@ -293,14 +294,14 @@ mod tests {
         // A full batch: 10 ms + 0.233. An empty queue always admits, a short one too.
         assert_eq!(p.admit(0, forever), Ok(()));
         assert_eq!(p.admit(10, forever), Ok(()));
-        // 16 ahead: half a batch running, a full round, then its own: 5.1 + 10.2 + 2.7 ms.
+        // 16 ahead: a batch running, a full round, then its own: 10.2 + 10.2 + 2.7 ms.
         assert_eq!(p.admit(16, forever), Ok(()));
-        // 40 ahead: two full rounds put it past 25 ms.
-        let (why, predicted) = p.admit(40, forever).expect_err("shed");
+        // 33 ahead: two full rounds put it past 25 ms.
+        let (why, predicted) = p.admit(33, forever).expect_err("shed");
         assert_eq!(why, Shed::Slo);
         assert!(predicted > ms(25), "{predicted:?}");
         // Twice the workers halve the rounds.
-        assert_eq!(AutoPolicy { workers: 2, ..p }.admit(40, forever), Ok(()));
+        assert_eq!(AutoPolicy { workers: 2, ..p }.admit(33, forever), Ok(()));
         // A request's own deadline sheds it earlier, under another cause.
         assert_eq!(p.admit(10, ms(5)).map_err(|e| e.0), Err(Shed::Deadline));
         assert_eq!(AutoPolicy { cost: None, ..p }.admit(1_000, ms(1)), Ok(()));

@@ -5,7 +5,7 @@
 //! "some fixed setting meets the objective here" is decided in the same simulation.
 
 use std::{
-    cell::RefCell,
+    cell::{Cell, RefCell},
     collections::VecDeque,
     time::{Duration, Instant},
 };
@@ -15,7 +15,7 @@ use crate::{
     batcher::{
         collect_with,
         script::{Item, Script},
-        BatchPolicy, Rule, Source,
+        BatchPolicy, Recv, Rule, Source,
     },
     cost::{ArrivalRate, CostFit},
 };
@@ -90,10 +90,62 @@ impl Known {
     }
 }
 
+/// The scripted source behind the front door: each request is admitted or shed as at its arrival, by `admit`
+/// given the requests queued ahead of it then (admitted before it and not yet taken by a collector).
+struct Admitting<'a, F> {
+    script: &'a Script,
+    admit: F,
+    /// When each admitted request was taken, in order.
+    taken: RefCell<Vec<Instant>>,
+    shed: Cell<usize>,
+}
+
+impl<F: Fn(usize) -> bool> Admitting<'_, F> {
+    fn keep(&self, item: &Item) -> bool {
+        let mut taken = self.taken.borrow_mut();
+        let queued = taken.len() - taken.partition_point(|&t| t <= item.at);
+        if (self.admit)(queued) {
+            taken.push(self.script.now());
+            true
+        } else {
+            self.shed.set(self.shed.get() + 1);
+            false
+        }
+    }
+}
+
+impl<F: Fn(usize) -> bool> Source for Admitting<'_, F> {
+    type Item = Item;
+    fn recv(&self) -> Option<Item> {
+        loop {
+            let item = self.script.recv()?;
+            if self.keep(&item) {
+                return Some(item);
+            }
+        }
+    }
+    fn recv_until(&self, until: Instant) -> Recv<Item> {
+        loop {
+            match self.script.recv_until(until) {
+                Recv::Item(item) if !self.keep(&item) => {}
+                other => return other,
+            }
+        }
+    }
+    fn now(&self) -> Instant {
+        self.script.now()
+    }
+    fn put_back(&self, _item: Item) {
+        unreachable!("every simulated request has one shape");
+    }
+}
+
 /// One simulated run.
 struct Outcome {
-    /// Arrival to answer, per request.
+    /// Arrival to answer, per admitted request.
     latencies: Vec<Duration>,
+    /// Requests shed at admission.
+    shed: usize,
     /// Per batch, how long it was held after a worker could have run its oldest request.
     held: Vec<Duration>,
 }
@@ -108,29 +160,32 @@ impl Outcome {
     }
 }
 
-/// Runs `workers` workers on `times` by the rule `rule` makes of what is known at each step.
+/// Runs `workers` workers on `times` by the rule `rule` makes of what is known at each step; with `shedding`,
+/// admission sheds as the adaptive rule's does.
 fn simulate<R: Rule>(
     times: &[Instant],
     start: Instant,
-    workers: usize,
+    (workers, shedding): (usize, bool),
     seed: u64,
     rule: impl Fn(&Known, Instant) -> R,
 ) -> Outcome {
     let items =
         times.iter().enumerate().map(|(id, &at)| Item { id, at, skip: None, shape: 0, deadline: None }).collect();
-    let source = Script::of(start, items, true);
+    let script = Script::of(start, items, true);
     let known = RefCell::new(Known {
         arrivals: times.iter().copied().collect(),
         rate: ArrivalRate::default(),
         running: Vec::new(),
         fit: CostFit::default(),
     });
+    let admit = |queued| !shedding || auto(workers)(&known.borrow(), script.now()).admit(queued, Duration::MAX).is_ok();
+    let source = Admitting { script: &script, admit, taken: RefCell::default(), shed: Cell::new(0) };
     let mut rng = fastrand::Rng::with_seed(seed ^ 0x5eed);
     let mut free = vec![start; workers];
-    let mut outcome = Outcome { latencies: Vec::with_capacity(times.len()), held: Vec::new() };
+    let mut outcome = Outcome { latencies: Vec::with_capacity(times.len()), shed: 0, held: Vec::new() };
     loop {
         let (worker, &free_at) = free.iter().enumerate().min_by_key(|w| *w.1).expect("a worker");
-        source.advance_to(free_at);
+        script.advance_to(free_at);
         let policy = || {
             let now = source.now();
             let mut known = known.borrow_mut();
@@ -149,7 +204,8 @@ fn simulate<R: Rule>(
         outcome.held.push(dispatched - batch[0].at.max(free_at));
         outcome.latencies.extend(batch.iter().map(|item| dispatched + took - item.at));
     }
-    assert_eq!(outcome.latencies.len(), times.len(), "every request answered once");
+    outcome.shed = source.shed.get();
+    assert_eq!(outcome.latencies.len() + outcome.shed, times.len(), "every request answered or shed, once");
     outcome
 }
 
@@ -189,10 +245,10 @@ fn meets_the_objective_wherever_a_fixed_setting_does(kind: Arrivals, workers: us
         let times = arrivals(kind, share * capacity(workers), seed, start);
         let best = fixed_grid()
             .into_iter()
-            .map(|p| (simulate(&times, start, workers, seed, |_, _| p).percentile(0.99), p))
+            .map(|p| (simulate(&times, start, (workers, false), seed, |_, _| p).percentile(0.99), p))
             .min_by_key(|r| r.0)
             .expect("a grid");
-        let adaptive = simulate(&times, start, workers, seed, auto(workers)).percentile(0.99);
+        let adaptive = simulate(&times, start, (workers, false), seed, auto(workers)).percentile(0.99);
         eprintln!("{kind:?} ×{workers} at {share}: rule p99 {adaptive:?}, best fixed {best:?}");
         if best.0 <= SLO {
             met_somewhere += 1;
@@ -226,10 +282,10 @@ fn at_low_load_batches_go_at_once() {
     for kind in [Arrivals::Poisson, Arrivals::Bursty] {
         let start = Instant::now();
         let times = arrivals(kind, 0.1 * capacity(1), 3, start);
-        let outcome = simulate(&times, start, 1, 3, auto(1));
+        let outcome = simulate(&times, start, (1, false), 3, auto(1));
         assert!(outcome.held.iter().all(Duration::is_zero), "{kind:?}: a batch waited for companions");
         let one_by_one = BatchPolicy { max_batch_size: 1, max_delay: Duration::ZERO };
-        let alone = simulate(&times, start, 1, 3, |_, _| one_by_one).percentile(0.5);
+        let alone = simulate(&times, start, (1, false), 3, |_, _| one_by_one).percentile(0.5);
         let median = outcome.percentile(0.5);
         assert!(median.as_secs_f64() <= 1.2 * alone.as_secs_f64(), "{kind:?}: p50 {median:?} against {alone:?} alone");
     }
@@ -241,6 +297,26 @@ fn a_fixed_delay_makes_a_lone_request_wait_where_the_rule_does_not() {
     let start = Instant::now();
     let times = arrivals(Arrivals::Poisson, 0.1 * capacity(1), 3, start);
     let usual = BatchPolicy { max_batch_size: BATCH, max_delay: Duration::from_millis(2) };
-    let outcome = simulate(&times, start, 1, 3, |_, _| usual);
+    let outcome = simulate(&times, start, (1, false), 3, |_, _| usual);
     assert!(outcome.held.iter().filter(|h| !h.is_zero()).count() > outcome.held.len() / 2);
+}
+
+#[test]
+fn overload_is_shed_early_and_what_is_admitted_meets_the_objective() {
+    let start = Instant::now();
+    let times = arrivals(Arrivals::Poisson, 1.5 * capacity(1), 19, start);
+    let unshed = simulate(&times, start, (1, false), 19, auto(1));
+    let shed = simulate(&times, start, (1, true), 19, auto(1));
+    #[allow(clippy::cast_precision_loss)]
+    let share = shed.shed as f64 / times.len() as f64;
+    eprintln!(
+        "at 1.5 × capacity: p99 {:?} without shedding, {:?} with {share:.2} shed",
+        unshed.percentile(0.99),
+        shed.percentile(0.99)
+    );
+    assert!(unshed.percentile(0.99) > 4 * SLO, "without shedding the queue grows");
+    assert_eq!(unshed.shed, 0);
+    assert!(shed.percentile(0.99) <= SLO, "p99 {:?} of what was admitted", shed.percentile(0.99));
+    // A third of the load is more than the capacity; shedding much more would refuse what could be served.
+    assert!((0.3..0.5).contains(&share), "{share:.2} shed");
 }

@@ -30,7 +30,7 @@ TORCHSERVE_STAMP := $(TORCH_VENV)/.torchserve-$(TORCHSERVE_VERSION).stamp
 CONFIG  ?= config/config.properties
 BIN     := target/release/ferroserve
 
-.PHONY: deps tools run build dist image-test test fmt lint features deploy-check deploy-live bench bench-backend bench-e2e bench-drift soak loadtest tune model drift-fixtures fuzz clean
+.PHONY: deps tools run build dist image-test test fmt lint features deploy-check deploy-live bench bench-backend bench-e2e bench-adaptive bench-drift soak loadtest tune model drift-fixtures fuzz clean
 
 ## deps: install onnxruntime==$(ORT_VERSION) and torch==$(TORCH_VERSION) (once each) and link
 ## third_party/onnxruntime and third_party/libtorch (the wheel's torch folder: lib/ and include/) to them; install
@@ -138,6 +138,12 @@ bench-backend: deps
 
 bench-e2e: build
 	bash benches/e2e.sh
+
+## bench-adaptive: maxBatchDelay "auto" (p99 objective) against fixed settings: a lone client, open loop at 10-95 %
+## of capacity, and a 10 % -> 90 % -> 10 % step (release server and ferroserve-loadtest)
+bench-adaptive: build
+	cargo build --release --bin ferroserve-loadtest
+	bash benches/adaptive.sh
 
 ## bench-drift: the cost of drift detection, on and off in alternation (throughput and CPU per request)
 bench-drift: build

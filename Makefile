@@ -74,9 +74,10 @@ tools:
 		{ apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null; } \
 		|| echo "warning: cannot install prometheus; the promtool check will be skipped"
 
-## build: the release binaries
+## build: the release binary and the TorchScript plugin beside it (target/release/libferroserve_torch.so, opened
+## when the first TorchScript model loads)
 build: deps
-	cargo build --release --bin ferroserve
+	cargo build --release -p ferroserve -p ferroserve-torch-plugin --lib --bin ferroserve
 
 ## run: start the server with $(CONFIG) (the bundled model signnet on 127.0.0.1:8080)
 run: build
@@ -85,6 +86,7 @@ run: build
 ## test: formatting, clippy with -D warnings, every cargo feature combination, every test, and the checks of
 ## deploy/ (manifests and rules, then a live Prometheus against the server)
 test: deps tools fmt lint features
+	cargo build -p ferroserve-torch-plugin
 	cargo test --workspace --all-targets
 	cargo test --workspace --doc
 	$(MAKE) deploy-check deploy-live image-test
@@ -134,6 +136,7 @@ features: deps
 bench: bench-backend bench-e2e
 
 bench-backend: deps
+	cargo build --release -p ferroserve-torch-plugin
 	cargo bench -p ferroserve-benches --bench backend
 
 bench-e2e: build

@@ -30,6 +30,12 @@ CUDA_RUNTIME_VERSION := 13.0.96
 CUDA_CUPTI_VERSION   := 13.0.85
 LIBTORCH_CPU_VENV := $(CACHE)/venv-libtorch-cpu-$(TORCH_VERSION)
 LIBTORCH_VENV := $(if $(ORT_FLAVOUR),$(TORCH_VENV),$(LIBTORCH_CPU_VENV))
+# With a GPU: the CUDA libraries of the torch wheel's nvidia-* wheels, where ONNX Runtime's CUDA provider finds
+# them (nothing of libtorch is loaded for an ONNX model, so nothing else brings them into the process). Expanded
+# when `run` starts, after deps-run installed them.
+empty :=
+space := $(empty) $(empty)
+CUDA_LIBRARY_PATH = $(if $(ORT_FLAVOUR),$(subst $(space),:,$(wildcard $(TORCH_VENV)/lib/python3*/site-packages/nvidia/*/lib)))
 MODEL_VENV   := $(CACHE)/venv-model-torch-$(TORCH_VERSION)-onnx-$(ONNX_VERSION)
 SCIPY_VENV   := $(CACHE)/venv-scipy-$(SCIPY_VERSION)-numpy-$(NUMPY_VERSION)
 ORT_LIB := third_party/onnxruntime/capi/libonnxruntime.so.$(ORT_VERSION)
@@ -99,7 +105,7 @@ build: deps-run
 
 ## run: start the server with $(CONFIG) (the bundled model signnet on 127.0.0.1:8080)
 run: build
-	$(BIN) --ts-config $(CONFIG)
+	$(if $(CUDA_LIBRARY_PATH),LD_LIBRARY_PATH=$(CUDA_LIBRARY_PATH)$${LD_LIBRARY_PATH:+:$$LD_LIBRARY_PATH}) $(BIN) --ts-config $(CONFIG)
 
 ## test: formatting, clippy with -D warnings, every cargo feature combination, every test, and the checks of
 ## deploy/ (manifests and rules, then a live Prometheus against the server)

@@ -162,6 +162,7 @@ impl TorchFactory {
         let mut backend = self.backend();
         let input_shape = self.spec.input_shape.to_fixed().unwrap_or_default();
         let zeros = vec![0.0; PROBE_BATCH * self.spec.input_len().unwrap_or(0)];
+        backend.bind_stream().map_err(|e| format!("the first forward failed: {e}"))?;
         let output = backend
             .forward(PROBE_BATCH, &input_shape, &zeros)
             .map_err(|e| format!("the first forward failed: {}", inference(e)))?;
@@ -232,8 +233,8 @@ impl TorchBackend {
 
     /// The module's output for a batch of samples of shape `sample`, on the host: staged in pinned memory and
     /// copied on the thread's stream for CUDA, run under `no_grad`, copied back on the same stream (see the plugin).
-    fn forward(&mut self, batch: usize, sample: &[usize], input: &[f32]) -> Result<HostOutput, ForwardError> {
-        self.bind_stream().map_err(|e| ForwardError::Other(e.to_string()))?;
+    /// Call [`Self::bind_stream`] first.
+    fn forward(&self, batch: usize, sample: &[usize], input: &[f32]) -> Result<HostOutput, ForwardError> {
         let shape: Vec<i64> = std::iter::once(batch).chain(sample.iter().copied()).map(as_dim).collect();
         self.module.forward(input, &shape)
     }
@@ -241,8 +242,8 @@ impl TorchBackend {
 
 impl Backend for TorchBackend {
     fn infer(&mut self, batch: usize, input: &[f32]) -> Result<Vec<f32>, BackendError> {
-        let shape = self.input_shape.clone();
-        let values = self.forward(batch, &shape, input).map_err(inference)?.values;
+        self.bind_stream()?;
+        let values = self.forward(batch, &self.input_shape, input).map_err(inference)?.values;
         check_output(&self.spec, batch, &values)?;
         Ok(values)
     }
@@ -251,6 +252,7 @@ impl Backend for TorchBackend {
     /// nothing declared that the model takes it. A failure of the device (out of memory, a CUDA error) stays the
     /// server's: a valid input can meet it at one batch size and not at another.
     fn infer_shaped(&mut self, batch: usize, shape: &[usize], input: &[f32]) -> Result<Shaped, BackendError> {
+        self.bind_stream()?;
         let output = self.forward(batch, shape, input).map_err(|error| match error {
             ForwardError::Forward(message) if !is_device_failure(&message) => BackendError::input(format!(
                 "the model rejected input of shape {shape:?}: {}",

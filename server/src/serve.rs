@@ -23,9 +23,9 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The most a connection's read buffer grows to (hyper's default is about 400 KiB). hyper doubles the buffer while
 /// reads fill it, so a 38 KiB landmark body left each keep-alive connection holding about 130 KiB; capped, a body
-/// arrives in chunks of at most this size. It also bounds the request head: larger headers are answered 431
-/// (TorchServe's Netty allows 8 KiB).
-const READ_BUFFER: usize = 16 * 1024;
+/// arrives in chunks of at most this size (hyper's smallest). It also bounds the request head: larger heads are
+/// answered 431, as TorchServe's Netty refuses headers over 8 KiB.
+const READ_BUFFER: usize = 8 * 1024;
 
 /// How long a refused connection may keep sending before it is closed.
 const LINGER: Duration = Duration::from_secs(2);

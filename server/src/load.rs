@@ -345,7 +345,7 @@ fn open_factory(
         ))),
         #[cfg(feature = "torch")]
         (ModelFormat::TorchScript, path) => {
-            torch::set_intra_op_threads(threads);
+            torch::set_intra_op_threads(threads)?;
             Ok(Arc::new(TorchFactory::load_declared(path, device, declared)?))
         }
         #[cfg(not(feature = "torch"))]

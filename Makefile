@@ -27,6 +27,20 @@ CACHE   ?= $(HOME)/.cache/ferroserve
 ORT_FLAVOUR  := $(shell nvidia-smi -L >/dev/null 2>&1 && echo -gpu)
 RUNTIME_VENV := $(CACHE)/venv-ort$(ORT_FLAVOUR)-$(ORT_VERSION)
 TORCH_VENV   := $(CACHE)/venv-torch-$(TORCH_VERSION)
+# The libtorch that the TorchScript plugin links (third_party/libtorch): where nvidia-smi finds a GPU, the torch
+# wheel with its CUDA wheels (TORCH_VENV); elsewhere the torch wheel alone (--no-deps) with the two small CUDA
+# libraries libtorch_cpu names (libcudart, libcupti; they load without a GPU): 3.8 GB of CUDA wheels less to
+# download, and the plugin never opens libtorch_cuda without a GPU.
+CUDA_RUNTIME_VERSION := 13.0.96
+CUDA_CUPTI_VERSION   := 13.0.85
+LIBTORCH_CPU_VENV := $(CACHE)/venv-libtorch-cpu-$(TORCH_VERSION)
+LIBTORCH_VENV := $(if $(ORT_FLAVOUR),$(TORCH_VENV),$(LIBTORCH_CPU_VENV))
+# With a GPU: the CUDA libraries of the torch wheel's nvidia-* wheels, where ONNX Runtime's CUDA provider finds
+# them (nothing of libtorch is loaded for an ONNX model, so nothing else brings them into the process). Expanded
+# when `run` starts, after deps-run installed them.
+empty :=
+space := $(empty) $(empty)
+CUDA_LIBRARY_PATH = $(if $(ORT_FLAVOUR),$(subst $(space),:,$(wildcard $(TORCH_VENV)/lib/python3*/site-packages/nvidia/*/lib)))
 MODEL_VENV   := $(CACHE)/venv-model-torch-$(TORCH_VERSION)-onnx-$(ONNX_VERSION)
 SCIPY_VENV   := $(CACHE)/venv-scipy-$(SCIPY_VERSION)-numpy-$(NUMPY_VERSION)
 GRPC_VENV    := $(CACHE)/venv-grpc-tritonclient-$(TRITONCLIENT_VERSION)-grpcio-$(GRPCIO_VERSION)
@@ -36,13 +50,17 @@ TORCHSERVE_STAMP := $(TORCH_VENV)/.torchserve-$(TORCHSERVE_VERSION).stamp
 CONFIG  ?= config/config.properties
 BIN     := target/release/ferroserve
 
-.PHONY: deps tools run build dist image-test test grpc-test fmt lint features deploy-check deploy-live bench bench-backend bench-e2e bench-drift soak loadtest tune model drift-fixtures fuzz clean
+.PHONY: deps deps-run tools run build dist image-test test grpc-test fmt lint features deploy-check deploy-live bench bench-backend bench-e2e bench-adaptive bench-drift bench-memory soak loadtest tune model drift-fixtures fuzz clean
 
-## deps: install onnxruntime==$(ORT_VERSION) and torch==$(TORCH_VERSION) (once each) and link
-## third_party/onnxruntime and third_party/libtorch (the wheel's torch folder: lib/ and include/) to them; install
-## torchserve and torch-model-archiver==$(TORCHSERVE_VERSION) beside torch (the Python worker of archives with
-## their own handler: ferroserve's default python_executable)
-deps: $(ORT_LIB) $(TORCH_LIB) $(TORCHSERVE_STAMP)
+## deps: what `make run` needs (deps-run), then torch==$(TORCH_VERSION) with its CUDA wheels and, beside it,
+## torchserve and torch-model-archiver==$(TORCHSERVE_VERSION) (the Python worker of archives with their own handler:
+## ferroserve's default python_executable; the tests of that worker need it)
+deps: deps-run $(TORCHSERVE_STAMP)
+
+## deps-run: install onnxruntime==$(ORT_VERSION) and the libtorch of the TorchScript plugin (LIBTORCH_VENV above;
+## once each) and link third_party/onnxruntime and third_party/libtorch (the wheel's torch folder: lib/ and
+## include/) to them
+deps-run: $(ORT_LIB) $(TORCH_LIB)
 
 $(RUNTIME_VENV)/.stamp:
 	$(PYTHON) -m venv $(RUNTIME_VENV)
@@ -54,6 +72,12 @@ $(TORCH_VENV)/.stamp:
 	$(TORCH_VENV)/bin/python -m pip install --quiet torch==$(TORCH_VERSION)
 	touch $@
 
+$(LIBTORCH_CPU_VENV)/.stamp:
+	$(PYTHON) -m venv $(LIBTORCH_CPU_VENV)
+	$(LIBTORCH_CPU_VENV)/bin/python -m pip install --quiet --no-deps torch==$(TORCH_VERSION) \
+		nvidia-cuda-runtime==$(CUDA_RUNTIME_VERSION) nvidia-cuda-cupti==$(CUDA_CUPTI_VERSION)
+	touch $@
+
 # torch pinned again so that pip never moves it; the import proves the worker's modules are there.
 $(TORCHSERVE_STAMP): $(TORCH_VENV)/.stamp
 	$(TORCH_VENV)/bin/python -m pip install --quiet torch==$(TORCH_VERSION) torchserve==$(TORCHSERVE_VERSION) \
@@ -61,10 +85,10 @@ $(TORCHSERVE_STAMP): $(TORCH_VENV)/.stamp
 	$(TORCH_VENV)/bin/python -c 'import ts.model_service_worker, model_archiver, yaml'
 	touch $@
 
-# find_spec locates the package without importing torch (seconds saved on every relink).
-$(TORCH_LIB): $(TORCH_VENV)/.stamp
+# find_spec locates the package without importing torch (seconds saved on every relink; the CPU venv could not).
+$(TORCH_LIB): $(LIBTORCH_VENV)/.stamp
 	mkdir -p third_party
-	ln -sfn "$$($(TORCH_VENV)/bin/python -c 'import importlib.util, os; print(os.path.dirname(importlib.util.find_spec("torch").origin))')" third_party/libtorch
+	ln -sfn "$$($(LIBTORCH_VENV)/bin/python -c 'import importlib.util, os; print(os.path.dirname(importlib.util.find_spec("torch").origin))')" third_party/libtorch
 	test -f $(TORCH_LIB)
 	touch -h third_party/libtorch
 
@@ -80,17 +104,19 @@ tools:
 		{ apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null; } \
 		|| echo "warning: cannot install prometheus; the promtool check will be skipped"
 
-## build: the release binaries
-build: deps
-	cargo build --release --bin ferroserve
+## build: the release binary and the TorchScript plugin beside it (target/release/libferroserve_torch.so, opened
+## when the first TorchScript model loads)
+build: deps-run
+	cargo build --release -p ferroserve -p ferroserve-torch-plugin --lib --bin ferroserve
 
 ## run: start the server with $(CONFIG) (the bundled model signnet on 127.0.0.1:8080)
 run: build
-	$(BIN) --ts-config $(CONFIG)
+	$(if $(CUDA_LIBRARY_PATH),LD_LIBRARY_PATH=$(CUDA_LIBRARY_PATH)$${LD_LIBRARY_PATH:+:$$LD_LIBRARY_PATH}) $(BIN) --ts-config $(CONFIG)
 
 ## test: formatting, clippy with -D warnings, every cargo feature combination, every test, and the checks of
 ## deploy/ (manifests and rules, then a live Prometheus against the server)
 test: deps tools fmt lint features
+	cargo build -p ferroserve-torch-plugin
 	cargo test --workspace --all-targets
 	cargo test --workspace --doc
 	$(MAKE) grpc-test deploy-check deploy-live image-test
@@ -153,10 +179,17 @@ features: deps
 bench: bench-backend bench-e2e
 
 bench-backend: deps
+	cargo build --release -p ferroserve-torch-plugin
 	cargo bench -p ferroserve-benches --bench backend
 
 bench-e2e: build
 	bash benches/e2e.sh
+
+## bench-adaptive: maxBatchDelay "auto" (p99 objective) against fixed settings: a lone client, open loop at 10-95 %
+## of capacity, and a 10 % -> 90 % -> 10 % step (release server and ferroserve-loadtest)
+bench-adaptive: build
+	cargo build --release --bin ferroserve-loadtest
+	bash benches/adaptive.sh
 
 ## bench-drift: the cost of drift detection, on and off in alternation (throughput and CPU per request)
 bench-drift: build
@@ -176,6 +209,12 @@ tune:
 	cargo build --release --bin ferroserve-loadtest
 	$(LT) tune --model signnet --slo p99=25ms --batch-sizes 1,2,4,8,16,32 --delays 1ms,5ms \
 		--key-file key_file.json --server-pid $$(pgrep -x ferroserve) --plot loadtest/docs/tune-signnet.svg
+
+## bench-memory: the release server's resident memory at idle, under load and after it, serving only ONNX and with
+## a TorchScript model (benches/memory.sh; DURATION, CONCURRENCY, WORKERS)
+bench-memory: build
+	cargo build --release --bin ferroserve-loadtest
+	bash benches/memory.sh
 
 ## soak: 10 minutes at 3x the sustainable rate, open loop: nothing lost, memory flat (not part of make test)
 soak: build

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The cost of drift detection: the release server with the bundled model, drift_detection on and off in
 # alternation (ROUNDS times each), driven by wrk over loopback (closed loop, CONCURRENCY connections, batchSize
-# BATCH, DURATION a run). Prints per run the throughput and the server's CPU time per request (user + system,
+# BATCH, DURATION a run; the order swaps every round). Prints per run the throughput and the server's CPU time per request (user + system,
 # from /proc), which a machine shared with other work disturbs far less than the throughput.
 # Usage: bash benches/drift-cost.sh     (from the repository root, after `make build`)
 # Env: ROUNDS (3), DURATION (5s), CONCURRENCY (64), BATCH (16), DELAY_MS (2), WORKERS (2), BIN.
@@ -23,7 +23,10 @@ cpu_ticks() { awk '{print $14 + $15}' "/proc/$server_pid/stat"; }
 
 printf '%-6s %-6s %12s %10s %16s\n' drift round "req/s" p99 "cpu us/request"
 for round in $(seq "$ROUNDS"); do
-    for drift in true false; do
+    # Each round swaps the order, so that a machine that speeds up or slows down over a round favours neither.
+    order="true false"
+    [ $((round % 2)) = 0 ] && order="false true"
+    for drift in $order; do
         start_server "$work" "$BIN" "default_workers_per_model=$WORKERS
 job_queue_size=1000
 batch_size=$BATCH

@@ -43,8 +43,8 @@ image_settings=$(grep -v -E '^(inference|management|metrics)_address|^model_stor
     docker/config.properties)
 printf '%-10s %-12s %12s %10s %10s %8s\n' where concurrency "req/s" p50 p99 errors
 for _ in $(seq "$ROUNDS"); do
-    LD_LIBRARY_PATH=$dist/lib/torch-cpu ORT_DYLIB_PATH=$(ls "$dist"/lib/onnxruntime/libonnxruntime.so.*) \
-        start_server "$work" "$dist/bin/ferroserve-cpu" "$image_settings"
+    FERROSERVE_TORCH_PLUGIN=$dist/lib/torch-cpu/libferroserve_torch.so ORT_DYLIB_PATH=$(ls "$dist"/lib/onnxruntime/libonnxruntime.so.*) \
+        start_server "$work" "$dist/bin/ferroserve" "$image_settings"
     measure host "$inference"
     kill "$server_pid"
     wait "$server_pid" 2>/dev/null || true

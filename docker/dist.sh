@@ -3,14 +3,16 @@
 # dist/linux-<arch>/ (what the Dockerfile's `dist` stage reads; its `build` stage runs this same script inside a
 # rust image). Files of the wheels are hard-linked when they can be, so a dist costs no disk.
 #
-#   bin/ferroserve        default features (ONNX Runtime and libtorch with CUDA): the cuda image
-#   bin/ferroserve-cpu    the same binary without libtorch_cuda among its libraries: libtorch on the CPU only
+#   bin/ferroserve        default features (ONNX Runtime, and TorchScript through the plugin): the cpu and cuda
+#                         images; it links no libtorch (the plugin is opened when a TorchScript model loads)
 #   bin/ferroserve-onnx   ONNX Runtime only (`--no-default-features --features onnx`): the slim image
 #   lib/onnxruntime/      libonnxruntime; with DIST_CUDA=1 that of onnxruntime-gpu (same version, installed into
 #                         a venv of its own under ~/.cache/ferroserve) with its CUDA provider
-#   lib/torch-cpu/        libtorch_cpu and what it needs (libc10, libgomp, and the two small CUDA libraries it
-#                         names: libcudart, libcupti; they load without a GPU)
-#   lib/torch-cuda/       with DIST_CUDA=1: every library of the torch wheel and its nvidia-* wheels
+#   lib/torch-cpu/        the TorchScript plugin (libferroserve_torch.so, its rpath $ORIGIN), libtorch_cpu and what
+#                         it needs (libc10, libgomp, and the two small CUDA libraries it names: libcudart, libcupti;
+#                         they load without a GPU)
+#   lib/torch-cuda/       with DIST_CUDA=1: the plugin and every library of the torch wheel and its nvidia-* wheels
+#                         (the plugin opens libtorch_cuda when the machine has a CUDA GPU)
 #
 # DIST_ARCH=arm64 on an x86-64 host cross-builds the slim binary only (Debian's gcc-aarch64-linux-gnu links it;
 # libonnxruntime comes from PyPI's aarch64 wheel): libtorch is not cross-built (see README, Containers).
@@ -61,13 +63,13 @@ mkdir -p "$out"/bin "$out"/lib/{onnxruntime,torch-cpu}
 # Links a file into a folder (a copy when hard links cannot cross file systems).
 place() { ln -f "$1" "$2/" 2>/dev/null || cp -f "$1" "$2/"; }
 
-cargo build --release --bin ferroserve
+cargo build --release -p ferroserve -p ferroserve-torch-plugin --lib --bin ferroserve
 strip --strip-unneeded -o "$out/bin/ferroserve" target/release/ferroserve
-cp "$out/bin/ferroserve" "$out/bin/ferroserve-cpu"
-# libtorch.so is a stub that pulls in libtorch_cuda (and so every CUDA library); libtorch_cpu is all the CPU
-# path uses. The linker keeps both because of --no-as-needed (see engine/libtorch_link.rs).
-patchelf --remove-needed libtorch_cuda.so --remove-needed libtorch.so --remove-rpath "$out/bin/ferroserve-cpu"
-patchelf --remove-rpath "$out/bin/ferroserve"
+# The plugin names libtorch_cpu and libc10 only (libtorch_cuda it opens itself on a GPU machine); in the images
+# they lie beside it.
+plugin=$out/lib/libferroserve_torch.so
+strip --strip-unneeded -o "$plugin" target/release/libferroserve_torch.so
+patchelf --set-rpath '$ORIGIN' "$plugin"
 
 cargo build --release --bin ferroserve -p ferroserve --no-default-features --features onnx
 strip --strip-unneeded -o "$out/bin/ferroserve-onnx" target/release/ferroserve
@@ -75,6 +77,7 @@ strip --strip-unneeded -o "$out/bin/ferroserve-onnx" target/release/ferroserve
 for lib in "$ort"/libonnxruntime.so.* "$ort"/libonnxruntime_providers_*.so; do
     [[ -e $lib ]] && place "$lib" "$out/lib/onnxruntime"
 done
+cp "$plugin" "$out/lib/torch-cpu/"
 for lib in libtorch_cpu.so libc10.so libgomp.so.1; do
     place "$torch/lib/$lib" "$out/lib/torch-cpu"
 done
@@ -94,9 +97,11 @@ if [[ ${DIST_CUDA:-0} == 1 ]]; then
         place "$lib" "$out/lib/onnxruntime"
     done
     mkdir -p "$out/lib/torch-cuda"
+    cp "$plugin" "$out/lib/torch-cuda/"
     for lib in "$torch"/lib/*.so* "$torch"/../nvidia/*/lib/*.so*; do
         [[ $(basename "$lib") == libtorch_python.so ]] && continue
         place "$lib" "$out/lib/torch-cuda"
     done
 fi
+rm "$plugin"
 du -shL "$out"/bin/* "$out"/lib/*

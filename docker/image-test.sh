@@ -45,7 +45,7 @@ for device in cpu gpu arm64; do
 done
 
 step "build"
-[[ -x dist/linux-amd64/bin/ferroserve-cpu ]] || { echo "dist/ is missing: run make dist" >&2; exit 1; }
+[[ -x dist/linux-amd64/bin/ferroserve && -f dist/linux-amd64/lib/torch-cpu/libferroserve_torch.so ]] || { echo "dist/ is missing: run make dist" >&2; exit 1; }
 base_image
 build() {
     local target=$1

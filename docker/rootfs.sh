@@ -12,7 +12,7 @@ app=$root/opt/ferroserve
 
 case $variant in
     slim) binary=ferroserve-onnx; libs="onnxruntime" ;;
-    cpu) binary=ferroserve-cpu; libs="onnxruntime torch-cpu" ;;
+    cpu) binary=ferroserve; libs="onnxruntime torch-cpu" ;;
     cuda) binary=ferroserve; libs="onnxruntime torch-cuda" ;;
     *) echo "rootfs.sh: unknown variant $variant (slim, cpu or cuda)" >&2; exit 2 ;;
 esac

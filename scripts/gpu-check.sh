@@ -23,7 +23,10 @@ nvidia-smi -L | tee -a "$OUT/summary.txt" || { echo "no NVIDIA GPU here (nvidia-
 
 step "build"
 [ "${SKIP_DEPS:-0}" = 1 ] || make deps
-cargo build --release --bin ferroserve 2>&1 | tail -3
+cargo build --release -p ferroserve -p ferroserve-torch-plugin --lib --bin ferroserve 2>&1 | tail -3
+# ONNX Runtime's CUDA provider finds the CUDA libraries of the torch wheel's nvidia-* wheels here (see the README).
+LD_LIBRARY_PATH=$(ls -d "$HOME"/.cache/ferroserve/venv-torch-*/lib/python3*/site-packages/nvidia/*/lib | paste -sd:)${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+export LD_LIBRARY_PATH
 
 step "CUDA tests"
 cargo test --release -p ferroserve-engine --test torch_cuda -- --ignored --nocapture --test-threads=1 2>&1 \

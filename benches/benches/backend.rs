@@ -90,7 +90,8 @@ fn onnx_backend(c: &mut Criterion) {
 #[cfg(feature = "torch")]
 fn torchscript_backend(c: &mut Criterion) {
     use ferroserve_engine::backend::torch::{set_intra_op_threads, TorchFactory};
-    set_intra_op_threads(intra_threads());
+    set_intra_op_threads(intra_threads())
+        .expect("the TorchScript plugin (cargo build --release -p ferroserve-torch-plugin)");
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/signnet/signnet.pt");
     let factory = TorchFactory::load(&path, device()).expect("signnet.pt loads (run `make deps` first)");
     let mut group = c.benchmark_group("torchscript_signnet");

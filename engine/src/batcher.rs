@@ -58,6 +58,36 @@ impl BatchPolicy {
     }
 }
 
+/// The batch being formed, as a dispatch rule sees it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Forming {
+    /// Requests collected so far.
+    pub len: usize,
+    /// When the oldest of them arrived.
+    pub oldest: Option<Instant>,
+    /// The earliest of their deadlines.
+    pub deadline: Option<Instant>,
+}
+
+/// A dispatch rule: the fixed [`BatchPolicy`], or the adaptive one of [`crate::adaptive`]. Pure: what it decides
+/// depends on its own value, the batch being formed and the instant only.
+pub trait Rule {
+    /// The most requests in one batch (at least 1).
+    fn max_batch_size(&self) -> usize;
+    /// Decides the next step for the batch `forming` at `now`.
+    fn next(&self, forming: &Forming, now: Instant) -> Next;
+}
+
+impl Rule for BatchPolicy {
+    fn max_batch_size(&self) -> usize {
+        self.max_batch_size.max(1)
+    }
+
+    fn next(&self, forming: &Forming, now: Instant) -> Next {
+        BatchPolicy::next(self, forming.len, forming.oldest, now)
+    }
+}
+
 /// Why a queued request is not put into a batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Skip {
@@ -75,6 +105,10 @@ pub trait Pending {
     fn skip(&self, now: Instant) -> Option<Skip>;
     /// Whether it can share a batch with `first`, the batch's first item (their samples have one shape).
     fn batches_with(&self, first: &Self) -> bool;
+    /// When its caller stops waiting for it, when it says.
+    fn deadline(&self) -> Option<Instant> {
+        None
+    }
 }
 
 /// Outcome of a bounded wait on a [`Source`].
@@ -119,19 +153,20 @@ pub fn collect<S: Source>(
     collect_with(|| *policy, source, on_skip)
 }
 
-/// [`collect`] with a policy read afresh at every step, so that a change made while a worker waits applies to
-/// the batch it is forming.
-pub fn collect_with<S: Source>(
-    policy: impl Fn() -> BatchPolicy,
+/// [`collect`] with a rule read afresh at every step, so that a change made while a worker waits applies to
+/// the batch it is forming (and an adaptive rule sees the latest costs and arrival rate).
+pub fn collect_with<S: Source, R: Rule>(
+    policy: impl Fn() -> R,
     source: &S,
     mut on_skip: impl FnMut(S::Item, Skip),
 ) -> Option<Vec<S::Item>> {
     let mut batch: Vec<S::Item> = Vec::new();
+    let mut forming = Forming::default();
     loop {
         let policy = policy();
-        let max = policy.max_batch_size.max(1);
-        let oldest = batch.first().map(Pending::arrived);
-        let item = match policy.next(batch.len(), oldest, source.now()) {
+        let max = policy.max_batch_size();
+        forming.len = batch.len();
+        let item = match policy.next(&forming, source.now()) {
             Next::Dispatch if batch.len() >= max => return Some(batch),
             // A wait until now takes what is queued already and nothing else.
             Next::Dispatch => match source.recv_until(source.now()) {
@@ -151,99 +186,27 @@ pub fn collect_with<S: Source>(
                 source.put_back(item);
                 return Some(batch);
             }
-            None => batch.push(item),
+            None => {
+                forming.oldest = forming.oldest.or(Some(item.arrived()));
+                forming.deadline = match (forming.deadline, item.deadline()) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                batch.push(item);
+            }
         }
     }
 }
 
 #[cfg(test)]
+pub(crate) mod script;
+
+#[cfg(test)]
 mod tests {
-    use std::{cell::RefCell, collections::VecDeque};
-
-    use super::*;
-
-    /// A request on virtual time: id, arrival offset in µs, an optional skip reason, and its sample's shape.
-    #[derive(Debug, Clone, PartialEq)]
-    struct Item {
-        id: usize,
-        at: Instant,
-        skip: Option<Skip>,
-        shape: u8,
-    }
-
-    impl Pending for Item {
-        fn arrived(&self) -> Instant {
-            self.at
-        }
-        fn skip(&self, _now: Instant) -> Option<Skip> {
-            self.skip
-        }
-        fn batches_with(&self, first: &Self) -> bool {
-            self.shape == first.shape
-        }
-    }
-
-    /// A scripted source: arrivals at fixed virtual instants; waiting advances virtual time, never real time.
-    struct Script {
-        start: Instant,
-        now: RefCell<Instant>,
-        arrivals: RefCell<VecDeque<Item>>,
-        closed: bool,
-    }
-
-    impl Script {
-        fn new(arrivals_us: &[(u64, Option<Skip>)], closed: bool) -> Self {
-            let shaped: Vec<_> = arrivals_us.iter().map(|&(us, skip)| (us, skip, 0)).collect();
-            Self::shaped(&shaped, closed)
-        }
-        /// Arrivals of samples of several shapes: (µs, skip, shape).
-        fn shaped(arrivals_us: &[(u64, Option<Skip>, u8)], closed: bool) -> Self {
-            let start = Instant::now();
-            let arrivals = arrivals_us
-                .iter()
-                .enumerate()
-                .map(|(id, &(us, skip, shape))| Item { id, at: start + Duration::from_micros(us), skip, shape })
-                .collect();
-            Self { start, now: RefCell::new(start), arrivals: RefCell::new(arrivals), closed }
-        }
-        fn elapsed_us(&self) -> u128 {
-            (*self.now.borrow() - self.start).as_micros()
-        }
-        fn take(&self) -> Item {
-            let item = self.arrivals.borrow_mut().pop_front().expect("checked non-empty");
-            let mut now = self.now.borrow_mut();
-            *now = (*now).max(item.at);
-            item
-        }
-    }
-
-    impl Source for Script {
-        type Item = Item;
-        fn recv(&self) -> Option<Item> {
-            if self.arrivals.borrow().is_empty() {
-                assert!(self.closed, "test would wait forever");
-                return None;
-            }
-            Some(self.take())
-        }
-        fn recv_until(&self, until: Instant) -> Recv<Item> {
-            let next_at = self.arrivals.borrow().front().map(|i| i.at);
-            match next_at {
-                Some(at) if at <= until => Recv::Item(self.take()),
-                None if self.closed => Recv::Closed,
-                _ => {
-                    *self.now.borrow_mut() = until;
-                    Recv::Timeout
-                }
-            }
-        }
-        fn now(&self) -> Instant {
-            *self.now.borrow()
-        }
-        fn put_back(&self, item: Item) {
-            self.arrivals.borrow_mut().push_front(item);
-        }
-    }
+    use super::{
+        script::{Item, Script},
+        *,
+    };
 
     fn policy(size: usize, delay_us: u64) -> BatchPolicy {
         BatchPolicy { max_batch_size: size, max_delay: Duration::from_micros(delay_us) }

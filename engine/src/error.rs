@@ -14,6 +14,22 @@ pub enum EngineError {
         /// The queue's capacity (`job_queue_size`).
         capacity: usize,
     },
+    /// The adaptive batcher refused the request at admission: the queue is so long that it would be answered
+    /// past the model's latency objective (even in full batches), or past its own deadline.
+    #[error(
+        "model \"{model}\" is overloaded: a request queued now would be answered in about {predicted_ms} ms, past \
+         {limit}, retry later"
+    )]
+    Shed {
+        /// Model name.
+        model: String,
+        /// Why ([`crate::adaptive::Shed`]).
+        cause: crate::adaptive::Shed,
+        /// The predicted time to its answer, in milliseconds.
+        predicted_ms: u64,
+        /// What it would miss, in words ("its latency objective of 25 ms").
+        limit: String,
+    },
     /// The input does not fit the model.
     #[error("invalid input: {0}")]
     InvalidInput(String),

@@ -7,10 +7,12 @@
 //! channel. [`registry::Registry`] maps model names and versions to the running [`model::Model`]s, and splits a
 //! model's traffic between its default and canary versions by [`canary`].
 
+pub mod adaptive;
 pub mod archive;
 pub mod backend;
 pub mod batcher;
 pub mod canary;
+pub mod cost;
 pub mod device;
 pub mod error;
 pub mod metrics;

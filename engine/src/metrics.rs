@@ -1,13 +1,16 @@
 //! Prometheus metrics the engine records as requests are queued and batches form and run: admissions, queue
 //! latency per request, the time requests wait for a worker, execution latency and size per batch, inference vs execution counts, failed batches,
-//! worker restarts, drops and rejections by cause, queue depth. Labels: `model_name`, `model_version` and
-//! `device`. They are the engine's only record of these events: [`StatsSnapshot`] reads them back. The text
+//! worker restarts, drops and rejections by cause, queue depth, and what the adaptive batcher estimates (the
+//! fitted batch cost per device, the arrival rate). Labels: `model_name`, `model_version` and `device` (the
+//! device's kind, `cuda`; the cost gauges name the device itself, `cuda:1`, as each device has its own fit). They are the engine's only record of these events: [`StatsSnapshot`] reads them back. The text
 //! exposition is the server's job.
 
 use prometheus::{
-    exponential_buckets, Counter, CounterVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
-    IntGauge, IntGaugeVec, Opts, Registry,
+    exponential_buckets, Counter, CounterVec, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter,
+    IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
+
+use crate::cost::Cost;
 
 const LABELS: &[&str] = &["model_name", "model_version", "device"];
 
@@ -32,6 +35,91 @@ pub struct EngineMetrics {
     dropped: IntCounterVec,
     rejected: IntCounterVec,
     queue_depth: IntGaugeVec,
+    estimates: EstimateFamilies,
+}
+
+/// The gauge families of the adaptive batcher's estimates.
+#[derive(Clone)]
+struct EstimateFamilies {
+    fixed: GaugeVec,
+    per_request: GaugeVec,
+    spread: GaugeVec,
+    samples: IntGaugeVec,
+    arrival_rate: GaugeVec,
+}
+
+impl EstimateFamilies {
+    fn new(registry: &Registry) -> prometheus::Result<Self> {
+        let gauge = |name: &str, help: &str| -> prometheus::Result<GaugeVec> {
+            let g = GaugeVec::new(Opts::new(name, help), LABELS)?;
+            registry.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        let samples = IntGaugeVec::new(
+            Opts::new(
+                "ferroserve_batch_cost_samples",
+                "Batches the fitted batch cost is made of (the last 256 at most)",
+            ),
+            LABELS,
+        )?;
+        registry.register(Box::new(samples.clone()))?;
+        Ok(Self {
+            fixed: gauge(
+                "ferroserve_batch_cost_fixed_seconds",
+                "Fitted cost of a batch whatever its size (a in a + b·n), per device",
+            )?,
+            per_request: gauge(
+                "ferroserve_batch_cost_per_request_seconds",
+                "Fitted cost each request adds to a batch (b in a + b·n), per device",
+            )?,
+            spread: gauge(
+                "ferroserve_batch_cost_spread_seconds",
+                "Residual standard deviation of the fitted batch cost, per device",
+            )?,
+            samples,
+            arrival_rate: gauge(
+                "ferroserve_arrival_rate_per_second",
+                "Requests arriving per second lately (decayed over about half a second), as the batcher estimates it",
+            )?,
+        })
+    }
+}
+
+/// One model's estimate gauges: the arrival rate, and the cost fit of each device it runs on.
+#[derive(Clone)]
+pub struct EstimateGauges {
+    families: EstimateFamilies,
+    name: String,
+    version: String,
+    /// Requests arriving per second.
+    pub arrival_rate: Gauge,
+}
+
+impl EstimateGauges {
+    /// Sets the cost gauges of `device` (its full name, `cuda:1`).
+    pub fn set_cost(&self, device: &str, cost: &Cost) {
+        let labels = [self.name.as_str(), self.version.as_str(), device];
+        let f = &self.families;
+        f.fixed.with_label_values(&labels).set(cost.fixed);
+        f.per_request.with_label_values(&labels).set(cost.per_request);
+        f.spread.with_label_values(&labels).set(cost.spread);
+        f.samples.with_label_values(&labels).set(i64::try_from(cost.samples).unwrap_or(i64::MAX));
+    }
+
+    /// Removes the cost series of `devices` (full names), and the arrival rate's under `kind`, for an unloaded
+    /// model.
+    pub fn forget(&self, devices: &[String], kind: &str) {
+        let f = &self.families;
+        // A series never set is not there to remove: that is no error here.
+        for device in devices {
+            let labels = [self.name.as_str(), self.version.as_str(), device.as_str()];
+            let _ = f.fixed.remove_label_values(&labels);
+            let _ = f.per_request.remove_label_values(&labels);
+            let _ = f.spread.remove_label_values(&labels);
+            let _ = f.samples.remove_label_values(&labels);
+        }
+        let _ = f.arrival_rate.remove_label_values(&[self.name.as_str(), self.version.as_str(), kind]);
+    }
 }
 
 /// One model's metrics, with labels resolved once so that recording is a few atomic adds.
@@ -63,8 +151,14 @@ pub struct ModelMetrics {
     pub dropped_expired: IntCounter,
     /// Requests refused because the queue was full.
     pub rejected_queue_full: IntCounter,
+    /// Requests shed by the adaptive batcher: even full batches would answer them past the objective.
+    pub rejected_slo: IntCounter,
+    /// Requests shed by the adaptive batcher: they would be answered past their own deadline.
+    pub rejected_deadline: IntCounter,
     /// Requests waiting in the queue (set when metrics are read).
     pub queue_depth: IntGauge,
+    /// What the adaptive batcher estimates (set when metrics are read).
+    pub estimates: EstimateGauges,
 }
 
 impl EngineMetrics {
@@ -135,10 +229,11 @@ impl EngineMetrics {
             )?,
             rejected: counter(
                 "ferroserve_requests_rejected_total",
-                "Requests refused at admission, by reason",
+                "Requests refused at admission, by reason (queue_full; slo and deadline: shed by the adaptive batcher)",
                 &with_reason,
             )?,
             queue_depth,
+            estimates: EstimateFamilies::new(registry)?,
         })
     }
 
@@ -169,7 +264,15 @@ impl EngineMetrics {
             dropped_client_gone: reason(&self.dropped, "client_gone"),
             dropped_expired: reason(&self.dropped, "expired"),
             rejected_queue_full: reason(&self.rejected, "queue_full"),
+            rejected_slo: reason(&self.rejected, "slo"),
+            rejected_deadline: reason(&self.rejected, "deadline"),
             queue_depth: self.queue_depth.with_label_values(&labels),
+            estimates: EstimateGauges {
+                families: self.estimates.clone(),
+                name: name.to_string(),
+                version: version.to_string(),
+                arrival_rate: self.estimates.arrival_rate.with_label_values(&labels),
+            },
         }
     }
 
@@ -189,6 +292,8 @@ impl ModelMetrics {
         StatsSnapshot {
             accepted: self.accepted.get(),
             rejected_queue_full: self.rejected_queue_full.get(),
+            shed_slo: self.rejected_slo.get(),
+            shed_deadline: self.rejected_deadline.get(),
             caller_gone: self.dropped_client_gone.get(),
             expired: self.dropped_expired.get(),
             batches: self.execution_count.get(),
@@ -206,6 +311,12 @@ pub struct StatsSnapshot {
     pub accepted: u64,
     /// Requests refused because the queue was full (`ferroserve_requests_rejected_total{reason="queue_full"}`).
     pub rejected_queue_full: u64,
+    /// Requests shed because even full batches would answer them past the objective
+    /// (`ferroserve_requests_rejected_total{reason="slo"}`).
+    pub shed_slo: u64,
+    /// Requests shed because they would be answered past their own deadline
+    /// (`ferroserve_requests_rejected_total{reason="deadline"}`).
+    pub shed_deadline: u64,
     /// Requests skipped because their caller had gone before dispatch
     /// (`ferroserve_requests_dropped_total{reason="client_gone"}`).
     pub caller_gone: u64,
@@ -230,6 +341,8 @@ impl StatsSnapshot {
         Self {
             accepted: self.accepted.saturating_sub(earlier.accepted),
             rejected_queue_full: self.rejected_queue_full.saturating_sub(earlier.rejected_queue_full),
+            shed_slo: self.shed_slo.saturating_sub(earlier.shed_slo),
+            shed_deadline: self.shed_deadline.saturating_sub(earlier.shed_deadline),
             caller_gone: self.caller_gone.saturating_sub(earlier.caller_gone),
             expired: self.expired.saturating_sub(earlier.expired),
             batches: self.batches.saturating_sub(earlier.batches),

@@ -14,9 +14,11 @@ use parking_lot::{Mutex, RwLock};
 use tokio::sync::oneshot;
 
 use crate::{
+    adaptive::Shed,
     archive::Unpacked,
     backend::{BackendError, BackendFactory, Device, ModelSpec},
     batcher::BatchPolicy,
+    cost::Cost,
     error::EngineError,
     metrics::{EngineMetrics, ModelMetrics, StatsSnapshot},
     queue::{self, PushError},
@@ -89,6 +91,8 @@ impl Model {
         let shared = Arc::new(Shared {
             rx,
             policy: RwLock::new(options.policy),
+            slo_target: RwLock::new(None),
+            estimates: Mutex::default(),
             collector: Mutex::new(None),
             metrics: metrics.for_model(&options.name, &options.version, device.kind()),
             version: options.version.clone(),
@@ -316,6 +320,8 @@ impl Model {
         let (reply, rx) = oneshot::channel();
         let arrived = Instant::now();
         let timeout = timeout.map_or(self.options.response_timeout, |t| t.min(self.options.response_timeout));
+        self.shared.estimates.lock().record_arrival(arrived);
+        self.admit(timeout)?;
         let deadline = crate::request::deadline(arrived, timeout);
         let request = InferRequest { input, shape, handler, reply, arrived, deadline, span: self.request_span() };
         match queue::push(tx, request) {
@@ -337,6 +343,21 @@ impl Model {
             }
             Err(PushError::Closed(_)) => Err(closed()),
         }
+    }
+
+    /// Sheds a request the adaptive batcher predicts would be answered past the objective or its `timeout`
+    /// ([`AutoPolicy::admit`](crate::adaptive::AutoPolicy::admit)); counted by cause. Nothing is shed without an
+    /// objective.
+    fn admit(&self, timeout: Duration) -> Result<(), EngineError> {
+        let Some(auto) = self.shared.auto_policy(self.policy(), self.shared.device) else { return Ok(()) };
+        let Err((cause, predicted)) = auto.admit(self.shared.rx.len(), timeout) else { return Ok(()) };
+        let m = &self.shared.metrics;
+        let (counter, limit) = match cause {
+            Shed::Slo => (&m.rejected_slo, format!("its latency objective of {} ms", in_ms(auto.slo_p99))),
+            Shed::Deadline => (&m.rejected_deadline, format!("its deadline of {} ms", in_ms(timeout))),
+        };
+        counter.inc();
+        Err(EngineError::Shed { model: self.options.name.clone(), cause, predicted_ms: in_ms(predicted), limit })
     }
 
     /// A new request's span, a child of the current one (the caller's). At DEBUG only: when that level is off,
@@ -416,6 +437,45 @@ impl Model {
         *self.shared.policy.write() = policy;
     }
 
+    /// The latency objective batches are formed for (`maxBatchDelay: "auto"`, `sloP99Ms`); `None` when the
+    /// fixed delay of [`Model::policy`] rules.
+    #[must_use]
+    pub fn slo_target(&self) -> Option<Duration> {
+        *self.shared.slo_target.read()
+    }
+
+    /// Sets the latency objective (`Some`: batches go by [`crate::adaptive`] and requests the queue cannot
+    /// answer in time are shed), or goes back to the fixed delay (`None`); the next step of the batch being
+    /// formed uses it. The batch size stays [`Model::policy`]'s.
+    pub fn set_slo_target(&self, slo_p99: Option<Duration>) {
+        *self.shared.slo_target.write() = slo_p99;
+    }
+
+    /// The batch cost fitted on each device the workers ran batches on (once enough have run), and the
+    /// requests arriving per second lately: what the adaptive rule knows.
+    #[must_use]
+    pub fn estimates(&self) -> (Vec<(Device, Cost)>, f64) {
+        let estimates = self.shared.estimates.lock();
+        (estimates.costs(), estimates.arrivals_per_second(Instant::now()))
+    }
+
+    /// Brings the model's gauges up to date before an exposition: queue depth, arrival rate, batch costs.
+    pub fn refresh_metrics(&self) {
+        let m = &self.shared.metrics;
+        m.queue_depth.set(i64::try_from(self.queue_len()).unwrap_or(i64::MAX));
+        let (costs, rate) = self.estimates();
+        m.estimates.arrival_rate.set(rate);
+        for (device, cost) in costs {
+            m.estimates.set_cost(&device.to_string(), &cost);
+        }
+    }
+
+    /// Removes the estimate series of an unloaded model, so that it leaves no flat series behind.
+    pub fn forget_metrics(&self) {
+        let devices: Vec<String> = self.shared.estimates.lock().devices().iter().map(ToString::to_string).collect();
+        self.shared.metrics.estimates.forget(&devices, self.shared.device.kind());
+    }
+
     /// Requests waiting in the queue.
     #[must_use]
     pub fn queue_len(&self) -> usize {
@@ -432,6 +492,11 @@ impl Model {
     pub fn stats(&self) -> StatsSnapshot {
         self.shared.metrics.snapshot().since(&self.stats_base)
     }
+}
+
+/// Whole milliseconds, rounded up (a prediction of 0.4 ms reads as 1 ms, not 0).
+fn in_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_micros().div_ceil(1000)).unwrap_or(u64::MAX)
 }
 
 impl Drop for Model {

@@ -54,4 +54,8 @@ impl Pending for InferRequest {
     fn batches_with(&self, first: &Self) -> bool {
         self.shape == first.shape
     }
+
+    fn deadline(&self) -> Option<Instant> {
+        Some(self.deadline)
+    }
 }

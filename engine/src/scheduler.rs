@@ -24,8 +24,10 @@ use parking_lot::{Mutex, MutexGuard, RwLock};
 use tracing::Span;
 
 use crate::{
+    adaptive::{AutoPolicy, Policy},
     backend::{check_output, check_shaped, Backend, BackendError, BackendFactory, Device, ModelSpec},
     batcher::{collect_with, BatchPolicy, Recv, Skip, Source},
+    cost::Estimates,
     error::EngineError,
     metrics::ModelMetrics,
     request::{HandlerInput, HandlerOutput, InferOutput, InferRequest, SampleShape, Timing},
@@ -38,6 +40,10 @@ const IDLE_POLL: Duration = Duration::from_millis(50);
 pub(crate) struct Shared {
     pub(crate) rx: Receiver<InferRequest>,
     pub(crate) policy: RwLock<BatchPolicy>,
+    /// The latency objective (`sloP99Ms`) when `maxBatchDelay` is `auto`: batches then go by [`AutoPolicy`].
+    pub(crate) slo_target: RwLock<Option<Duration>>,
+    /// The batch costs the workers measured and the arrival rate, for the adaptive rule and the metrics.
+    pub(crate) estimates: Mutex<Estimates>,
     /// Held while a worker forms a batch (timed waits on it: see `wait_to_collect`). It keeps the request that
     /// ended the last batch by its shape, which starts the next one.
     pub(crate) collector: Mutex<Option<InferRequest>>,
@@ -64,6 +70,28 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// The rule in force for a batch collected by a worker on `device`, with the estimates of this instant.
+    pub(crate) fn rule(&self, device: Device) -> Policy {
+        let fixed = *self.policy.read();
+        match self.auto_policy(fixed, device) {
+            Some(auto) => Policy::Auto(auto),
+            None => Policy::Fixed(fixed),
+        }
+    }
+
+    /// The adaptive rule for `device`, when the model has an objective.
+    pub(crate) fn auto_policy(&self, fixed: BatchPolicy, device: Device) -> Option<AutoPolicy> {
+        let slo_p99 = (*self.slo_target.read())?;
+        let estimates = self.estimates.lock();
+        Some(AutoPolicy {
+            max_batch_size: fixed.max_batch_size,
+            slo_p99,
+            cost: estimates.cost(device),
+            arrivals_per_second: estimates.arrivals_per_second(Instant::now()),
+            workers: self.live_workers.load(Ordering::Acquire).max(1),
+        })
+    }
+
     /// Whether a new request must be refused for want of workers: none runs (every one died and none could be
     /// restarted), or the model is scaled to zero (its last workers may still finish what was queued before).
     pub(crate) fn has_no_worker(&self) -> bool {
@@ -262,7 +290,7 @@ fn worker_loop(mut backend: Box<dyn Backend>, shared: &Shared, id: usize, device
                 break; // Retired while another worker collected.
             };
             let source = WorkerSource { shared, id, retired: &retired, held: RefCell::new(&mut held) };
-            let policy = || *shared.policy.read();
+            let policy = || shared.rule(device);
             collect_with(policy, &source, |request, why| answer_skipped(request, why, shared))
         };
         match batch {
@@ -323,6 +351,10 @@ fn run_batch(backend: &mut dyn Backend, batch: Vec<InferRequest>, shared: &Share
         .unwrap_or_else(|panic| Err(BackendError::inference(panic_message(&*panic))));
     let inference = dispatched.elapsed();
     record_batch(shared, n, inference);
+    if result.is_ok() {
+        // Failed batches say little of what a batch costs: they may end at the first sample.
+        shared.estimates.lock().record_batch(device, n, inference);
+    }
     for request in batch.iter().filter(|r| !r.span.is_disabled()) {
         request.span.record("inference_us", micros(inference));
     }

@@ -12,6 +12,9 @@ use std::{
 use ferroserve_engine::{backend::Declaration, device::DeviceRequest};
 use serde::Deserialize;
 
+pub use crate::batching_config::delay_ms;
+use crate::batching_config::MaxBatchDelay;
+
 /// A configuration that cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -108,8 +111,13 @@ pub enum LoadModels {
 pub struct ModelConfig {
     /// Most requests in one batch.
     pub batch_size: Option<usize>,
-    /// Longest wait for a batch to fill, in milliseconds (fractions allowed).
-    pub max_batch_delay: Option<f64>,
+    /// Longest wait for a batch to fill, in milliseconds (fractions allowed), or `"auto"`: batch for the
+    /// objective `sloP99Ms` instead ([`crate::batching_config`]).
+    pub max_batch_delay: Option<MaxBatchDelay>,
+    /// ferroserve's own key: the 99th percentile of latency, in milliseconds, that `"maxBatchDelay": "auto"`
+    /// batches for (default: `slo.latency.thresholdMs`).
+    #[serde(rename = "sloP99Ms")]
+    pub slo_p99_ms: Option<f64>,
     /// Worker threads started for the model.
     pub min_workers: Option<usize>,
     /// Upper bound of workers (accepted; scaling comes with the management API).
@@ -535,18 +543,6 @@ fn positive(value: &str) -> Result<usize, String> {
     }
 }
 
-/// A delay in milliseconds (fractions allowed, so that sub-millisecond delays can be set).
-///
-/// # Errors
-/// When it is negative, not finite or over an hour.
-pub fn delay_ms(ms: f64) -> Result<Duration, String> {
-    if ms.is_finite() && (0.0..=3_600_000.0).contains(&ms) {
-        Ok(Duration::from_secs_f64(ms / 1000.0))
-    } else {
-        Err(format!("{ms} is not a delay in milliseconds between 0 and 3600000"))
-    }
-}
-
 fn parse_address(value: &str) -> Result<SocketAddr, String> {
     let rest = value
         .strip_prefix("http://")
@@ -615,6 +611,21 @@ fn parse_models(value: &str) -> Result<BTreeMap<String, BTreeMap<String, ModelCo
 }
 
 impl ModelConfig {
+    /// The objective a model with these settings batches for: `Some` when `maxBatchDelay` is `auto` (or
+    /// `delay`, a parameter that wins over it, is), with `slo_p99` (a parameter) or else `sloP99Ms` or else the
+    /// latency objective's threshold.
+    ///
+    /// # Errors
+    /// `auto` with no objective anywhere.
+    pub fn slo_target(
+        &self,
+        delay: Option<MaxBatchDelay>,
+        slo_p99: Option<Duration>,
+    ) -> Result<Option<Duration>, String> {
+        let objective = crate::batching_config::objective(self.slo_p99_ms, self.slo.as_ref());
+        crate::batching_config::target(self.max_batch_delay, objective, delay, slo_p99)
+    }
+
     /// These settings over `base`: each one set here wins, the others come from `base`.
     #[must_use]
     pub fn over(self, base: ModelConfig) -> ModelConfig {
@@ -623,6 +634,7 @@ impl ModelConfig {
         ModelConfig {
             batch_size: self.batch_size.or(base.batch_size),
             max_batch_delay: self.max_batch_delay.or(base.max_batch_delay),
+            slo_p99_ms: self.slo_p99_ms.or(base.slo_p99_ms),
             min_workers: self.min_workers.or(base.min_workers),
             max_workers: self.max_workers.or(base.max_workers),
             response_timeout: self.response_timeout.or(base.response_timeout),
@@ -673,12 +685,10 @@ fn check_model_config(config: &ModelConfig) -> Result<(), String> {
     at_least_one("batchSize", config.batch_size)?;
     at_least_one("minWorkers", config.min_workers)?;
     at_least_one("jobQueueSize", config.job_queue_size)?;
-    if let Some(ms) = config.max_batch_delay {
-        delay_ms(ms).map_err(|e| format!("maxBatchDelay: {e}"))?;
-    }
     if let Some(slo) = &config.slo {
         slo.validate()?;
     }
+    crate::batching_config::check(config.max_batch_delay, config.slo_p99_ms, config.slo.as_ref())?;
     if let Some(percent) = config.canary_percent {
         crate::rollout_config::canary_weight(percent)?;
     }
@@ -740,9 +750,38 @@ mod tests {
         assert_eq!((c.job_queue_size, c.default_workers_per_model, c.batch_size), (7, 3, 4));
         assert_eq!(c.max_batch_delay, Duration::from_micros(2_500));
         let m = c.model_config("signnet", "2.0").expect("model entry");
-        assert_eq!((m.batch_size, m.max_batch_delay, m.min_workers), (Some(16), Some(5.0), Some(2)));
+        assert_eq!((m.batch_size, m.max_batch_delay, m.min_workers), (Some(16), Some(MaxBatchDelay::Ms(5.0)), Some(2)));
         assert_eq!(c.version_of("signnet"), "2.0");
         assert_eq!(c.version_of("other"), "1.0");
+    }
+
+    #[test]
+    fn a_models_entry_may_batch_for_a_latency_objective() {
+        let c = parse(
+            "models={\
+  \"fast\": {\"1.0\": {\"batchSize\": 16, \"maxBatchDelay\": \"auto\", \"sloP99Ms\": 25}},\
+               \"slo\": {\"1.0\": {\"maxBatchDelay\": \"auto\", \"slo\": {\"latency\": {\"objective\": 99, \"thresholdMs\": 40}}}}\
+}\n",
+        )
+        .expect("valid config");
+        let fast = c.model_config("fast", "1.0").expect("fast");
+        assert_eq!((fast.max_batch_delay, fast.slo_p99_ms), (Some(MaxBatchDelay::Auto), Some(25.0)));
+        assert_eq!(fast.slo_target(None, None), Ok(Some(Duration::from_millis(25))));
+        assert!(fast.other.is_empty(), "every key is read: {:?}", fast.other);
+        let slo = c.model_config("slo", "1.0").expect("slo");
+        assert_eq!(
+            slo.slo_target(None, None),
+            Ok(Some(Duration::from_millis(40))),
+            "the latency objective's threshold"
+        );
+        for (text, needle) in [
+            ("models={\"m\": {\"1.0\": {\"maxBatchDelay\": \"auto\"}}}\n", "needs an objective"),
+            ("models={\"m\": {\"1.0\": {\"maxBatchDelay\": \"later\"}}}\n", "neither milliseconds nor \"auto\""),
+            ("models={\"m\": {\"1.0\": {\"maxBatchDelay\": \"auto\", \"sloP99Ms\": 0}}}\n", "sloP99Ms"),
+        ] {
+            let msg = parse(text).expect_err(text).to_string();
+            assert!(msg.contains("`models`") && msg.contains(needle), "{text:?} -> {msg}");
+        }
     }
 
     #[test]

@@ -81,7 +81,7 @@ fn observe_file(model: &Model, path: &Path) -> Result<(Vec<String>, Vec<Observat
     Ok((names, observations))
 }
 
-type Waiting = (Vec<f32>, tokio::sync::oneshot::Receiver<InferResult>);
+type Waiting = (crate::drift::features::Features, tokio::sync::oneshot::Receiver<InferResult>);
 
 /// Waits for the pending requests' answers and adds their observations.
 fn collect(pending: &mut Vec<Waiting>, observations: &mut Vec<Observation>) -> Result<(), String> {

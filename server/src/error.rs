@@ -145,9 +145,10 @@ impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> Self {
         let message = e.to_string();
         let (status, kind) = match e {
-            EngineError::QueueFull { .. } | EngineError::ShuttingDown(_) | EngineError::NoWorkers(_) => {
-                (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailableException")
-            }
+            EngineError::QueueFull { .. }
+            | EngineError::Shed { .. }
+            | EngineError::ShuttingDown(_)
+            | EngineError::NoWorkers(_) => (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailableException"),
             // A shape the model rejected (libtorch's message) is the client's, like any input that does not fit.
             EngineError::InvalidInput(_) | EngineError::Backend(BackendError::Input(_)) => {
                 (StatusCode::BAD_REQUEST, "BadRequestException")

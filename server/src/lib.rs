@@ -12,6 +12,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod batching_config;
 pub mod canary_metrics;
 pub mod config;
 pub mod drift;

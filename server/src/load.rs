@@ -23,7 +23,10 @@ use ferroserve_engine::{
     BackendError, BackendFactory, BatchPolicy, Device, Model, ModelOptions, Registry,
 };
 
-use crate::config::{model_name_of, Config, LoadModels, ModelConfig};
+use crate::{
+    batching_config::MaxBatchDelay,
+    config::{model_name_of, Config, LoadModels, ModelConfig},
+};
 
 /// Why a model could not be loaded at start-up.
 #[derive(Debug, thiserror::Error)]
@@ -151,7 +154,7 @@ pub fn options_on(
     available: Availability,
 ) -> ModelOptions {
     let devices = devices_on(name, m, available);
-    let max_delay = m.max_batch_delay.and_then(|ms| crate::config::delay_ms(ms).ok()).unwrap_or(config.max_batch_delay);
+    let max_delay = m.max_batch_delay.and_then(MaxBatchDelay::fixed).unwrap_or(config.max_batch_delay);
     ModelOptions {
         name: name.to_string(),
         version: version.to_string(),
@@ -280,6 +283,7 @@ fn python_factory(
         handler,
         envelope: config.service_envelope.clone(),
         batch_size: options.policy.max_batch_size,
+        threads: intra_threads(config, options.workers),
         devices: model_devices(name, settings)?,
         limit_max_image_pixels: config.limit_max_image_pixels,
         decode_input_request: config.decode_input_request,
@@ -341,7 +345,7 @@ fn open_factory(
         ))),
         #[cfg(feature = "torch")]
         (ModelFormat::TorchScript, path) => {
-            torch::set_intra_op_threads(threads);
+            torch::set_intra_op_threads(threads)?;
             Ok(Arc::new(TorchFactory::load_declared(path, device, declared)?))
         }
         #[cfg(not(feature = "torch"))]
@@ -360,8 +364,10 @@ pub struct Overrides {
     pub workers: Option<usize>,
     /// Most requests in one batch (`batch_size`).
     pub batch_size: Option<usize>,
-    /// Longest wait for a batch to fill (`max_batch_delay`).
-    pub max_batch_delay: Option<Duration>,
+    /// Longest wait for a batch to fill, or `auto` (`max_batch_delay`).
+    pub max_batch_delay: Option<MaxBatchDelay>,
+    /// The objective `auto` batches for (`slo_p99_ms`).
+    pub slo_p99: Option<Duration>,
     /// How long a request may wait for its answer (`response_timeout`).
     pub response_timeout: Option<Duration>,
 }
@@ -371,7 +377,8 @@ impl Overrides {
     fn apply(&self, mut options: ModelOptions) -> ModelOptions {
         options.workers = self.workers.unwrap_or(options.workers);
         options.policy.max_batch_size = self.batch_size.unwrap_or(options.policy.max_batch_size);
-        options.policy.max_delay = self.max_batch_delay.unwrap_or(options.policy.max_delay);
+        options.policy.max_delay =
+            self.max_batch_delay.and_then(MaxBatchDelay::fixed).unwrap_or(options.policy.max_delay);
         options.response_timeout = self.response_timeout.unwrap_or(options.response_timeout);
         options
     }
@@ -395,6 +402,8 @@ pub struct LoadPlan {
     pub settings: ModelConfig,
     /// How it runs: the settings over the top-level defaults, then the [`Overrides`].
     pub options: ModelOptions,
+    /// The latency objective it batches for, when its `maxBatchDelay` is `auto`.
+    pub slo_target: Option<Duration>,
     /// The store entry it comes from (TorchServe's `modelUrl`).
     pub entry: String,
     /// When it is loaded.
@@ -406,7 +415,8 @@ impl LoadPlan {
     /// registration both use. Reads the store (and unpacks an archive): call it off the async threads.
     ///
     /// # Errors
-    /// [`LoadError::Store`] when the entry is not in the store, or its files or `model-config.yaml` are bad.
+    /// [`LoadError::Store`] when the entry is not in the store, or its files or `model-config.yaml` are bad;
+    /// [`LoadError::Mismatch`] when its delay is `auto` with no objective to aim at.
     pub fn new(
         config: &Config,
         (name, version): (&str, &str),
@@ -419,7 +429,10 @@ impl LoadPlan {
         let files = store::locate(&config.model_store, name, &entry)?;
         let settings = model_settings(config, name, version, Some(&files))?;
         let options = overrides.apply(model_options(config, name, version, &settings));
-        Ok(Self { files, settings, options, entry, origin })
+        let slo_target = settings
+            .slo_target(overrides.max_batch_delay, overrides.slo_p99)
+            .map_err(|message| LoadError::Mismatch { name: name.to_string(), message })?;
+        Ok(Self { files, settings, options, slo_target, entry, origin })
     }
 
     /// Loads the model and starts its workers, recording into `metrics`.
@@ -431,6 +444,7 @@ impl LoadPlan {
         if let Some(max) = self.settings.max_workers {
             model.set_max_workers(max);
         }
+        model.set_slo_target(self.slo_target);
         Ok(model.with_source(self.entry, self.origin == Origin::Startup))
     }
 }
@@ -481,7 +495,8 @@ pub fn load_all(config: &Config, metrics: &EngineMetrics) -> Result<Loaded, Load
             tracing::info!(
                 model = %name, version = model.version(), runtime = model.runtime(), devices = devices.join(","),
                 workers = model.options().workers,
-                batch_size = model.policy().max_batch_size, max_batch_delay = ?model.policy().max_delay, "model loaded"
+                batch_size = model.policy().max_batch_size, max_batch_delay = ?model.policy().max_delay,
+                slo_p99 = ?model.slo_target(), "model loaded"
             );
             registry.register(model).map_err(|_| LoadError::Duplicate(name.clone()))
         });

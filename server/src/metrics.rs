@@ -84,17 +84,19 @@ impl ServerMetrics {
     }
 
     /// Brings the gauges and series of the models in `models` up to date, before an exposition: the queue depth
-    /// of each, and its response counts at 0 from its first scrape (the availability SLI needs them).
+    /// of each, the batcher's estimates (arrival rate, batch cost per device), and its response counts at 0 from
+    /// its first scrape (the availability SLI needs them).
     pub fn refresh(&self, models: &ferroserve_engine::Registry) {
         for model in models.all() {
-            model.metrics().queue_depth.set(i64::try_from(model.queue_len()).unwrap_or(i64::MAX));
+            model.refresh_metrics();
             self.model_responses.add_model(model.name(), model.version(), model.device().kind());
         }
     }
 
-    /// Drops the response series of an unregistered model, so that it leaves no flat series behind.
+    /// Drops the response and estimate series of an unregistered model, so that it leaves no flat series behind.
     pub fn forget(&self, model: &Model) {
         self.model_responses.remove_model(model.name(), model.version(), model.device().kind());
+        model.forget_metrics();
     }
 
     /// Counts a request or connection refused by `api` for `reason` (`too_many_requests`,

@@ -36,6 +36,12 @@ pub(crate) enum Transport {
 /// How long a client may take to send its request headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The most a connection's read buffer grows to (hyper's default is about 400 KiB). hyper doubles the buffer while
+/// reads fill it, so a 38 KiB landmark body left each keep-alive connection holding about 130 KiB; capped, a body
+/// arrives in chunks of at most this size (hyper's smallest). It also bounds the request head: larger heads are
+/// answered 431, as TorchServe's Netty refuses headers over 8 KiB.
+const READ_BUFFER: usize = 8 * 1024;
+
 /// How long a refused connection may keep sending before it is closed.
 const LINGER: Duration = Duration::from_secs(2);
 
@@ -51,7 +57,7 @@ pub(crate) async fn serve(
     match transport {
         Transport::Http => {
             let mut builder = auto::Builder::new(TokioExecutor::new());
-            builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+            builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).max_buf_size(READ_BUFFER);
             let routed = Arc::clone(&state);
             let service = service_fn(move |req| {
                 let state = Arc::clone(&routed);

@@ -339,3 +339,84 @@ async fn environment_beats_command_line_beats_file() {
     let ignored = Server::start_with_env(&config, &[], &[("TS_LOAD_MODELS", "fromenv=signnet")]);
     assert_eq!(loaded(&ignored, &keys).await, vec!["fromfile"]);
 }
+
+/// The shared libraries a process has mapped, by file name.
+fn mapped_libraries(pid: u32) -> Vec<String> {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).expect("/proc/<pid>/maps");
+    let mut names: Vec<String> = maps
+        .lines()
+        .filter_map(|line| line.split_whitespace().nth(5))
+        .filter_map(|path| Path::new(path).file_name().map(|n| n.to_string_lossy().into_owned()))
+        .filter(|name| name.contains(".so"))
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// libtorch's, CUDA's and the TorchScript plugin's libraries among `names`.
+fn torch_or_cuda(names: &[String]) -> Vec<&String> {
+    let heavy = ["libtorch", "libc10", "libcu", "libnv", "libnccl", "libferroserve_torch"];
+    names.iter().filter(|name| heavy.iter().any(|prefix| name.starts_with(prefix))).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serving_only_onnx_maps_no_libtorch_and_no_cuda() {
+    let keys = tempfile::tempdir().expect("temp dir");
+    let config = ephemeral_config(&keys, "");
+    let server = Server::start(&config, &["--models", "signnet"]);
+    let (status, body) =
+        send(&client(), "POST", &server.url("inference", "/predictions/signnet"), example()).await.expect("answer");
+    assert_eq!((status, body["device"].as_str()), (StatusCode::OK, Some("cpu")), "{body}");
+    let mapped = mapped_libraries(server.child.id());
+    assert!(mapped.iter().any(|name| name.starts_with("libonnxruntime")), "ONNX Runtime serves it: {mapped:?}");
+    assert_eq!(torch_or_cuda(&mapped), Vec::<&String>::new(), "nothing of libtorch or CUDA is loaded");
+}
+
+#[cfg(feature = "torch")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_torchscript_model_loads_libtorch_into_the_same_binary() {
+    let keys = tempfile::tempdir().expect("temp dir");
+    let config = ephemeral_config(&keys, "");
+    let server = Server::start(&config, &["--models", "signnet,signnet_ts=signnet/signnet.pt"]);
+    let client = client();
+    for model in ["signnet", "signnet_ts"] {
+        let url = server.url("inference", &format!("/predictions/{model}"));
+        let (status, body) = send(&client, "POST", &url, example()).await.expect("answer");
+        assert_eq!(status, StatusCode::OK, "{model}: {body}");
+        assert_eq!(body["predictions"][0]["label"], "hello", "{model}: {body}");
+    }
+    let mapped = mapped_libraries(server.child.id());
+    for wanted in ["libferroserve_torch.so", "libtorch_cpu.so", "libc10.so"] {
+        assert!(mapped.iter().any(|name| name == wanted), "{wanted} is loaded: {mapped:?}");
+    }
+    if std::fs::read_dir("/proc/driver/nvidia/gpus").map_or(0, Iterator::count) == 0 {
+        let cuda: Vec<_> =
+            mapped.iter().filter(|n| n.starts_with("libtorch_cuda") || n.starts_with("libcublas")).collect();
+        assert_eq!(cuda, Vec::<&String>::new(), "without a GPU, libtorch_cuda and cuBLAS stay out");
+    }
+}
+
+#[cfg(feature = "torch")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_plugin_fails_the_torchscript_model_saying_where_it_was_looked_for() {
+    let keys = tempfile::tempdir().expect("temp dir");
+    let config = ephemeral_config(&keys, "disable_token_authorization=true\n");
+    let missing = keys.path().join("libferroserve_torch.so");
+    let server = Server::start_with_env(
+        &config,
+        &["--models", "signnet,signnet_ts=signnet/signnet.pt"],
+        &[("FERROSERVE_TORCH_PLUGIN", missing.to_str().expect("UTF-8 path"))],
+    );
+    let client = client();
+    let (status, body) =
+        send(&client, "GET", &server.url("management", "/models/signnet_ts"), Bytes::new()).await.expect("answer");
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let message = body["message"].as_str().expect("message");
+    let path = missing.display().to_string();
+    assert!(message.contains("libferroserve_torch.so") && message.contains(&path), "{message}");
+    assert!(message.contains("cargo build -p ferroserve-torch-plugin"), "{message}");
+    let (status, _) =
+        send(&client, "POST", &server.url("inference", "/predictions/signnet"), example()).await.expect("answer");
+    assert_eq!(status, StatusCode::OK, "the ONNX model is served all the same");
+}

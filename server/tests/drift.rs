@@ -172,7 +172,10 @@ fn observe(model: &Model, sequences: Vec<Vec<f32>>) -> Vec<Observation> {
     out
 }
 
-type Pending = Vec<(Vec<f32>, tokio::sync::oneshot::Receiver<ferroserve_engine::request::InferResult>)>;
+type Pending = Vec<(
+    ferroserve::drift::features::Features,
+    tokio::sync::oneshot::Receiver<ferroserve_engine::request::InferResult>,
+)>;
 
 fn drain(pending: &mut Pending, out: &mut Vec<Observation>) {
     for (features, reply) in pending.drain(..) {

@@ -41,6 +41,24 @@ async fn ping_and_routing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_larger_than_the_read_buffer_arrive_whole_and_oversized_heads_get_431() {
+    let registry = Arc::new(Registry::new());
+    add_fake(&registry, FakeMode::Echo, options("m", 1, 10, 1, Duration::ZERO));
+    let server = TestServer::start(registry, MB).await;
+    // A landmark body of 420 frames is about 75 KiB: several 8 KiB reads.
+    let big = landmark_body(&(0..60 * 21 * 3).map(|i| (i % 97) as f32 / 97.0).collect::<Vec<_>>());
+    assert!(big.len() > 32 * 1024, "{}", big.len());
+    let answered = server.predict("m", big).await;
+    assert_eq!(answered.status, StatusCode::OK, "{}", answered.text);
+    let header = "x".repeat(6 * 1024);
+    let fine = server.send_raw(Method::GET, "/ping", &[("x-big", &header)], Vec::new()).await;
+    assert_eq!(fine.status, StatusCode::OK, "a 6 KiB header is read");
+    let header = "x".repeat(9 * 1024);
+    let refused = server.send_raw(Method::GET, "/ping", &[("x-big", &header)], Vec::new()).await;
+    assert_eq!(refused.status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hundreds_of_concurrent_requests_each_get_their_own_answer() {
     let registry = Arc::new(Registry::new());
     let fake = add_fake(&registry, FakeMode::Echo, options("echo", 2, 1000, 8, Duration::from_millis(2)));

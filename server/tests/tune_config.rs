@@ -3,7 +3,7 @@
 
 use std::{path::Path, time::Duration};
 
-use ferroserve::Config;
+use ferroserve::{batching_config::MaxBatchDelay, Config};
 use ferroserve_loadtest::tune::{management::BatchSetting, properties::write_batch_setting};
 
 /// A configuration a user might have: a multi-line `models` value with two models, one of them with two
@@ -22,7 +22,7 @@ fn a_written_setting_reads_back_through_the_servers_parser() {
     for version in ["1.0", "2.0"] {
         let m = after.model_config("signnet", version).expect("the version is still there");
         assert_eq!(m.batch_size, Some(8), "version {version}");
-        assert_eq!(m.max_batch_delay, Some(1.5), "version {version}");
+        assert_eq!(m.max_batch_delay, Some(MaxBatchDelay::Ms(1.5)), "version {version}");
     }
     let first = after.model_config("signnet", "1.0").expect("1.0");
     assert_eq!(first.default_version, Some(true), "other keys of the entry are kept");
@@ -38,6 +38,6 @@ fn a_setting_for_one_version_into_a_file_without_models_reads_back() {
     let text = "load_models=signnet\njob_queue_size=10";
     let after = parse(&write_batch_setting(text, "signnet", Some("3.0"), &setting).expect("written"));
     let m = after.model_config("signnet", "3.0").expect("the version is added");
-    assert_eq!((m.batch_size, m.max_batch_delay), (Some(32), Some(5.0)));
+    assert_eq!((m.batch_size, m.max_batch_delay), (Some(32), Some(MaxBatchDelay::Ms(5.0))));
     assert_eq!(after.job_queue_size, 10, "the last line before the added key still parses");
 }

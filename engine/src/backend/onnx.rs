@@ -2,9 +2,9 @@
 //!
 //! One session per worker: ort's `Session::run` takes `&mut self`. Each session gets `intra_threads` threads, so
 //! that `workers x intra_threads` can be sized to the cores instead of every session spawning one thread per core.
-//! On CUDA, sessions use ONNX Runtime's CUDA execution provider (the onnxruntime-gpu wheel), each with a stream of
-//! its own from libtorch's pool as its compute stream (with the `torch` feature). ONNX Runtime has no MPS
-//! provider: asked for MPS, the model runs on the CPU and says so.
+//! On CUDA, sessions use ONNX Runtime's CUDA execution provider (the onnxruntime-gpu wheel), each computing on the
+//! stream its provider makes (one session per worker: one stream per worker), so that serving ONNX needs no
+//! libtorch. ONNX Runtime has no MPS provider: asked for MPS, the model runs on the CPU and says so.
 
 use std::{
     path::{Path, PathBuf},
@@ -98,20 +98,8 @@ fn open(path: &Path, options: &OnnxOptions, device: Device) -> Result<Session, B
     configure(Session::builder(&env).map_err(fail)?).map_err(fail)?.commit_from_file(path).map_err(fail)
 }
 
-/// ONNX Runtime's CUDA provider on GPU `index`, computing on a stream of libtorch's pool taken for this session
-/// alone (one session per worker: one stream per worker). Registration failing is an error, never a silent CPU.
-#[cfg(feature = "torch")]
-#[allow(unsafe_code, reason = "ort takes the compute stream as a raw pointer")]
-fn cuda_provider(index: usize) -> Result<ExecutionProviderDispatch, BackendError> {
-    let stream = super::torch::pool_stream(index, false)?;
-    let provider = ort::ep::CUDA::default().with_device_id(gpu_id(index)?);
-    // SAFETY: libtorch never destroys the streams of its pool, so this one outlives the session.
-    let provider = unsafe { provider.with_compute_stream(stream.handle.cast()) };
-    Ok(provider.build().error_on_failure())
-}
-
-/// Without libtorch there is no stream pool: the provider computes on its own stream.
-#[cfg(not(feature = "torch"))]
+/// ONNX Runtime's CUDA provider on GPU `index`, computing on a stream of its own. Registration failing is an
+/// error, never a silent CPU.
 fn cuda_provider(index: usize) -> Result<ExecutionProviderDispatch, BackendError> {
     Ok(ort::ep::CUDA::default().with_device_id(gpu_id(index)?).build().error_on_failure())
 }

@@ -1,10 +1,12 @@
-//! The TorchScript backend (tch on libtorch): `.pt` and `.pth` files written by `torch.jit.save`.
+//! The TorchScript backend: `.pt` and `.pth` files written by `torch.jit.save`, run by libtorch inside ferroserve's
+//! plugin library ([`plugin`]), which is opened when the first TorchScript model loads: a server that serves no
+//! TorchScript model never maps libtorch, and CUDA's libraries only on a machine with a CUDA GPU.
 //!
-//! One module per model and device, shared by every worker on that device (`Arc<CModule>`: the weights are
-//! loaded once, not once per worker as in TorchServe), run under `no_grad`. On CUDA, each worker thread takes its
-//! own stream from libtorch's pool on its first batch and keeps it for its life; its input is staged in pinned
-//! host memory and copied to the GPU asynchronously on that stream, and the result comes back on the same stream.
-//! On MPS the tensors simply move to `Device::Mps`; on the CPU, libtorch's intra-op pool is sized once per process
+//! One module per model and device, shared by every worker on that device (the weights are loaded once, not once
+//! per worker as in TorchServe), run under `no_grad`. On CUDA, each worker thread takes its own stream from
+//! libtorch's pool on its first batch and keeps it for its life; its input is staged in pinned host memory and
+//! copied to the GPU asynchronously on that stream, and the result comes back on the same stream. On MPS the
+//! tensors simply move to the GPU; on the CPU, libtorch's intra-op pool is sized once per process
 //! ([`set_intra_op_threads`]).
 //!
 //! A TorchScript file carries neither tensor names nor shapes. They come from a [`Declaration`], the first found
@@ -16,6 +18,7 @@
 //! forward the output's; a forward that fails on such a batch is the client's error
 //! ([`BackendError::Input`], libtorch's message), since the model rejected a shape nothing promised it takes.
 
+pub mod plugin;
 mod stream;
 
 use std::{
@@ -24,10 +27,10 @@ use std::{
     thread::ThreadId,
 };
 
-use tch::{CModule, Kind, TchError, Tensor};
-
+use plugin::{ForwardError, HostOutput, Module, Plugin};
+pub use plugin::{PLUGIN_ENV, PLUGIN_FILE};
 pub use stream::current_cuda_stream;
-pub(crate) use stream::pool_stream;
+use stream::pool_stream;
 
 use super::{check_output, Backend, BackendError, BackendFactory, Declaration, Device, ModelSpec, Shape, Shaped};
 
@@ -50,7 +53,7 @@ const PROBE_BATCH: usize = 2;
 /// A loaded TorchScript model on one device; clones share the module.
 #[derive(Clone)]
 pub struct TorchFactory {
-    module: Arc<CModule>,
+    module: Arc<Module>,
     spec: ModelSpec,
     device: Device,
 }
@@ -61,15 +64,44 @@ impl std::fmt::Debug for TorchFactory {
     }
 }
 
+/// The TorchScript plugin, opened at the first call. On a machine with a CUDA GPU it loads libtorch_cuda at once,
+/// before libtorch first asks whether CUDA is there (it asks once per process); a failure there only leaves the
+/// plugin without CUDA, which a model on a GPU then reports.
+///
+/// # Errors
+/// [`BackendError::Load`] when the plugin or libtorch cannot be found or opened, saying where it was looked for.
+pub(crate) fn torch_plugin() -> Result<&'static Plugin, BackendError> {
+    let plugin = plugin::plugin()?;
+    static CUDA: OnceLock<()> = OnceLock::new();
+    CUDA.get_or_init(|| {
+        if crate::device::cuda_devices() > 0 {
+            if let Err(error) = plugin.enable_cuda() {
+                tracing::warn!(%error, "TorchScript models cannot run on CUDA");
+            }
+        }
+    });
+    Ok(plugin)
+}
+
 /// Sets libtorch's intra-op threads for the process, once: later calls change nothing. Returns the number in
 /// force. Call it before the first model runs, with `workers x threads` fitting the cores.
-pub fn set_intra_op_threads(threads: usize) -> usize {
+///
+/// # Errors
+/// [`BackendError::Load`] when the plugin cannot be opened ([`TorchFactory::load`] says the same).
+pub fn set_intra_op_threads(threads: usize) -> Result<usize, BackendError> {
     static SET: OnceLock<usize> = OnceLock::new();
-    *SET.get_or_init(|| {
+    let plugin = torch_plugin()?;
+    Ok(*SET.get_or_init(|| {
         let threads = threads.max(1);
-        tch::set_num_threads(i32::try_from(threads).unwrap_or(i32::MAX));
+        plugin.set_threads(threads);
         threads
-    })
+    }))
+}
+
+/// Whether Apple's MPS is usable, as libtorch sees it: asked of the plugin, so `false` without one. Only macOS asks.
+#[cfg_attr(not(target_os = "macos"), allow(dead_code, reason = "MPS exists on macOS only"))]
+pub(crate) fn has_mps() -> bool {
+    torch_plugin().is_ok_and(Plugin::has_mps)
 }
 
 /// The config file of the TorchScript model at `path`: the same name with `.json` appended.
@@ -99,9 +131,8 @@ impl TorchFactory {
     /// one tensor with the batch first, of the declared output shape.
     pub fn load_declared(path: &Path, device: Device, archived: Option<&Declaration>) -> Result<Self, BackendError> {
         let fail = |message: String| BackendError::load(format!("{}: {message}", path.display()));
-        let mut module = CModule::load_on_device(path, tch_device(device)).map_err(|e| not_torchscript(path, &e))?;
+        let module = torch_plugin()?.load(path, device).map_err(|e| not_torchscript(path, &e))?;
         let declared = declaration(path, archived).map_err(fail)?;
-        module.f_set_eval().map_err(|e| fail(first_line(&e.to_string()).to_string()))?;
         match &declared {
             Some((declared, source)) => {
                 tracing::info!(model = %path.display(), %source, input = %declared.input_shape, "tensors declared");
@@ -131,9 +162,11 @@ impl TorchFactory {
         let mut backend = self.backend();
         let input_shape = self.spec.input_shape.to_fixed().unwrap_or_default();
         let zeros = vec![0.0; PROBE_BATCH * self.spec.input_len().unwrap_or(0)];
-        let output =
-            backend.forward(PROBE_BATCH, &input_shape, &zeros).map_err(|e| format!("the first forward failed: {e}"))?;
-        let dims = output.size();
+        backend.bind_stream().map_err(|e| format!("the first forward failed: {e}"))?;
+        let output = backend
+            .forward(PROBE_BATCH, &input_shape, &zeros)
+            .map_err(|e| format!("the first forward failed: {}", inference(e)))?;
+        let dims = output.dims;
         match dims.split_first() {
             Some((&batch, rest)) if usize::try_from(batch) == Ok(PROBE_BATCH) => {
                 rest.iter().map(|&d| usize::try_from(d).map_err(|_| format!("bad output shape {dims:?}"))).collect()
@@ -173,7 +206,7 @@ impl BackendFactory for TorchFactory {
 
 /// One worker's handle: the shared module, and the stream its thread took (CUDA).
 struct TorchBackend {
-    module: Arc<CModule>,
+    module: Arc<Module>,
     spec: ModelSpec,
     /// The per-sample input shape when the model fixes it (empty otherwise).
     input_shape: Vec<usize>,
@@ -192,53 +225,25 @@ impl TorchBackend {
         let thread = std::thread::current().id();
         if self.stream.is_none_or(|(bound, _)| bound != thread) {
             let stream = pool_stream(index, true)?;
-            tracing::debug!(device = %self.device, stream = stream.id, "worker thread took a CUDA stream");
-            self.stream = Some((thread, stream.id));
+            tracing::debug!(device = %self.device, stream, "worker thread took a CUDA stream");
+            self.stream = Some((thread, stream));
         }
         Ok(())
     }
 
-    /// Moves the stacked batch to the device: pinned host memory and an asynchronous copy on the thread's stream
-    /// for CUDA, a plain copy for MPS, no copy beyond the tensor's own for the CPU.
-    fn stage(&self, batch: usize, sample: &[usize], input: &[f32]) -> Result<Tensor, TchError> {
+    /// The module's output for a batch of samples of shape `sample`, on the host: staged in pinned memory and
+    /// copied on the thread's stream for CUDA, run under `no_grad`, copied back on the same stream (see the plugin).
+    /// Call [`Self::bind_stream`] first.
+    fn forward(&self, batch: usize, sample: &[usize], input: &[f32]) -> Result<HostOutput, ForwardError> {
         let shape: Vec<i64> = std::iter::once(batch).chain(sample.iter().copied()).map(as_dim).collect();
-        let host = Tensor::f_from_slice(input)?.f_view(shape.as_slice())?;
-        let device = tch_device(self.device);
-        match self.device {
-            Device::Cpu => Ok(host),
-            Device::Cuda(_) => host.f_pin_memory(device)?.f_to_device_(device, Kind::Float, true, false),
-            Device::Mps => host.f_to_device_(device, Kind::Float, false, false),
-        }
-    }
-
-    /// The module's output for a batch of samples of shape `sample`, still on the device.
-    fn forward(&mut self, batch: usize, sample: &[usize], input: &[f32]) -> Result<Tensor, BackendError> {
-        self.bind_stream()?;
-        self.run(batch, sample, input)
-    }
-
-    /// [`Self::forward`] on a thread whose stream is bound.
-    fn run(&self, batch: usize, sample: &[usize], input: &[f32]) -> Result<Tensor, BackendError> {
-        let _no_grad = tch::no_grad_guard();
-        let x = self.stage(batch, sample, input).map_err(inference)?;
-        self.module.forward_ts(&[x]).map_err(inference)
-    }
-
-    /// Copies the output to the host. A synchronous copy on the thread's stream: it waits for the forward, and
-    /// only for it.
-    fn to_host(output: &Tensor) -> Result<Vec<f32>, BackendError> {
-        let host = output.f_to_device_(tch::Device::Cpu, Kind::Float, false, false).map_err(inference)?;
-        let numel = host.numel();
-        let mut values = vec![0.0_f32; numel];
-        host.f_copy_data(&mut values, numel).map_err(inference)?;
-        Ok(values)
+        self.module.forward(input, &shape)
     }
 }
 
 impl Backend for TorchBackend {
     fn infer(&mut self, batch: usize, input: &[f32]) -> Result<Vec<f32>, BackendError> {
         self.bind_stream()?;
-        let values = Self::to_host(&self.run(batch, &self.input_shape, input)?)?;
+        let values = self.forward(batch, &self.input_shape, input).map_err(inference)?.values;
         check_output(&self.spec, batch, &values)?;
         Ok(values)
     }
@@ -247,13 +252,15 @@ impl Backend for TorchBackend {
     /// nothing declared that the model takes it. A failure of the device (out of memory, a CUDA error) stays the
     /// server's: a valid input can meet it at one batch size and not at another.
     fn infer_shaped(&mut self, batch: usize, shape: &[usize], input: &[f32]) -> Result<Shaped, BackendError> {
+        self.bind_stream()?;
         let output = self.forward(batch, shape, input).map_err(|error| match error {
-            BackendError::Inference(message) if !is_device_failure(&message) => {
-                BackendError::input(format!("the model rejected input of shape {shape:?}: {message}"))
-            }
-            other => other,
+            ForwardError::Forward(message) if !is_device_failure(&message) => BackendError::input(format!(
+                "the model rejected input of shape {shape:?}: {}",
+                libtorch_message(&message)
+            )),
+            other => inference(other),
         })?;
-        let dims = output.size();
+        let dims = output.dims;
         let rows = dims.split_first().filter(|(&n, _)| usize::try_from(n) == Ok(batch));
         let shape = rows.and_then(|(_, rest)| rest.iter().map(|&d| usize::try_from(d).ok()).collect());
         let shape = shape.ok_or_else(|| {
@@ -261,15 +268,7 @@ impl Backend for TorchBackend {
                 "a batch of {batch} gave an output of shape {dims:?}: the batch must come first"
             ))
         })?;
-        Ok(Shaped { values: Self::to_host(&output)?, shape })
-    }
-}
-
-fn tch_device(device: Device) -> tch::Device {
-    match device {
-        Device::Cpu => tch::Device::Cpu,
-        Device::Cuda(index) => tch::Device::Cuda(index),
-        Device::Mps => tch::Device::Mps,
+        Ok(Shaped { values: output.values, shape })
     }
 }
 
@@ -277,8 +276,9 @@ fn as_dim(size: usize) -> i64 {
     i64::try_from(size).unwrap_or(i64::MAX)
 }
 
-fn inference(error: TchError) -> BackendError {
-    BackendError::inference(libtorch_message(&error.to_string()))
+fn inference(error: ForwardError) -> BackendError {
+    let (ForwardError::Forward(message) | ForwardError::Other(message)) = error;
+    BackendError::inference(libtorch_message(&message))
 }
 
 /// What libtorch says went wrong, in one line. An error in the TorchScript interpreter comes as a traceback of
@@ -343,11 +343,10 @@ fn extra_file(path: &Path) -> Result<Option<String>, String> {
 }
 
 /// The load error of a file libtorch cannot read as TorchScript, saying what it looks like and how to export it.
-fn not_torchscript(path: &Path, error: &TchError) -> BackendError {
+fn not_torchscript(path: &Path, message: &str) -> BackendError {
     if !path.is_file() {
         return BackendError::load(format!("{}: no such file", path.display()));
     }
-    let message = error.to_string();
     let head = std::fs::File::open(path).and_then(|mut f| {
         let mut magic = [0_u8; 2];
         std::io::Read::read_exact(&mut f, &mut magic).map(|()| magic)
@@ -359,7 +358,7 @@ fn not_torchscript(path: &Path, error: &TchError) -> BackendError {
         }
         // libtorch's own words, without the advice about corrupted checkpoints that follows them.
         _ => {
-            let said = first_line(&message).trim_start_matches("Internal torch error: ");
+            let said = first_line(message).trim_start_matches("Internal torch error: ");
             format!("not a TorchScript file ({})", said.split(". ").next().unwrap_or(said).trim_end_matches('.'))
         }
     };

@@ -2,11 +2,13 @@
 //! set the default version and unregister models, live.
 //!
 //! ferroserve's extensions: `PUT /models/{m}[/{v}]?batch_size=N&max_batch_delay=MS` changes batch size and delay
-//! of a loaded model for its next batch, without reloading it; `PUT /models/{m}/{v}/canary?percent=P` makes
+//! of a loaded model for its next batch, without reloading it (`max_batch_delay=auto&slo_p99_ms=MS` batches for a
+//! latency objective instead, as does `POST /models?...&max_batch_delay=auto&slo_p99_ms=MS`; describe then shows
+//! `"maxBatchDelay": "auto"`, `sloP99Ms`, and for every model the fitted batch cost); `PUT /models/{m}/{v}/canary?percent=P` makes
 //! version `v` the model's canary (with an automatic analysis when asked for, see [`crate::rollouts`]),
 //! `DELETE /models/{m}/{v}/canary` ends it and `PUT /models/{m}/{v}/promote` makes it the default version.
 
-use std::{collections::HashMap, path::Component, sync::Arc};
+use std::{collections::HashMap, path::Component, sync::Arc, time::Duration};
 
 use ferroserve_engine::{BatchPolicy, Model};
 use hyper::{body::Incoming, Method, Request, StatusCode};
@@ -14,7 +16,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::{
-    config::delay_ms,
+    batching_config::{slo_ms, MaxBatchDelay},
     error::ApiError,
     infer::find_model,
     load::{self, LoadPlan, Origin, Overrides},
@@ -128,8 +130,16 @@ struct Description {
     min_workers: usize,
     max_workers: usize,
     batch_size: usize,
-    /// Milliseconds: an integer when whole, as TorchServe sends it (fractions are ferroserve's extension).
-    max_batch_delay: serde_json::Number,
+    /// Milliseconds: an integer when whole, as TorchServe sends it (fractions are ferroserve's extension); or
+    /// `"auto"` when the model batches for `slo_p99_ms`.
+    max_batch_delay: serde_json::Value,
+    /// ferroserve's extension: the objective an `auto` model batches for, in milliseconds.
+    #[serde(rename = "sloP99Ms", skip_serializing_if = "Option::is_none")]
+    slo_p99_ms: Option<serde_json::Number>,
+    /// ferroserve's extension: the batch cost fitted on each device (once enough batches ran), and the arrival
+    /// rate: what the `auto` batcher knows.
+    batch_cost: Vec<BatchCost>,
+    arrivals_per_second: f64,
     loaded_at_startup: bool,
     response_timeout: u64,
     job_queue_size: usize,
@@ -155,6 +165,17 @@ struct Worker {
     pid: u32,
 }
 
+/// The fitted cost `a + b·n` of a batch of `n` on one device, in milliseconds.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct BatchCost {
+    device: String,
+    fixed_ms: f64,
+    per_request_ms: f64,
+    spread_ms: f64,
+    samples: usize,
+}
+
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct QueueStatus {
@@ -169,6 +190,8 @@ fn description(state: &AppState, model: &Model) -> Description {
     let capacity = options.queue_size.max(1);
     let pending = model.queue_len();
     let (url, loaded_at_startup) = model.source();
+    let (costs, arrivals_per_second) = model.estimates();
+    let target = model.slo_target();
     Description {
         model_name: model.name().to_string(),
         model_version: model.version().to_string(),
@@ -177,7 +200,19 @@ fn description(state: &AppState, model: &Model) -> Description {
         min_workers: wanted,
         max_workers: model.max_workers(),
         batch_size: policy.max_batch_size,
-        max_batch_delay: milliseconds(policy.max_delay),
+        max_batch_delay: target.map_or_else(|| milliseconds(policy.max_delay).into(), |_| "auto".into()),
+        slo_p99_ms: target.map(milliseconds),
+        batch_cost: costs
+            .into_iter()
+            .map(|(device, c)| BatchCost {
+                device: device.to_string(),
+                fixed_ms: c.fixed * 1e3,
+                per_request_ms: c.per_request * 1e3,
+                spread_ms: c.spread * 1e3,
+                samples: c.samples,
+            })
+            .collect(),
+        arrivals_per_second,
         loaded_at_startup,
         response_timeout: options.response_timeout.as_secs(),
         job_queue_size: capacity,
@@ -254,7 +289,8 @@ fn check_allowed(patterns: &[String], url: &str) -> Result<(), ApiError> {
     }
 }
 
-/// `POST /models?url=&model_name=&batch_size=&max_batch_delay=&initial_workers=&response_timeout=&synchronous=`
+/// `POST /models?url=&model_name=&batch_size=&max_batch_delay=&slo_p99_ms=&initial_workers=&response_timeout=
+/// &synchronous=`
 async fn register(state: &Arc<AppState>, params: &HashMap<String, String>) -> Result<Reply, ApiError> {
     let url = params.get("url").ok_or_else(|| ApiError::bad_request("Parameter url is required."))?.clone();
     check_url(&url)?;
@@ -309,6 +345,7 @@ fn overrides(params: &HashMap<String, String>) -> Result<Overrides, ApiError> {
         workers: param::<usize>(params, "initial_workers")?,
         batch_size: positive(params, "batch_size")?,
         max_batch_delay: max_batch_delay(params)?,
+        slo_p99: slo_p99(params)?,
         response_timeout: positive(params, "response_timeout")?.map(seconds),
     })
 }
@@ -318,19 +355,48 @@ async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) 
     tokio::task::spawn_blocking(work).await.map_err(|e| ApiError::internal(e.to_string()))
 }
 
-/// `max_batch_delay` (ms, fractions allowed), when given.
-fn max_batch_delay(params: &HashMap<String, String>) -> Result<Option<std::time::Duration>, ApiError> {
-    param::<f64>(params, "max_batch_delay")?
-        .map(|ms| delay_ms(ms).map_err(|e| ApiError::bad_request(format!("Parameter max_batch_delay: {e}"))))
+/// `max_batch_delay` (ms, fractions allowed, or `auto`), when given.
+fn max_batch_delay(params: &HashMap<String, String>) -> Result<Option<MaxBatchDelay>, ApiError> {
+    params
+        .get("max_batch_delay")
+        .map(|v| MaxBatchDelay::parse(v).map_err(|e| ApiError::bad_request(format!("Parameter max_batch_delay: {e}"))))
         .transpose()
 }
 
-/// `batch_size` and `max_batch_delay` (ms) over `current`.
+/// `slo_p99_ms`, the objective of `max_batch_delay=auto`, when given.
+fn slo_p99(params: &HashMap<String, String>) -> Result<Option<std::time::Duration>, ApiError> {
+    param::<f64>(params, "slo_p99_ms")?
+        .map(|ms| slo_ms(ms).map_err(|e| ApiError::bad_request(format!("Parameter slo_p99_ms: {e}"))))
+        .transpose()
+}
+
+/// `batch_size` and a fixed `max_batch_delay` (ms) over `current`.
 fn batch_policy(params: &HashMap<String, String>, current: BatchPolicy) -> Result<BatchPolicy, ApiError> {
     Ok(BatchPolicy {
         max_batch_size: positive(params, "batch_size")?.unwrap_or(current.max_batch_size),
-        max_delay: max_batch_delay(params)?.unwrap_or(current.max_delay),
+        max_delay: max_batch_delay(params)?.and_then(MaxBatchDelay::fixed).unwrap_or(current.max_delay),
     })
+}
+
+/// The objective `model` batches for once `max_batch_delay` and `slo_p99_ms` apply: a fixed delay ends it,
+/// `auto` needs one (given, in force already, or configured), and `slo_p99_ms` alone changes it only while
+/// the model batches for one.
+fn slo_target(state: &AppState, model: &Model, params: &HashMap<String, String>) -> Result<Option<Duration>, ApiError> {
+    let (delay, slo) = (max_batch_delay(params)?, slo_p99(params)?);
+    match delay {
+        Some(MaxBatchDelay::Ms(_)) => Ok(None),
+        Some(MaxBatchDelay::Auto) => {
+            let configured = state.config.model_config(model.name(), model.version());
+            let objective = configured.and_then(|m| m.slo_target(Some(MaxBatchDelay::Auto), None).ok().flatten());
+            slo.or(model.slo_target()).or(objective).map(Some).ok_or_else(|| {
+                ApiError::bad_request("Parameter max_batch_delay=auto needs an objective: give slo_p99_ms")
+            })
+        }
+        None if slo.is_some() && model.slo_target().is_none() => Err(ApiError::bad_request(
+            "Parameter slo_p99_ms applies to max_batch_delay=auto: give both to batch for an objective",
+        )),
+        None => Ok(slo.or(model.slo_target())),
+    }
 }
 
 /// `PUT /models/{m}[/{v}]?min_worker=&max_worker=&synchronous=` scales workers; ferroserve's `batch_size` and
@@ -342,7 +408,7 @@ async fn update(
     params: &HashMap<String, String>,
 ) -> Result<Reply, ApiError> {
     let model = find_model(state, name, version)?;
-    let known = ["min_worker", "max_worker", "batch_size", "max_batch_delay"];
+    let known = ["min_worker", "max_worker", "batch_size", "max_batch_delay", "slo_p99_ms"];
     if !known.iter().any(|k| params.contains_key(*k)) {
         return Err(ApiError::bad_request(format!("Give at least one of the parameters {}", known.join(", "))));
     }
@@ -355,18 +421,23 @@ async fn update(
         }
     }
     let policy = batch_policy(params, model.policy())?;
+    let target = slo_target(state, &model, params)?;
     // Every parameter is checked before anything changes: a 400 leaves the model as it was.
     let synchronous = flag(params, "synchronous")?;
     model.set_policy(policy);
+    model.set_slo_target(target);
     if let Some(max) = max {
         model.set_max_workers(max);
     }
     let Some(workers) = min else {
+        let delay = match target {
+            Some(slo) => format!("auto for a p99 of {} ms", slo.as_secs_f64() * 1000.0),
+            None => format!("{} ms", policy.max_delay.as_secs_f64() * 1000.0),
+        };
         let message = format!(
-            "Model \"{name}\" Version: {} batchSize {} maxBatchDelay {} ms",
+            "Model \"{name}\" Version: {} batchSize {} maxBatchDelay {delay}",
             model.version(),
-            policy.max_batch_size,
-            policy.max_delay.as_secs_f64() * 1000.0
+            policy.max_batch_size
         );
         return Ok(status(StatusCode::OK, &message));
     };

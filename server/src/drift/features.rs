@@ -39,6 +39,10 @@ pub enum FeatureSet {
     },
 }
 
+/// One request's features, in place for the hand's five and up to four channels (the request path allocates
+/// nothing for them, and the monitor's thread frees nothing the request threads allocated).
+pub type Features = smallvec::SmallVec<[f32; 8]>;
+
 /// The hand features' names, in the order [`FeatureSet::compute`] gives them.
 pub const HAND_FEATURES: [&str; 5] = ["hand_x", "hand_y", "hand_size", "hand_openness", "motion"];
 
@@ -76,10 +80,10 @@ impl FeatureSet {
 
     /// The features of one sample `input` of per-sample `shape` (row-major), as many as [`Self::names`].
     #[must_use]
-    pub fn compute(&self, input: &[f32], shape: &[usize]) -> Vec<f32> {
+    pub fn compute(&self, input: &[f32], shape: &[usize]) -> Features {
         match self {
-            Self::Hand => hand(input, shape.get(2).copied().unwrap_or(3)).to_vec(),
-            Self::Channels { axis, channels } => channel_summaries(input, shape, *axis, *channels),
+            Self::Hand => Features::from_slice(&hand(input, shape.get(2).copied().unwrap_or(3))),
+            Self::Channels { axis, channels } => channel_summaries(input, shape, *axis, *channels).into(),
         }
     }
 }

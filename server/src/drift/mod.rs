@@ -31,7 +31,7 @@ use parking_lot::{Mutex, RwLock};
 use serde::Serialize;
 
 use crate::config::Config;
-use features::FeatureSet;
+use features::{FeatureSet, Features};
 use metrics::DriftMetrics;
 use window::Report;
 
@@ -39,7 +39,7 @@ use window::Report;
 #[derive(Debug, Clone, PartialEq)]
 pub struct Observation {
     /// The input's features, in the order of the model's feature names.
-    pub features: Vec<f32>,
+    pub features: Features,
     /// The top-1 predicted class index.
     pub class: usize,
     /// Its score (the top-1 probability of a classifier).
@@ -54,7 +54,7 @@ impl Observation {
     /// The observation of a request with `features` whose model answered `output`: its top-1 class (at most
     /// [`MAX_CLASSES`]) and score; `None` for an empty output.
     #[must_use]
-    pub fn of(features: Vec<f32>, output: &[f32]) -> Option<Self> {
+    pub fn of(features: Features, output: &[f32]) -> Option<Self> {
         let (class, confidence) = features::top1(output)?;
         Some(Self { features, class: class.min(MAX_CLASSES), confidence })
     }
@@ -138,7 +138,7 @@ struct Row {
 /// A request's features, computed before its inference, waiting for its prediction.
 pub struct Pending {
     tap: Arc<Tap>,
-    features: Vec<f32>,
+    features: Features,
 }
 
 /// The server's drift monitor: the taps of the models seen so far and the channel to the monitor's thread.

@@ -191,7 +191,7 @@ mod tests {
     use super::*;
 
     fn observation(x: f32, class: usize) -> Observation {
-        Observation { features: vec![x], class, confidence: 0.9 }
+        Observation { features: smallvec::smallvec![x], class, confidence: 0.9 }
     }
 
     #[test]

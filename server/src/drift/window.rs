@@ -223,7 +223,7 @@ mod tests {
         values(n, shift)
             .into_iter()
             .enumerate()
-            .map(|(i, x)| Observation { features: vec![x, 0.5], class: i % classes, confidence: 0.9 })
+            .map(|(i, x)| Observation { features: smallvec::smallvec![x, 0.5], class: i % classes, confidence: 0.9 })
             .collect()
     }
 
@@ -246,7 +246,7 @@ mod tests {
         let settings = Settings { size: 3, min_size: 2, max_age: Duration::from_secs(10), ..Settings::default() };
         let t0 = Instant::now();
         let mut w = Window::default();
-        let o = Observation { features: vec![1.0], class: 0, confidence: 1.0 };
+        let o = Observation { features: smallvec::smallvec![1.0], class: 0, confidence: 1.0 };
         assert!(!w.is_due(&settings, t0 + Duration::from_secs(60)), "an empty window never closes");
         w.push(&o, t0);
         assert!(!w.is_due(&settings, t0 + Duration::from_secs(60)), "one request is too few to test");
@@ -291,12 +291,12 @@ mod tests {
     fn a_huge_output_counts_its_high_classes_as_one() {
         let mut scores = vec![0.0; 5000];
         scores[4321] = 1.0;
-        let o = Observation::of(vec![0.5], &scores).expect("an output");
+        let o = Observation::of(smallvec::smallvec![0.5], &scores).expect("an output");
         assert_eq!((o.class, o.confidence), (super::super::MAX_CLASSES, 1.0));
         let mut w = Window::default();
         w.push(&o, Instant::now());
         assert_eq!(w.classes.len(), super::super::MAX_CLASSES + 1);
-        assert!(Observation::of(vec![], &[]).is_none());
+        assert!(Observation::of(smallvec::smallvec![], &[]).is_none());
     }
 
     #[test]

@@ -291,14 +291,21 @@ pub fn signnet_reference() -> serde_json::Value {
 /// A server with the bundled signnet model loaded as `ferroserve` loads it: two workers of one intra-op thread,
 /// `batch_size` and a 5 ms batch delay.
 pub async fn signnet_server(batch_size: &str) -> TestServer {
+    let settings = [
+        ("default_workers_per_model", "2"),
+        ("intra_op_threads", "1"),
+        ("batch_size", batch_size),
+        ("max_batch_delay", "5"),
+    ];
+    signnet_server_with(&settings).await
+}
+
+/// A server with the bundled signnet model loaded at start-up as `ferroserve` loads it, with these
+/// `config.properties` keys.
+pub async fn signnet_server_with(settings: &[(&str, &str)]) -> TestServer {
     let mut config = test_config(1 << 20);
     config
-        .apply(vec![
-            ("default_workers_per_model".into(), "2".into(), None),
-            ("intra_op_threads".into(), "1".into(), None),
-            ("batch_size".into(), batch_size.into(), None),
-            ("max_batch_delay".into(), "5".into(), None),
-        ])
+        .apply(settings.iter().map(|&(key, value)| (key.to_string(), value.to_string(), None)).collect())
         .expect("valid settings");
     let metrics = metrics_for(&config);
     let model =

@@ -40,6 +40,9 @@ pub struct PythonOptions {
     pub envelope: String,
     /// The batch size the handler is told (`context.system_properties["batch_size"]`).
     pub batch_size: usize,
+    /// Intra-op threads per worker: `OMP_NUM_THREADS` and `MKL_NUM_THREADS` of its process, unless
+    /// ferroserve's own environment sets them (then the worker inherits those).
+    pub threads: usize,
     /// The devices the workers are spread over, worker `w` on the `w % n`-th; a GPU is passed by its index.
     pub devices: Vec<Device>,
     /// Pillow's image size limit (TorchServe's `limit_max_image_pixels`).

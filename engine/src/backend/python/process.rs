@@ -34,6 +34,17 @@ pub(crate) struct Worker {
     next_id: u64,
 }
 
+/// The thread variables a worker is started with: `threads` for each of torch's (OpenMP) and MKL's pools that
+/// ferroserve's environment leaves unset, so that workers x threads fit the cores as with the native backends
+/// (torch would otherwise give every worker a thread per core, and N workers would fight over them).
+fn thread_env(threads: usize) -> Vec<(&'static str, String)> {
+    ["OMP_NUM_THREADS", "MKL_NUM_THREADS"]
+        .into_iter()
+        .filter(|key| std::env::var_os(key).is_none())
+        .map(|key| (key, threads.max(1).to_string()))
+        .collect()
+}
+
 /// The socket's path in `dir`: the worker wants a name ending in `.<number>` (it adds its `LOCAL_RANK`).
 fn socket_path(dir: &Path) -> std::path::PathBuf {
     dir.join("ts.sock.0")
@@ -55,6 +66,7 @@ impl Spawned {
             .env("PYTHONPATH", python_path(&options.model_dir))
             .env("PYTHONUNBUFFERED", "1")
             .env("TS_DECODE_INPUT_REQUEST", if options.decode_input_request { "true" } else { "false" })
+            .envs(thread_env(options.threads))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -223,5 +235,24 @@ fn forward_log(pipe: impl Read + Send + 'static, model: &str, worker: usize, std
     });
     if let Err(error) = spawned {
         tracing::warn!(%error, "cannot start the thread that logs the Python worker's output");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::thread_env;
+
+    #[test]
+    fn workers_get_their_share_of_threads_unless_the_environment_says() {
+        for threads in [0, 1, 3] {
+            let env = thread_env(threads);
+            for key in ["OMP_NUM_THREADS", "MKL_NUM_THREADS"] {
+                let given = env.iter().find(|(k, _)| *k == key).map(|(_, v)| v.as_str());
+                match std::env::var_os(key) {
+                    Some(_) => assert_eq!(given, None, "{key} is inherited"),
+                    None => assert_eq!(given, Some(threads.max(1).to_string().as_str()), "{key}"),
+                }
+            }
+        }
     }
 }

@@ -31,7 +31,7 @@ const c10::impl::DeviceGuardImplInterface* cuda_impl() {
   return c10::impl::getDeviceGuardImpl(c10::DeviceType::CUDA);
 }
 
-const char* const NO_CUDA = "libtorch has no CUDA support loaded (libtorch_cuda is not linked into this binary)";
+const char* const NO_CUDA = "libtorch has no CUDA support loaded (libtorch_cuda is not loaded)";
 
 }  // namespace
 

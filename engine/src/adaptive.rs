@@ -1,0 +1,309 @@
+//! Batching that aims at a latency objective instead of a fixed delay (`"maxBatchDelay": "auto"` with
+//! `"sloP99Ms"`): the dispatch rule and the admission check, pure functions of what the model knows at one
+//! instant ([`AutoPolicy`]), beside the fixed policy of [`crate::batcher`] and tested the same way.
+//!
+//! The rule, after Clipper (NSDI 2017: adaptive batch sizes against a latency objective) and Clockwork (OSDI
+//! 2020: predictable batch times from a fitted cost model, requests that cannot make their deadline refused
+//! early), with the cost line and arrival rate of [`crate::cost`]:
+//!
+//! - a batch waits for nobody while the model knows nothing of its cost yet, or when it is full;
+//! - it goes at once when it is already large enough for the load: the smallest batch `n*` whose cost per
+//!   request keeps the workers below [`TARGET_UTILISATION`] at the present arrival rate. At low load `n*` is 1,
+//!   so a lone request never waits for companions that are not coming;
+//! - else it waits for one more request, but only while that one could still join and the oldest request (or
+//!   any request's own deadline, `x-request-timeout-ms`) would still be answered within its share of the
+//!   objective ([`SLO_SHARE`]), with the batch's predicted time plus [`SPREAD_MARGIN`] residual deviations; and
+//!   only when another request is likely to come in that time ([`MIN_ARRIVAL_CHANCE`] at the arrival rate).
+//!
+//! Once the batch goes, requests already queued still join it up to `batchSize` (as with the fixed policy): they
+//! wait for nothing, and leaving them behind would only lengthen the queue.
+
+use std::time::{Duration, Instant};
+
+use crate::{
+    batcher::{BatchPolicy, Forming, Next, Rule},
+    cost::Cost,
+};
+
+/// The part of the objective a request's time inside the engine may take: the rest is for reading the request,
+/// writing the answer and the network.
+pub const SLO_SHARE: f64 = 0.8;
+
+/// Residual standard deviations of the cost fit added to a predicted batch time (the normal law's 99th
+/// percentile is 2.33 deviations above the mean).
+pub const SPREAD_MARGIN: f64 = 2.33;
+
+/// The busy share of the workers a batch size must keep them under, at the present arrival rate, before
+/// batches go without waiting: above it, batches grow so that the queue does not.
+pub const TARGET_UTILISATION: f64 = 0.9;
+
+/// The least chance that another request arrives in the time a batch may still wait, for it to wait at all.
+pub const MIN_ARRIVAL_CHANCE: f64 = 0.5;
+
+/// What the adaptive rule knows at one instant about one model on one device.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AutoPolicy {
+    /// The most requests in one batch (`batchSize`, at least 1).
+    pub max_batch_size: usize,
+    /// The objective: the 99th percentile of request latency (`sloP99Ms`).
+    pub slo_p99: Duration,
+    /// The fitted cost of a batch on the collecting worker's device; `None` while too few batches have run.
+    pub cost: Option<Cost>,
+    /// Requests arriving per second, lately.
+    pub arrivals_per_second: f64,
+    /// Workers running batches for the model.
+    pub workers: usize,
+}
+
+/// Why a request is refused at admission by [`AutoPolicy::admit`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shed {
+    /// The queue is so long that even full batches would answer it past the objective.
+    Slo,
+    /// It would be answered past its own deadline (`x-request-timeout-ms`).
+    Deadline,
+}
+
+impl Shed {
+    /// The `reason` label it is counted under.
+    #[must_use]
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::Slo => "slo",
+            Self::Deadline => "deadline",
+        }
+    }
+}
+
+impl AutoPolicy {
+    fn max(&self) -> usize {
+        self.max_batch_size.max(1)
+    }
+
+    /// The time a request's stay in the engine may take: [`SLO_SHARE`] of the objective.
+    #[must_use]
+    pub fn budget(&self) -> Duration {
+        self.slo_p99.mul_f64(SLO_SHARE)
+    }
+
+    /// A batch of `n`'s predicted time plus the margin for the spread.
+    fn pessimistic(cost: &Cost, n: usize) -> Duration {
+        cost.predict(n).saturating_add(cost.spread().mul_f64(SPREAD_MARGIN))
+    }
+
+    /// The smallest batch size whose cost per request keeps the workers under [`TARGET_UTILISATION`] at the
+    /// present arrival rate; `batchSize` when none does.
+    #[must_use]
+    pub fn needed_batch(&self, cost: &Cost) -> usize {
+        let (rate, workers) = (self.arrivals_per_second.max(0.0), self.workers.max(1));
+        #[allow(clippy::cast_precision_loss)]
+        let room = TARGET_UTILISATION * workers as f64 - rate * cost.per_request;
+        if room <= 0.0 {
+            return self.max();
+        }
+        let n = (rate * cost.fixed / room).ceil();
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        if n.is_finite() && n < self.max() as f64 {
+            (n as usize).max(1)
+        } else {
+            self.max()
+        }
+    }
+
+    /// Admission of a request that would find `queued` requests ahead of it in the queue and may wait for at
+    /// most `timeout`: refused when the cost model predicts that even full batches answer it past the objective,
+    /// or past its own deadline. A request that finds the queue empty is always taken (a worker takes it soon,
+    /// in a batch that starts with it); so is every request while the cost is not known.
+    ///
+    /// The prediction: a full batch for the batches running now (the worst case, which the 99th percentile
+    /// meets under overload), a full batch for each round of `batchSize × workers` requests ahead, then its own
+    /// batch.
+    ///
+    /// # Errors
+    /// [`Shed`], the cause, with the predicted time.
+    pub fn admit(&self, queued: usize, timeout: Duration) -> Result<(), (Shed, Duration)> {
+        let Some(cost) = self.cost.filter(|_| queued > 0) else { return Ok(()) };
+        let round = self.max() * self.workers.max(1);
+        let full = Self::pessimistic(&cost, self.max());
+        let rounds = u32::try_from(queued / round).unwrap_or(u32::MAX);
+        let own = Self::pessimistic(&cost, (queued % round + 1).min(self.max()));
+        let predicted = full.saturating_add(full.saturating_mul(rounds)).saturating_add(own);
+        if predicted > self.slo_p99 {
+            Err((Shed::Slo, predicted))
+        } else if predicted > timeout {
+            Err((Shed::Deadline, predicted))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl Rule for AutoPolicy {
+    fn max_batch_size(&self) -> usize {
+        self.max()
+    }
+
+    fn next(&self, forming: &Forming, now: Instant) -> Next {
+        let Some(oldest) = forming.oldest.filter(|_| forming.len > 0) else {
+            return Next::WaitForFirst;
+        };
+        let Some(cost) = self.cost.filter(|_| forming.len < self.max()) else {
+            return Next::Dispatch;
+        };
+        if forming.len >= self.needed_batch(&cost) {
+            return Next::Dispatch;
+        }
+        let due = forming.deadline.map_or(oldest + self.budget(), |d| d.min(oldest + self.budget()));
+        let Some(latest) = due.checked_sub(Self::pessimistic(&cost, forming.len + 1)).filter(|&t| t > now) else {
+            return Next::Dispatch;
+        };
+        let chance = 1.0 - (-self.arrivals_per_second * (latest - now).as_secs_f64()).exp();
+        if chance < MIN_ARRIVAL_CHANCE {
+            Next::Dispatch
+        } else {
+            Next::WaitUntil(latest)
+        }
+    }
+}
+
+/// The rule in force for a model at one step: its fixed policy, or the adaptive one when it has an objective.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Policy {
+    /// `batchSize` and `maxBatchDelay`.
+    Fixed(BatchPolicy),
+    /// `maxBatchDelay: "auto"`.
+    Auto(AutoPolicy),
+}
+
+impl Rule for Policy {
+    fn max_batch_size(&self) -> usize {
+        match self {
+            Self::Fixed(p) => Rule::max_batch_size(p),
+            Self::Auto(p) => p.max_batch_size(),
+        }
+    }
+
+    fn next(&self, forming: &Forming, now: Instant) -> Next {
+        match self {
+            Self::Fixed(p) => Rule::next(p, forming, now),
+            Self::Auto(p) => p.next(forming, now),
+        }
+    }
+}
+
+#[cfg(test)]
+mod sim;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    /// A model whose batches cost 2 ms + 0.5 ms a request with 0.1 ms spread, one worker, a 25 ms objective.
+    fn policy(rate: f64) -> AutoPolicy {
+        let cost = Cost { fixed: 0.002, per_request: 0.000_5, spread: 0.000_1, samples: 100 };
+        AutoPolicy { max_batch_size: 16, slo_p99: ms(25), cost: Some(cost), arrivals_per_second: rate, workers: 1 }
+    }
+
+    fn forming(len: usize, oldest: Instant) -> Forming {
+        Forming { len, oldest: Some(oldest), deadline: None }
+    }
+
+    #[test]
+    fn nothing_collected_waits_for_a_first_request() {
+        let t0 = Instant::now();
+        assert_eq!(policy(1_000.0).next(&Forming::default(), t0), Next::WaitForFirst);
+    }
+
+    #[test]
+    fn a_lone_request_at_low_load_goes_at_once() {
+        // 50 requests a second use an eighth of a worker at batches of one: nothing to gain by waiting.
+        let t0 = Instant::now();
+        assert_eq!(policy(50.0).needed_batch(&policy(50.0).cost.expect("a cost")), 1);
+        assert_eq!(policy(50.0).next(&forming(1, t0), t0), Next::Dispatch);
+    }
+
+    #[test]
+    fn without_a_cost_model_nothing_waits() {
+        let t0 = Instant::now();
+        let p = AutoPolicy { cost: None, ..policy(5_000.0) };
+        assert_eq!(p.next(&forming(1, t0), t0), Next::Dispatch);
+    }
+
+    #[test]
+    fn a_full_batch_goes() {
+        let t0 = Instant::now();
+        assert_eq!(policy(5_000.0).next(&forming(16, t0), t0), Next::Dispatch);
+        let one = AutoPolicy { max_batch_size: 0, ..policy(5_000.0) };
+        assert_eq!(one.next(&forming(1, t0), t0), Next::Dispatch, "a batch size of 0 behaves as 1");
+    }
+
+    #[test]
+    fn at_high_load_a_small_batch_waits_no_later_than_its_share_of_the_objective_allows() {
+        // 1500 a second: n* = ceil(1500·0.002 / (0.9 − 1500·0.0005)) = 20 → the whole batch of 16.
+        let t0 = Instant::now();
+        let p = policy(1_500.0);
+        assert_eq!(p.needed_batch(&p.cost.expect("a cost")), 16);
+        // Oldest at t0, 3 collected: due at 20 ms (0.8 × 25), a batch of 4 takes 4 ms + 0.233 ms.
+        let latest = t0 + ms(20) - Duration::from_micros(4_233);
+        assert_eq!(p.next(&forming(3, t0), t0 + ms(1)), Next::WaitUntil(latest));
+        assert_eq!(p.next(&forming(3, t0), latest), Next::Dispatch);
+    }
+
+    #[test]
+    fn a_batch_large_enough_for_the_load_goes_without_waiting() {
+        // 1100 a second: n* = ceil(1100·0.002 / (0.9 − 0.55)) = ceil(6.3) = 7.
+        let t0 = Instant::now();
+        let p = policy(1_100.0);
+        assert_eq!(p.needed_batch(&p.cost.expect("a cost")), 7);
+        assert!(matches!(p.next(&forming(6, t0), t0), Next::WaitUntil(_)));
+        assert_eq!(p.next(&forming(7, t0), t0), Next::Dispatch);
+    }
+
+    #[test]
+    fn a_request_deadline_earlier_than_the_objective_bounds_the_wait() {
+        let t0 = Instant::now();
+        let p = policy(1_500.0);
+        let tight = Forming { deadline: Some(t0 + ms(8)), ..forming(3, t0) };
+        let latest = t0 + ms(8) - Duration::from_micros(4_233);
+        assert_eq!(p.next(&tight, t0), Next::WaitUntil(latest));
+        let hopeless = Forming { deadline: Some(t0 + ms(3)), ..forming(3, t0) };
+        assert_eq!(p.next(&hopeless, t0), Next::Dispatch);
+    }
+
+    #[test]
+    fn a_batch_does_not_wait_when_another_request_is_unlikely_in_time() {
+        // 200 a second with batches of 4 ms + 1 ms a request: batches of two are needed (n* = 2). A batch of two
+        // takes 6 ms, due by 20 ms: with 0.2 ms left to wait, another request comes with a chance of 4 %.
+        let t0 = Instant::now();
+        let cost = Cost { fixed: 0.004, per_request: 0.001, spread: 0.0, samples: 100 };
+        let p = AutoPolicy { cost: Some(cost), arrivals_per_second: 200.0, ..policy(0.0) };
+        assert_eq!(p.needed_batch(&cost), 2);
+        let late = t0 + ms(20) - ms(6) - Duration::from_micros(200);
+        assert_eq!(p.next(&forming(1, t0), late), Next::Dispatch);
+        assert!(matches!(p.next(&forming(1, t0), t0), Next::WaitUntil(_)));
+    }
+
+    #[test]
+    fn admission_sheds_only_when_full_batches_cannot_keep_the_queue_under_the_objective() {
+        let p = policy(10_000.0);
+        let forever = Duration::MAX;
+        // A full batch: 10 ms + 0.233. An empty queue always admits, a short one too.
+        assert_eq!(p.admit(0, forever), Ok(()));
+        assert_eq!(p.admit(10, forever), Ok(()));
+        // 16 ahead: a batch running, a full round, then its own: 10.2 + 10.2 + 2.7 ms.
+        assert_eq!(p.admit(16, forever), Ok(()));
+        // 33 ahead: two full rounds put it past 25 ms.
+        let (why, predicted) = p.admit(33, forever).expect_err("shed");
+        assert_eq!(why, Shed::Slo);
+        assert!(predicted > ms(25), "{predicted:?}");
+        // Twice the workers halve the rounds.
+        assert_eq!(AutoPolicy { workers: 2, ..p }.admit(33, forever), Ok(()));
+        // A request's own deadline sheds it earlier, under another cause.
+        assert_eq!(p.admit(10, ms(5)).map_err(|e| e.0), Err(Shed::Deadline));
+        assert_eq!(AutoPolicy { cost: None, ..p }.admit(1_000, ms(1)), Ok(()));
+    }
+}

@@ -13,6 +13,7 @@ pub mod backend;
 pub mod batcher;
 pub mod canary;
 pub mod cost;
+pub mod cuda;
 pub mod device;
 pub mod error;
 pub mod metrics;

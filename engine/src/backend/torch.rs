@@ -74,7 +74,7 @@ pub(crate) fn torch_plugin() -> Result<&'static Plugin, BackendError> {
     let plugin = plugin::plugin()?;
     static CUDA: OnceLock<()> = OnceLock::new();
     CUDA.get_or_init(|| {
-        if crate::device::cuda_devices() > 0 {
+        if crate::cuda::cuda_devices() > 0 {
             if let Err(error) = plugin.enable_cuda() {
                 tracing::warn!(%error, "TorchScript models cannot run on CUDA");
             }

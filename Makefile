@@ -50,9 +50,9 @@ TORCHSERVE_STAMP := $(TORCH_VENV)/.torchserve-$(TORCHSERVE_VERSION).stamp
 CONFIG  ?= config/config.properties
 BIN     := target/release/ferroserve
 
-.PHONY: deps deps-run tools run build dist image-test test grpc-test fmt lint features deploy-check deploy-live bench bench-backend bench-e2e bench-adaptive bench-drift bench-memory soak loadtest tune model drift-fixtures fuzz clean
+.PHONY: deps deps-run tools run build build-server plugin dist image-test test grpc-test fmt lint features deploy-check deploy-live bench bench-backend bench-e2e bench-adaptive bench-drift bench-memory soak loadtest tune model drift-fixtures fuzz clean
 
-## deps: what `make run` needs (deps-run), then torch==$(TORCH_VERSION) with its CUDA wheels and, beside it,
+## deps: what `make build` needs (deps-run), then torch==$(TORCH_VERSION) with its CUDA wheels and, beside it,
 ## torchserve and torch-model-archiver==$(TORCHSERVE_VERSION) (the Python worker of archives with their own handler:
 ## ferroserve's default python_executable; the tests of that worker need it)
 deps: deps-run $(TORCHSERVE_STAMP)
@@ -106,11 +106,25 @@ tools:
 
 ## build: the release binary and the TorchScript plugin beside it (target/release/libferroserve_torch.so, opened
 ## when the first TorchScript model loads)
-build: deps-run
-	cargo build --release -p ferroserve -p ferroserve-torch-plugin --lib --bin ferroserve
+build: build-server plugin
 
-## run: start the server with $(CONFIG) (the bundled model signnet on 127.0.0.1:8080)
-run: build
+## build-server: onnxruntime and the release binary alone (it links neither libtorch nor CUDA); with a GPU, also
+## the torch wheel with its CUDA wheels, whose libraries ONNX Runtime's CUDA provider loads
+build-server: $(ORT_LIB) $(if $(ORT_FLAVOUR),$(TORCH_VENV)/.stamp)
+	cargo build --release -p ferroserve --bin ferroserve
+
+## plugin: libtorch (LIBTORCH_VENV above) and the TorchScript plugin
+plugin: $(TORCH_LIB)
+	cargo build --release -p ferroserve-torch-plugin --lib
+
+## run: start the server with $(CONFIG) (the bundled model signnet on 127.0.0.1:8080), after installing and
+## building what its start-up models need and no more (`ferroserve runtimes` says what they run on): the binary
+## and onnxruntime always, libtorch and the plugin for a TorchScript model (the bundled one on a GPU),
+## torchserve's Python worker for an archive with its own handler
+run: build-server
+	runtimes=$$($(BIN) --ts-config $(CONFIG) runtimes | cut -d' ' -f3 | tr ',\n' '  ') || true; \
+	if [[ " $$runtimes " == *" torchscript "* ]]; then $(MAKE) --no-print-directory plugin; fi; \
+	if [[ " $$runtimes " == *" python "* ]]; then $(MAKE) --no-print-directory $(TORCHSERVE_STAMP); fi
 	$(if $(CUDA_LIBRARY_PATH),LD_LIBRARY_PATH=$(CUDA_LIBRARY_PATH)$${LD_LIBRARY_PATH:+:$$LD_LIBRARY_PATH}) $(BIN) --ts-config $(CONFIG)
 
 ## test: formatting, clippy with -D warnings, every cargo feature combination, every test, and the checks of

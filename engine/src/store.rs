@@ -59,6 +59,15 @@ impl ModelFormat {
             _ => None,
         }
     }
+
+    /// The runtime that runs the format, as [`crate::BackendFactory::runtime`] names it.
+    #[must_use]
+    pub const fn runtime(self) -> &'static str {
+        match self {
+            Self::Onnx => "onnx",
+            Self::TorchScript => "torchscript",
+        }
+    }
 }
 
 /// The files of one model.

@@ -435,6 +435,25 @@ impl LoadPlan {
         Ok(Self { files, settings, options, slo_target, entry, origin })
     }
 
+    /// The runtimes the model would run on (`onnx`, `torchscript`, `python`; one per runtime its devices use),
+    /// found as [`LoadPlan::load`] finds them, opening nothing.
+    ///
+    /// # Errors
+    /// [`LoadError::Backend`] when a device it asks for is not there.
+    pub fn runtimes(&self) -> Result<Vec<&'static str>, LoadError> {
+        if self.files.python.is_some() {
+            return Ok(vec![ferroserve_engine::backend::python::RUNTIME]);
+        }
+        let mut runtimes: Vec<_> = model_devices(&self.options.name, &self.settings)?
+            .into_iter()
+            .filter_map(|device| choose_format(&self.files, device))
+            .map(|(format, _)| format.runtime())
+            .collect();
+        runtimes.sort_unstable();
+        runtimes.dedup();
+        Ok(runtimes)
+    }
+
     /// Loads the model and starts its workers, recording into `metrics`.
     ///
     /// # Errors
@@ -462,6 +481,49 @@ pub fn load_model(
     LoadPlan::new(config, identity, entry, Origin::Startup, &Overrides::default())?.load(config, metrics)
 }
 
+/// A model to load: its `(name, version)` and its store entry.
+type Entry = ((String, String), String);
+
+/// The models `load_models` names.
+///
+/// # Errors
+/// When `load_models=all` and the model store cannot be listed.
+fn startup_entries(config: &Config) -> Result<Vec<Entry>, LoadError> {
+    let entries: Vec<(Option<String>, String)> = match &config.load_models {
+        LoadModels::None => Vec::new(),
+        LoadModels::All => store::list(&config.model_store)?.into_iter().map(|(_, entry)| (None, entry)).collect(),
+        LoadModels::List(list) => list.clone(),
+    };
+    Ok(entries.into_iter().map(|(given, entry)| (identity(config, given.as_deref(), &entry), entry)).collect())
+}
+
+/// What a model of `load_models` would run on.
+#[derive(Debug)]
+pub struct StartupRuntimes {
+    /// Model name.
+    pub name: String,
+    /// Its version.
+    pub version: String,
+    /// Its runtimes ([`LoadPlan::runtimes`]), or why it cannot be loaded.
+    pub runtimes: Result<Vec<&'static str>, LoadError>,
+}
+
+/// The runtimes of the models start-up would load, loading none: what a first run must install and build before
+/// serving them.
+///
+/// # Errors
+/// When `load_models=all` and the model store cannot be listed; a model that cannot be planned carries its error.
+pub fn startup_runtimes(config: &Config) -> Result<Vec<StartupRuntimes>, LoadError> {
+    Ok(startup_entries(config)?
+        .into_iter()
+        .map(|((name, version), entry)| {
+            let runtimes = LoadPlan::new(config, (&name, &version), &entry, Origin::Startup, &Overrides::default())
+                .and_then(|plan| plan.runtimes());
+            StartupRuntimes { name, version, runtimes }
+        })
+        .collect())
+}
+
 /// The models loaded at start-up, and those that failed with their error.
 pub type Loaded = (Arc<Registry>, Vec<(String, LoadError)>);
 
@@ -473,13 +535,7 @@ pub type Loaded = (Arc<Registry>, Vec<(String, LoadError)>);
 /// there (or `TORCH_DEVICE` is not a device).
 pub fn load_all(config: &Config, metrics: &EngineMetrics) -> Result<Loaded, LoadError> {
     let registry = Arc::new(Registry::new());
-    let entries: Vec<(Option<String>, String)> = match &config.load_models {
-        LoadModels::None => Vec::new(),
-        LoadModels::All => store::list(&config.model_store)?.into_iter().map(|(_, entry)| (None, entry)).collect(),
-        LoadModels::List(list) => list.clone(),
-    };
-    let entries: Vec<_> =
-        entries.into_iter().map(|(given, entry)| (identity(config, given.as_deref(), &entry), entry)).collect();
+    let entries = startup_entries(config)?;
     // A device that is not there stops start-up (unlike a model file that fails to load; a device that only an
     // archive's model-config.yaml asks for is checked when the model loads).
     for ((name, version), _) in &entries {

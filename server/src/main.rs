@@ -40,6 +40,10 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Prints the runtime each model of `load_models` would run on (`NAME VERSION RUNTIME[,RUNTIME]`, one line
+    /// each: `onnx`, `torchscript` or `python`) and exits, loading nothing: `make run` asks it what to install
+    /// and build before serving. A model that cannot be planned is named on stderr, and the exit status is 1.
+    Runtimes,
     /// Asks a running server's `GET /ping` and exits 0 when it answers 200, else 1 saying why: the `HEALTHCHECK`
     /// of the container images, which have no shell or curl.
     Healthcheck {
@@ -81,6 +85,9 @@ fn main() -> anyhow::Result<()> {
         let config = Config::from_file(config)?;
         print!("{}", ferroserve::slo::rules(&config));
         return Ok(());
+    }
+    if let Some(Command::Runtimes) = &cli.command {
+        return runtimes(&load_config(&cli)?);
     }
     if let Some(Command::Healthcheck { url, timeout }) = &cli.command {
         return healthcheck(&cli, url.as_deref(), (*timeout).into());
@@ -134,6 +141,22 @@ fn main() -> anyhow::Result<()> {
             Err(error) => Err(error.into()),
         }
     })
+}
+
+/// Prints the runtimes of the start-up models, and names those that cannot be planned.
+fn runtimes(config: &Config) -> anyhow::Result<()> {
+    let mut failed = 0;
+    for load::StartupRuntimes { name, version, runtimes } in load::startup_runtimes(config)? {
+        match runtimes {
+            Ok(runtimes) => println!("{name} {version} {}", runtimes.join(",")),
+            Err(error) => {
+                eprintln!("{error}");
+                failed += 1;
+            }
+        }
+    }
+    anyhow::ensure!(failed == 0, "{failed} of the start-up models cannot be loaded");
+    Ok(())
 }
 
 /// Checks a running server's health, printing the answer (exit 0) or why it is not healthy (exit 1).

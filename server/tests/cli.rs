@@ -179,6 +179,31 @@ fn slo_rules_prints_the_rules_of_a_configs_objectives() {
     assert!(!out.status.success() && stderr.contains("slo.availability"), "{stderr}");
 }
 
+#[test]
+fn runtimes_says_what_each_start_up_model_runs_on_and_names_those_it_cannot_find() {
+    let keys = tempfile::tempdir().expect("temp dir");
+    let config = ephemeral_config(&keys, "");
+    let runtimes = |models: &str| {
+        Command::new(env!("CARGO_BIN_EXE_ferroserve"))
+            .arg("--ts-config")
+            .arg(config.path())
+            .args(["--models", models, "runtimes"])
+            .env("TORCH_DEVICE", "cpu")
+            .output()
+            .expect("run ferroserve runtimes")
+    };
+    // Both formats on the CPU: ONNX; the TorchScript file alone: libtorch.
+    let out = runtimes("signnet,ts=signnet/signnet.pt");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "signnet 1.0 onnx\nts 1.0 torchscript\n");
+
+    let out = runtimes("signnet,absent");
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "signnet 1.0 onnx\n");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("absent") && stderr.contains("1 of the start-up models"), "{stderr}");
+}
+
 fn healthcheck(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_ferroserve"))
         .arg("healthcheck")

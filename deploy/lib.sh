@@ -48,7 +48,7 @@ start_ferroserve() {
     local inference management metrics
     inference=$(free_port) management=$(free_port) metrics=$(free_port)
     {
-        grep -vE '^(inference_address|management_address|metrics_address|grpc_inference_port|grpc_management_port|model_store|key_file)=' \
+        grep -vE '^(inference_address|management_address|metrics_address|grpc_inference_address|grpc_management_address|grpc_inference_port|grpc_management_port|model_store|key_file)=' \
             "$ROOT/config/config.properties"
         echo "grpc_inference_port=0"
         echo "grpc_management_port=0"

@@ -50,7 +50,7 @@ TORCHSERVE_STAMP := $(TORCH_VENV)/.torchserve-$(TORCHSERVE_VERSION).stamp
 CONFIG  ?= config/config.properties
 BIN     := target/release/ferroserve
 
-.PHONY: deps deps-run tools run build build-server plugin dist image-test test grpc-test fmt lint features deploy-check deploy-live bench bench-backend bench-e2e bench-adaptive bench-drift bench-memory soak loadtest tune model drift-fixtures fuzz clean
+.PHONY: deps deps-run tools run build build-server plugin proto dist image-test test grpc-test fmt lint features deploy-check deploy-live bench bench-backend bench-e2e bench-adaptive bench-drift bench-memory soak loadtest tune model drift-fixtures fuzz clean
 
 ## deps: what `make build` needs (deps-run), then torch==$(TORCH_VERSION) with its CUDA wheels and, beside it,
 ## torchserve and torch-model-archiver==$(TORCHSERVE_VERSION) (the Python worker of archives with their own handler:
@@ -141,6 +141,11 @@ $(GRPC_VENV)/.stamp:
 		grpcio==$(GRPCIO_VERSION) grpcio-tools==$(GRPCIO_TOOLS_VERSION) protobuf==$(PROTOBUF_VERSION) \
 		numpy==$(NUMPY_VERSION)
 	touch $@
+
+## proto: rewrite the gRPC code committed in server/src/proto/ from the protos in server/proto/ (after changing one;
+## `cargo test --test proto` fails while they disagree)
+proto:
+	FERROSERVE_UPDATE_PROTO=1 cargo test -p ferroserve --test proto
 
 ## grpc-test: tritonclient.grpc==$(TRITONCLIENT_VERSION), unchanged, and a client generated with grpcio-tools from
 ## TorchServe's protos, against the debug ferroserve (server/tests/python_grpc/; installs its venv under $(CACHE))

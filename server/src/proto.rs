@@ -1,4 +1,5 @@
-//! The messages, servers and clients generated from `server/proto/` by `build.rs`: KServe v2's
+//! The messages, servers and clients generated from `server/proto/` (committed in `proto/`; `tests/proto.rs`
+//! checks them and `make proto` writes them): KServe v2's
 //! `inference.GRPCInferenceService` (as Triton serves it) and TorchServe's inference and management services.
 //! The modules follow the protos' packages, which the generated code names each other by.
 
@@ -6,14 +7,14 @@
 
 /// KServe v2's gRPC protocol, package `inference`.
 pub mod inference {
-    tonic::include_proto!("inference");
+    include!("proto/inference.rs");
 }
 
 /// `google.rpc.Status`, which TorchServe's inference proto imports.
 pub mod google {
     /// Package `google.rpc`.
     pub mod rpc {
-        tonic::include_proto!("google.rpc");
+        include!("proto/google.rpc.rs");
     }
 }
 
@@ -27,11 +28,11 @@ pub mod org {
             pub mod grpc {
                 /// TorchServe's gRPC inference API.
                 pub mod inference {
-                    tonic::include_proto!("org.pytorch.serve.grpc.inference");
+                    include!("proto/org.pytorch.serve.grpc.inference.rs");
                 }
                 /// TorchServe's gRPC management API.
                 pub mod management {
-                    tonic::include_proto!("org.pytorch.serve.grpc.management");
+                    include!("proto/org.pytorch.serve.grpc.management.rs");
                 }
             }
         }

@@ -13,7 +13,6 @@ use hyper::{
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
     server::{conn::auto, graceful::GracefulShutdown},
-    service::TowerToHyperService,
 };
 use tokio::net::{TcpListener, TcpStream};
 
@@ -67,7 +66,7 @@ pub(crate) async fn serve(
         }
         Transport::Grpc => {
             let builder = grpc::http2();
-            let service = TowerToHyperService::new(grpc::routes(&state, api));
+            let service = grpc::routes(&state, api);
             accept(listener, state, api, &builder, service, shutdown).await;
         }
     }

@@ -215,6 +215,11 @@ async fn bad_requests_get_the_grpc_code_of_their_http_status() {
     // INTERNAL, as tonic, grpc-java and grpc-go answer a request message that does not parse.
     assert_eq!(grpc_status, "13", "{message}");
     assert!(message.contains("failed%20to%20decode%20Protobuf%20message"), "{message}");
+    // A method the service does not have (Triton's ModelConfig), and a service the port does not serve.
+    for path in ["/inference.GRPCInferenceService/ModelConfig", "/grpc.health.v1.Health/Check"] {
+        let (grpc_status, message) = send_frame(server.grpc, path, &[], None).await;
+        assert_eq!(grpc_status, "12", "UNIMPLEMENTED for {path}? {message}");
+    }
     // The server is still up.
     assert!(client.server_live(pb::ServerLiveRequest {}).await.expect("live").into_inner().live);
 }

@@ -15,12 +15,13 @@ mod kserve;
 mod status;
 mod torchserve;
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{convert::Infallible, future::Future, pin::Pin, sync::Arc, time::Duration};
 
+use hyper::{body::Incoming, Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::sync::OwnedSemaphorePermit;
-use tonic::{metadata::MetadataMap, service::Routes};
+use tonic::{metadata::MetadataMap, server::NamedService};
 
 use crate::{auth::bearer_token, config::Api, error::ApiError, infer::timeout_ms, state::AppState};
 
@@ -50,10 +51,65 @@ pub(crate) fn http2() -> auto::Builder<TokioExecutor> {
 pub(crate) fn routes(state: &Arc<AppState>, api: Api) -> Routes {
     let limits = Limits { decode: state.config.max_request_size, encode: state.config.max_response_size };
     match api {
-        Api::Inference => Routes::new(kserve::service(state, limits)).add_service(torchserve::inference(state, limits)),
-        Api::Management | Api::Metrics => Routes::new(torchserve::management(state, limits)),
+        Api::Inference => {
+            Routes::default().add(kserve::service(state, limits)).add(torchserve::inference(state, limits))
+        }
+        Api::Management | Api::Metrics => Routes::default().add(torchserve::management(state, limits)),
     }
-    .prepare()
+}
+
+/// What a call's answer comes from.
+type RouteFuture = Pin<Box<dyn Future<Output = Result<Response<tonic::body::Body>, Infallible>> + Send>>;
+
+/// Runs a call on one service.
+type Route = Arc<dyn Fn(Request<Incoming>) -> RouteFuture + Send + Sync>;
+
+/// The services of one listener, each called for the paths under its name (`/<package>.<Service>/<Method>`); a
+/// path that no service serves is answered `UNIMPLEMENTED`, as tonic's and grpc-core's servers answer it.
+#[derive(Clone, Default)]
+pub(crate) struct Routes {
+    services: Vec<(String, Route)>,
+}
+
+impl Routes {
+    /// `service` added, for the paths under its name.
+    fn add<S>(mut self, service: S) -> Self
+    where
+        S: NamedService
+            + tonic::codegen::Service<Request<Incoming>, Response = Response<tonic::body::Body>, Error = Infallible>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        let route: Route = Arc::new(move |request| {
+            let mut service = service.clone();
+            Box::pin(async move {
+                std::future::poll_fn(|cx| service.poll_ready(cx)).await?;
+                service.call(request).await
+            })
+        });
+        self.services.push((format!("/{}/", S::NAME), route));
+        self
+    }
+}
+
+impl hyper::service::Service<Request<Incoming>> for Routes {
+    type Response = Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = RouteFuture;
+
+    fn call(&self, request: Request<Incoming>) -> Self::Future {
+        let path = request.uri().path();
+        match self.services.iter().find(|(prefix, _)| path.starts_with(prefix.as_str())) {
+            Some((_, route)) => route(request),
+            None => {
+                let status = tonic::Status::unimplemented(format!("no service here serves {path}"));
+                Box::pin(std::future::ready(Ok(status.into_http())))
+            }
+        }
+    }
 }
 
 /// The largest messages a service reads and writes.

@@ -109,9 +109,12 @@ tools:
 build: build-server plugin
 
 ## build-server: onnxruntime and the release binary alone (it links neither libtorch nor CUDA); with a GPU, also
-## the torch wheel with its CUDA wheels, whose libraries ONNX Runtime's CUDA provider loads
-build-server: $(ORT_LIB) $(if $(ORT_FLAVOUR),$(TORCH_VENV)/.stamp)
-	cargo build --release -p ferroserve --bin ferroserve
+## the torch wheel with its CUDA wheels, whose libraries ONNX Runtime's CUDA provider loads. The wheels install
+## while the binary builds (it needs none of them to build).
+build-server:
+	$(MAKE) --no-print-directory $(ORT_LIB) $(if $(ORT_FLAVOUR),$(TORCH_VENV)/.stamp) & wheels=$$!; \
+	cargo build --release -p ferroserve --bin ferroserve || { wait $$wheels; exit 1; }; \
+	wait $$wheels
 
 ## plugin: libtorch (LIBTORCH_VENV above) and the TorchScript plugin
 plugin: $(TORCH_LIB)

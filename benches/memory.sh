@@ -2,7 +2,8 @@
 # Memory benchmark (issue 17): the release server's resident memory (VmRSS, with its anonymous part from
 # /proc/<pid>/smaps_rollup) at idle after start, at the peak of a load by the release ferroserve-loadtest, and after
 # the load; once serving only the bundled ONNX model, once with signnet.pt (TorchScript, through the plugin)
-# beside it. Prints one table; not part of `make test`.
+# beside it. Prints one table, and fails if the ONNX-only server maps a library of libtorch or CUDA; not part of
+# `make test` (server/tests/cli.rs checks the same of the debug binary).
 # Usage: bash benches/memory.sh   (after `make build`; `make bench-memory` does both)
 # Env: DURATION (30s of load per case), CONCURRENCY (64 connections, closed loop), WORKERS (2), SETTLE (5 s of
 #      idle before each idle reading and after the load).
@@ -53,6 +54,14 @@ max_batch_delay=2"
     curl -sf -o /dev/null -X POST "http://$inference/predictions/$model" -H 'content-type: application/json' \
         --data-binary @models/signnet/example.json || { cat "$work/server.log" >&2; exit 1; }
     sleep "$SETTLE"
+    # What the release binary has mapped: serving ONNX only, nothing of libtorch or CUDA (issue 17).
+    local runtimes
+    runtimes=$(grep -oE '[^/]*(libtorch|libc10|libcu|libnv)[^/ ]*\.so[^/ ]*$' "/proc/$server_pid/maps" | sort -u | tr '\n' ' ' || true)
+    if [ "$models" = signnet ] && [ -n "$runtimes" ]; then
+        echo "serving ONNX only, the server maps $runtimes" >&2
+        exit 1
+    fi
+    echo "$name maps: ${runtimes:-no libtorch, no CUDA}" >&2
     local idle peak after
     idle=$(rss "$server_pid")
     : > "$work/peak.txt"

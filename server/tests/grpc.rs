@@ -205,7 +205,7 @@ async fn bad_requests_get_the_grpc_code_of_their_http_status() {
 
     // A message past max_request_size (1 MB here).
     let mut large = raw_request("echo", &[1]);
-    large.raw_input_contents[0] = vec![0; 2 * MB];
+    large.raw_input_contents[0] = vec![0; 2 * MB].into();
     let (c, m) = code(client.model_infer(large).await);
     assert_eq!(c, Code::OutOfRange, "{m}");
 

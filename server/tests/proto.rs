@@ -17,7 +17,9 @@ fn the_committed_grpc_code_is_what_the_protos_generate() {
     let descriptors = protox::compile(PROTOS, [server.join("proto")]).expect("the protos compile");
     // The clients serve the tests and the load generator, which bring their own channel (no `connect`: the
     // server's tonic has no transport).
+    // KServe v2's `bytes` fields as `bytes::Bytes`: a raw tensor is a slice of the received buffer, not a copy.
     tonic_prost_build::configure()
+        .bytes(".inference")
         .build_client(true)
         .build_server(true)
         .build_transport(false)

@@ -89,8 +89,8 @@ pub struct ModelInferRequest {
         model_infer_request::InferRequestedOutputTensor,
     >,
     /// One entry per input, in the order of `inputs`: its elements little-endian, row-major, unpadded.
-    #[prost(bytes = "vec", repeated, tag = "7")]
-    pub raw_input_contents: ::prost::alloc::vec::Vec<::prost::alloc::vec::Vec<u8>>,
+    #[prost(bytes = "bytes", repeated, tag = "7")]
+    pub raw_input_contents: ::prost::alloc::vec::Vec<::prost::bytes::Bytes>,
 }
 /// Nested message and enum types in `ModelInferRequest`.
 pub mod model_infer_request {
@@ -138,8 +138,8 @@ pub struct ModelInferResponse {
     #[prost(message, repeated, tag = "5")]
     pub outputs: ::prost::alloc::vec::Vec<model_infer_response::InferOutputTensor>,
     /// One entry per output, in the order of `outputs`, as raw_input_contents.
-    #[prost(bytes = "vec", repeated, tag = "6")]
-    pub raw_output_contents: ::prost::alloc::vec::Vec<::prost::alloc::vec::Vec<u8>>,
+    #[prost(bytes = "bytes", repeated, tag = "6")]
+    pub raw_output_contents: ::prost::alloc::vec::Vec<::prost::bytes::Bytes>,
 }
 /// Nested message and enum types in `ModelInferResponse`.
 pub mod model_infer_response {
@@ -208,8 +208,8 @@ pub struct InferTensorContents {
     pub fp32_contents: ::prost::alloc::vec::Vec<f32>,
     #[prost(double, repeated, tag = "7")]
     pub fp64_contents: ::prost::alloc::vec::Vec<f64>,
-    #[prost(bytes = "vec", repeated, tag = "8")]
-    pub bytes_contents: ::prost::alloc::vec::Vec<::prost::alloc::vec::Vec<u8>>,
+    #[prost(bytes = "bytes", repeated, tag = "8")]
+    pub bytes_contents: ::prost::alloc::vec::Vec<::prost::bytes::Bytes>,
 }
 /// Generated client implementations.
 pub mod grpc_inference_service_client {

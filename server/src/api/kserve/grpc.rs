@@ -238,7 +238,7 @@ fn response(
             parameters: Default::default(),
             contents: None,
         }],
-        raw_output_contents: vec![raw],
+        raw_output_contents: vec![raw.into()],
     })
 }
 
@@ -267,7 +267,7 @@ mod tests {
                 shape: vec![n, 2, 3, 3],
                 ..Default::default()
             }],
-            raw_input_contents: vec![vec![0; values * 4]],
+            raw_input_contents: vec![vec![0; values * 4].into()],
             ..Default::default()
         }
         .encode_to_vec()

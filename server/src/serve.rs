@@ -20,7 +20,8 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::{
     config::Api,
     error::{ApiError, Protocol},
-    grpc, router,
+    exchange::ClientAddr,
+    grpc, observe, router,
     state::AppState,
 };
 
@@ -67,7 +68,8 @@ pub(crate) async fn serve(
         }
         Transport::Grpc => {
             let builder = grpc::http2();
-            let service = TowerToHyperService::new(grpc::routes(&state, api));
+            let routes = TowerToHyperService::new(grpc::routes(&state, api));
+            let service = observe::Grpc::new(routes, Arc::clone(&state.observer));
             accept(listener, state, api, &builder, service, shutdown).await;
         }
     }
@@ -119,8 +121,8 @@ async fn accept<S, B>(
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%error, %peer, "cannot set TCP_NODELAY");
         }
-        let conn =
-            graceful.watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), service.clone()).into_owned());
+        let service = WithPeer { inner: service.clone(), peer: ClientAddr(peer) };
+        let conn = graceful.watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned());
         tokio::spawn(async move {
             if let Err(error) = conn.await {
                 tracing::debug!(%error, %peer, "connection ended with an error");
@@ -132,6 +134,24 @@ async fn accept<S, B>(
     let grace = state.config.shutdown_grace_period;
     if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
         tracing::warn!(api = api.name(), "some connections were still open after {grace:?}");
+    }
+}
+
+/// A connection's service: `inner`, with the client's address in each request's extensions.
+#[derive(Debug, Clone)]
+struct WithPeer<S> {
+    inner: S,
+    peer: ClientAddr,
+}
+
+impl<S: Service<Request<Incoming>>> Service<Request<Incoming>> for WithPeer<S> {
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn call(&self, mut req: Request<Incoming>) -> Self::Future {
+        req.extensions_mut().insert(self.peer);
+        self.inner.call(req)
     }
 }
 

@@ -83,4 +83,6 @@ PY
         fi
     done
 done
-[ -n "$sink_pid" ] && echo "spans the sink received: $(tail -n 1 "$work/sink.log")"
+if [ -n "$sink_pid" ]; then
+    echo "spans the sink received: $(tail -n 1 "$work/sink.log")"
+fi

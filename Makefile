@@ -50,7 +50,7 @@ TORCHSERVE_STAMP := $(TORCH_VENV)/.torchserve-$(TORCHSERVE_VERSION).stamp
 CONFIG  ?= config/config.properties
 BIN     := target/release/ferroserve
 
-.PHONY: deps deps-run tools run build build-server plugin proto dist image-test test grpc-test fmt lint features deploy-check deploy-live bench bench-backend bench-e2e bench-adaptive bench-drift bench-memory soak loadtest tune model drift-fixtures fuzz clean
+.PHONY: deps deps-run tools run build build-server plugin proto dist image-test test grpc-test fmt lint features deploy-check deploy-live bench bench-backend bench-e2e bench-adaptive bench-drift bench-obs bench-memory soak loadtest tune model drift-fixtures fuzz clean
 
 ## deps: what `make build` needs (deps-run), then torch==$(TORCH_VERSION) with its CUDA wheels and, beside it,
 ## torchserve and torch-model-archiver==$(TORCHSERVE_VERSION) (the Python worker of archives with their own handler:
@@ -216,6 +216,13 @@ bench-adaptive: build
 ## bench-drift: the cost of drift detection, on and off in alternation (throughput and CPU per request)
 bench-drift: build
 	bash benches/drift-cost.sh
+
+## bench-obs: the cost of the access log and OTLP traces (10 % sampled, to a local receiver), on and off in
+## alternation (req/s and CPU per request; benches/obs-cost.sh, SINK=refused for a collector that is down)
+bench-obs: build
+	cargo build --release --bin ferroserve-loadtest
+	cargo build --release -p ferroserve --example otlp_sink
+	bash benches/obs-cost.sh
 
 LT := target/release/ferroserve-loadtest
 

@@ -64,6 +64,11 @@ pub struct Timing {
     pub inference: Duration,
     /// How many requests shared the batch.
     pub batch_size: usize,
+    /// The batch's number, unique in the process (counted from 1 across models), so that the requests that
+    /// shared a batch can be told apart in logs and traces.
+    pub batch_id: u64,
+    /// The number of the model's worker that ran the batch.
+    pub worker: usize,
 }
 
 /// `start + timeout`, or a century later when the sum overflows the clock (a `responseTimeout` of u64::MAX

@@ -336,11 +336,15 @@ fn answer_skipped(request: InferRequest, why: Skip, shared: &Shared) {
     }
 }
 
+/// The number of the next batch of the process ([`Timing::batch_id`]).
+static NEXT_BATCH: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
 /// Runs the batch on worker `id`'s `device` ([`compute`]) and answers each request with its own answer. The
 /// batch's span (`batch`, DEBUG) is entered meanwhile; each request's span follows from it.
 fn run_batch(backend: &mut dyn Backend, batch: Vec<InferRequest>, shared: &Shared, id: usize, device: Device) {
     let n = batch.len();
-    let span = tracing::debug_span!("batch", size = n, worker = id).entered();
+    let batch_id = NEXT_BATCH.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let span = tracing::debug_span!("batch", id = batch_id, size = n, worker = id).entered();
     let dispatched = Instant::now();
     for request in &batch {
         let queued = dispatched - request.arrived;
@@ -361,7 +365,8 @@ fn run_batch(backend: &mut dyn Backend, batch: Vec<InferRequest>, shared: &Share
     match result {
         Ok(answers) => {
             for (request, (output, shape, handler)) in batch.into_iter().zip(answers) {
-                let timing = Timing { queue: dispatched - request.arrived, inference, batch_size: n };
+                let queue = dispatched - request.arrived;
+                let timing = Timing { queue, inference, batch_size: n, batch_id, worker: id };
                 let _ = request.reply.send(Ok(InferOutput { output, shape, device, timing, handler }));
             }
         }

@@ -247,6 +247,8 @@ pub struct Config {
     pub service_envelope: String,
     /// The drift monitor (`drift_*`, ferroserve's keys).
     pub drift: crate::drift_config::DriftConfig,
+    /// The access log, log format and traces (ferroserve's keys of [`crate::obs_config::ObsConfig::KEYS`]).
+    pub obs: crate::obs_config::ObsConfig,
 }
 
 /// The venv `make deps` installs torch and torchserve into (`~/.cache/ferroserve/venv-torch-<version>`), when it
@@ -299,6 +301,7 @@ impl Default for Config {
             limit_max_image_pixels: true,
             service_envelope: String::new(),
             drift: crate::drift_config::DriftConfig::default(),
+            obs: crate::obs_config::ObsConfig::default(),
         }
     }
 }
@@ -435,6 +438,7 @@ impl Config {
             "drift_min_window_size" => self.drift.min_window_size = positive(value)?,
             "drift_reference_size" => self.drift.reference_size = positive(value)?,
             "drift_queue_size" => self.drift.queue_size = positive(value)?,
+            obs if crate::obs_config::ObsConfig::KEYS.contains(&obs) => self.obs.set(obs, value)?,
             ignored if IGNORED.contains(&ignored) => {
                 tracing::warn!(key, "config key has no effect in ferroserve; ignored");
             }

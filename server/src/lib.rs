@@ -10,6 +10,7 @@
 //! with `load` (start-up and registration) and `config` below them, and the canary rollouts (`rollouts`, judged by
 //! the pure `rollout`) between `state` and `metrics`.
 
+pub mod access_log;
 pub mod api;
 pub mod auth;
 pub mod batching_config;
@@ -19,14 +20,18 @@ pub mod drift;
 pub mod drift_config;
 pub mod drift_profile;
 pub mod error;
+pub mod exchange;
 mod grpc;
 pub mod healthcheck;
 pub mod infer;
 mod json;
 pub mod landmarks;
 pub mod load;
+pub mod logging;
 pub mod metrics;
 pub mod model_responses;
+pub mod obs_config;
+pub mod observe;
 pub mod passthrough;
 pub mod proto;
 pub mod reply;
@@ -38,6 +43,7 @@ mod serve;
 pub mod slo;
 pub mod slo_config;
 pub mod state;
+pub mod traces;
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 

@@ -5,7 +5,8 @@ use std::{path::PathBuf, sync::Arc};
 use anyhow::Context;
 use clap::Parser;
 use ferroserve::{
-    auth, config::LoadModels, drift_profile, load, metrics::ServerMetrics, Api, AppState, Config, ServeError,
+    auth, config::LoadModels, drift_profile, load, logging, metrics::ServerMetrics, obs_config::ObsConfig,
+    observe::Observer, Api, AppState, Config, ServeError,
 };
 
 /// A dynamic-batching model inference server that speaks TorchServe's API.
@@ -75,12 +76,23 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let cli = Cli::parse();
+    if cli.command.is_some() {
+        logging::init(&ObsConfig::default())?;
+        return command(&cli);
+    }
+    // The log's format and level come from the configuration: what reading it says goes to a plain log first.
+    let startup = tracing_subscriber::fmt()
+        .with_env_filter(logging::filter(&ObsConfig::default()))
+        .with_writer(std::io::stderr)
+        .finish();
+    let config = tracing::subscriber::with_default(startup, || load_config(&cli))?;
+    logging::init(&config.obs)?;
+    serve(config)
+}
+
+/// Runs the subcommand of `cli`.
+fn command(cli: &Cli) -> anyhow::Result<()> {
     if let Some(Command::SloRules { config }) = &cli.command {
         let config = Config::from_file(config)?;
         print!("{}", ferroserve::slo::rules(&config));
@@ -90,16 +102,19 @@ fn main() -> anyhow::Result<()> {
         return runtimes(&load_config(&cli)?);
     }
     if let Some(Command::Healthcheck { url, timeout }) = &cli.command {
-        return healthcheck(&cli, url.as_deref(), (*timeout).into());
+        return healthcheck(cli, url.as_deref(), (*timeout).into());
     }
     if let Some(Command::DriftProfile { model, file, requests, output }) = &cli.command {
         let job = drift_profile::ProfileJob { model: model.clone(), entry: file.clone(), requests: requests.clone() };
-        let profile = drift_profile::build(&load_config(&cli)?, &job).map_err(anyhow::Error::msg)?;
+        let profile = drift_profile::build(&load_config(cli)?, &job).map_err(anyhow::Error::msg)?;
         profile.write(output)?;
         eprintln!("{} requests; profile written to {}", profile.samples, output.display());
-        return Ok(());
     }
-    let config = load_config(&cli)?;
+    Ok(())
+}
+
+/// Loads the models of `config` and serves them until a signal.
+fn serve(config: Config) -> anyhow::Result<()> {
     let metrics = Arc::new(ServerMetrics::new(&config).context("cannot set up the metrics")?);
     let swept = ferroserve_engine::archive::sweep_stale(&std::env::temp_dir());
     if swept > 0 {
@@ -115,7 +130,8 @@ fn main() -> anyhow::Result<()> {
         // Bind first: a server that cannot listen must not overwrite the key file of one that does.
         let listeners = ferroserve::bind(&config).await?;
         let keys = auth::keys_for(&config)?;
-        let state = Arc::new(AppState::new(registry, config, metrics).with_keys(keys));
+        let observer = Observer::start(&config.obs, &metrics.registry)?;
+        let state = Arc::new(AppState::new(registry, config, metrics).with_keys(keys).with_observer(observer));
         for (name, error) in failed {
             state.set_failure(&name, Some(error.to_string()));
         }
@@ -128,7 +144,10 @@ fn main() -> anyhow::Result<()> {
                 tracing::info!("{} API over gRPC on {addr}", api.name());
             }
         }
-        match ferroserve::run(listeners, state, first_signal()).await {
+        let served = ferroserve::run(listeners, Arc::clone(&state), first_signal()).await;
+        let observer = Arc::clone(&state.observer);
+        tokio::task::spawn_blocking(move || observer.shutdown()).await?;
+        match served {
             Ok(()) => {
                 tracing::info!("shut down cleanly");
                 Ok(())

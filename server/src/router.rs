@@ -2,8 +2,9 @@
 //! protocol (TorchServe's or KServe v2's, which chooses the error body) is decided from the path; then the token
 //! check, the in-flight limit of inference requests, the handler of the API, the `max_response_size` limit,
 //! `Retry-After` on overload answers and the count of responses by status class. Each request has an id (the
-//! client's `x-request-id`, else a new UUID) sent back in `x-request-id`, and runs in a `request` span (DEBUG)
-//! that names it, the parent of its span in the engine's queue.
+//! client's `x-request-id`, else a new UUID) sent back in `x-request-id`, and runs in a `request` span (INFO)
+//! that names it (and the model and worker that answered it, once known), the parent of its span in the engine's
+//! queue. When the access log or traces are on, the finished request goes to [`crate::observe::Observer`].
 
 use std::sync::Arc;
 
@@ -18,6 +19,7 @@ use crate::{
     api,
     config::Api,
     error::{ApiError, Protocol},
+    exchange::{self, Exchange, Outcome},
     reply::{self, read_body_timed, Reply},
     state::AppState,
 };
@@ -29,20 +31,34 @@ const X_REQUEST_ID: &str = "x-request-id";
 pub(crate) async fn route(req: Request<Incoming>, state: &Arc<AppState>, api: Api) -> Reply {
     let protocol = protocol_of(api, req.uri().path());
     let id = request_id(&req);
-    let span = tracing::debug_span!(
+    let span = tracing::info_span!(
         "request",
         id = %id.to_str().unwrap_or_default(),
         api = api.name(),
         method = %req.method(),
         path = %req.uri().path(),
+        model = tracing::field::Empty,
+        worker = tracing::field::Empty,
     );
-    let reply = handle(req, state, api, protocol)
-        .instrument(span)
-        .await
+    let exchange = state.observer.is_on().then(|| Exchange::begin(&req, "HTTP", id.to_str().unwrap_or_default()));
+    let work = handle(req, state, api, protocol).instrument(span);
+    let (result, served) = if exchange.is_some() { exchange::watch(work).await } else { (work.await, None) };
+    let reply = result
         .and_then(|reply| within_limit(reply, state.config.max_response_size))
         .unwrap_or_else(|e| reply::error(&e, protocol));
     let mut reply = finish(reply, state, api);
     reply.headers_mut().insert(X_REQUEST_ID, id);
+    if let Some(exchange) = exchange {
+        let bytes = reply.body().size_hint().exact().unwrap_or_else(|| reply.body().size_hint().lower());
+        let outcome = Outcome {
+            status: reply.status().as_u16(),
+            grpc_status: None,
+            bytes,
+            latency: exchange.start.elapsed(),
+            served,
+        };
+        state.observer.finish(&exchange, &outcome);
+    }
     reply
 }
 

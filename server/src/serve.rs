@@ -19,7 +19,8 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::{
     config::Api,
     error::{ApiError, Protocol},
-    grpc, router,
+    exchange::ClientAddr,
+    grpc, observe, router,
     state::AppState,
 };
 
@@ -66,7 +67,7 @@ pub(crate) async fn serve(
         }
         Transport::Grpc => {
             let builder = grpc::http2();
-            let service = grpc::routes(&state, api);
+            let service = observe::Grpc::new(grpc::routes(&state, api), Arc::clone(&state.observer));
             accept(listener, state, api, &builder, service, shutdown).await;
         }
     }
@@ -118,8 +119,8 @@ async fn accept<S, B>(
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%error, %peer, "cannot set TCP_NODELAY");
         }
-        let conn =
-            graceful.watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), service.clone()).into_owned());
+        let service = WithPeer { inner: service.clone(), peer: ClientAddr(peer) };
+        let conn = graceful.watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned());
         tokio::spawn(async move {
             if let Err(error) = conn.await {
                 tracing::debug!(%error, %peer, "connection ended with an error");
@@ -131,6 +132,24 @@ async fn accept<S, B>(
     let grace = state.config.shutdown_grace_period;
     if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
         tracing::warn!(api = api.name(), "some connections were still open after {grace:?}");
+    }
+}
+
+/// A connection's service: `inner`, with the client's address in each request's extensions.
+#[derive(Debug, Clone)]
+struct WithPeer<S> {
+    inner: S,
+    peer: ClientAddr,
+}
+
+impl<S: Service<Request<Incoming>>> Service<Request<Incoming>> for WithPeer<S> {
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn call(&self, mut req: Request<Incoming>) -> Self::Future {
+        req.extensions_mut().insert(self.peer);
+        self.inner.call(req)
     }
 }
 

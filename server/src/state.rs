@@ -43,6 +43,8 @@ pub struct AppState {
     pub keys: Option<Arc<Tokens>>,
     /// The canary rollouts: who splits traffic with whom, and their analysis.
     pub rollouts: Arc<Rollouts>,
+    /// The access log and traces of the requests (off unless configured).
+    pub observer: Arc<crate::observe::Observer>,
 }
 
 impl AppState {
@@ -66,6 +68,7 @@ impl AppState {
             failed: RwLock::default(),
             keys: None,
             rollouts,
+            observer: Arc::default(),
         }
     }
 
@@ -87,6 +90,13 @@ impl AppState {
     #[must_use]
     pub fn with_keys(mut self, keys: Option<Keys>) -> Self {
         self.keys = keys.map(|keys| Arc::new(Tokens::new(keys)));
+        self
+    }
+
+    /// Logs and traces the requests with `observer`.
+    #[must_use]
+    pub fn with_observer(mut self, observer: crate::observe::Observer) -> Self {
+        self.observer = Arc::new(observer);
         self
     }
 

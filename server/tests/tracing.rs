@@ -5,38 +5,14 @@
 mod support;
 
 use std::{
-    io::Write,
-    sync::{Arc, Mutex, OnceLock},
+    sync::{Arc, OnceLock},
     time::Duration,
 };
 
 use ferroserve_engine::{backend::FakeMode, Registry};
 use hyper::{Method, StatusCode};
-use support::{add_fake, landmark_body, options, TestServer};
-use tracing_subscriber::fmt::{format::FmtSpan, MakeWriter};
-
-/// Everything the test binary's subscriber writes.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("log buffer").extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> MakeWriter<'a> for Captured {
-    type Writer = Self;
-
-    fn make_writer(&'a self) -> Self {
-        self.clone()
-    }
-}
+use support::{add_fake, captured::Captured, landmark_body, options, TestServer};
+use tracing_subscriber::fmt::format::FmtSpan;
 
 /// The log of this test binary: the fmt subscriber `ferroserve` uses, at DEBUG, with a line when a span closes.
 fn captured() -> &'static Captured {
@@ -54,10 +30,6 @@ fn captured() -> &'static Captured {
     })
 }
 
-fn text(log: &Captured) -> String {
-    String::from_utf8_lossy(&log.0.lock().expect("log buffer")).into_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_requests_queue_time_is_logged_inside_its_request_span_under_its_id() {
     let log = captured();
@@ -70,8 +42,10 @@ async fn a_requests_queue_time_is_logged_inside_its_request_span_under_its_id() 
         server.send_with_header(Method::POST, "/predictions/traced", body.clone(), "x-request-id", "abc-123").await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
     assert_eq!(reply.headers["x-request-id"], "abc-123", "the client's own id comes back");
-    let queued =
-        line_with(log, "request{id=abc-123 api=\"inference\" method=POST path=/predictions/traced}:queued{").await;
+    // The request's span names its model and worker once the answer is in, which may be before or after the
+    // engine's span closes.
+    let request = "request{id=abc-123 api=\"inference\" method=POST path=/predictions/traced";
+    let queued = line_with_all(log, &[request, "}:queued{"]).await;
     for field in ["model=\"traced\"", "version=\"1.0\"", "queue_us=", "inference_us=", "batch_size=1"] {
         assert!(queued.contains(field), "{field} missing in {queued}");
     }
@@ -93,13 +67,18 @@ async fn a_requests_queue_time_is_logged_inside_its_request_span_under_its_id() 
 /// the engine's span is when the worker drops the request, after the answer may have reached the client: wait
 /// for it (a bound only turns a line that never comes into a failure).
 async fn line_with(log: &Captured, needle: &str) -> String {
+    line_with_all(log, &[needle]).await
+}
+
+/// The first line of the log that contains every one of `needles`, waited for as [`line_with`].
+async fn line_with_all(log: &Captured, needles: &[&str]) -> String {
     for _ in 0..1_000 {
-        if let Some(line) = text(log).lines().find(|l| l.contains(needle)) {
+        if let Some(line) = log.text().lines().find(|l| needles.iter().all(|n| l.contains(n))) {
             return line.to_string();
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    panic!("no line with {needle} in:\n{}", text(log));
+    panic!("no line with {needles:?} in:\n{}", log.text());
 }
 
 /// Whether `id` looks like a hyphenated lower-case UUID.

@@ -238,6 +238,7 @@ async fn run_samples(
     if let Some(first) = answers.first() {
         // Once per request, as TorchServe counts a v2 request (its rows wait side by side).
         state.metrics.observe_queue(model, version, first.timing.queue);
+        crate::exchange::served(model, first.timing);
     }
     Ok(answers)
 }

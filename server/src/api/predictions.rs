@@ -104,6 +104,7 @@ pub async fn predict_handler(
 ) -> Result<(HandlerOutput, InferOutput), ApiError> {
     let mut output = infer_handler(model, input, timeout).await?;
     state.metrics.observe_queue(model, version, output.timing.queue);
+    crate::exchange::served(model, output.timing);
     let handler = output.handler.take().ok_or_else(|| ApiError::internal("the handler's answer is missing"))?;
     Ok((*handler, output))
 }
@@ -151,6 +152,7 @@ pub async fn predict_landmarks(
         state.drift.observe(pending, &output.output);
     }
     state.metrics.observe_queue(model, version, output.timing.queue);
+    crate::exchange::served(model, output.timing);
     let topk = request.topk.or(query_k).unwrap_or(1);
     let body = PredictionBody {
         predictions: landmarks::top_k(&output.output, model.labels(), topk),

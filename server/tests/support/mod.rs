@@ -3,6 +3,7 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod captured;
 pub mod signs;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};

@@ -99,7 +99,7 @@ fn command(cli: &Cli) -> anyhow::Result<()> {
         return Ok(());
     }
     if let Some(Command::Runtimes) = &cli.command {
-        return runtimes(&load_config(&cli)?);
+        return runtimes(&load_config(cli)?);
     }
     if let Some(Command::Healthcheck { url, timeout }) = &cli.command {
         return healthcheck(cli, url.as_deref(), (*timeout).into());

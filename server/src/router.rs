@@ -36,13 +36,17 @@ pub(crate) async fn route(req: Request<Incoming>, state: &Arc<AppState>, api: Ap
         method = %req.method(),
         path = %req.uri().path(),
     );
-    let reply = handle(req, state, api, protocol)
-        .instrument(span)
-        .await
+    let reply = if state.config.cors.is_preflight(&req) {
+        Ok(reply::with_type(StatusCode::OK, Vec::new(), "text/plain"))
+    } else {
+        handle(req, state, api, protocol).instrument(span).await
+    };
+    let reply = reply
         .and_then(|reply| within_limit(reply, state.config.max_response_size))
         .unwrap_or_else(|e| reply::error(&e, protocol));
     let mut reply = finish(reply, state, api);
     reply.headers_mut().insert(X_REQUEST_ID, id);
+    state.config.cors.decorate(reply.headers_mut());
     reply
 }
 

@@ -67,13 +67,10 @@ pub enum HttpError {
 /// trust the system's root certificates.
 pub fn http_client() -> HttpClient {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let tls = HttpsConnectorBuilder::new().with_provider_and_native_roots(provider).map_or_else(
-        |error| {
-            tracing::debug!(%error, "no system root certificates: https:// needs --ca-cert");
-            HttpsConnectorBuilder::new().with_tls_config(tls_config(rustls::RootCertStore::empty()))
-        },
-        |roots| roots,
-    );
+    let tls = HttpsConnectorBuilder::new().with_provider_and_native_roots(provider).unwrap_or_else(|error| {
+        tracing::debug!(%error, "no system root certificates: https:// needs --ca-cert");
+        HttpsConnectorBuilder::new().with_tls_config(tls_config(rustls::RootCertStore::empty()))
+    });
     build(tls)
 }
 

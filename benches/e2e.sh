@@ -10,7 +10,7 @@
 # detection on, as by default; false to measure its cost). TLS=ab: instead of the wrk table, TLS off and on back to
 # back for each batch size and concurrency, driven by ferroserve-loadtest (LOADTEST, default
 # target/release/ferroserve-loadtest; closed loop, keep-alive connections) over http:// and then over https://
-# with the test certificate of server/tests/fixtures/tls (RSA 2048), trusted with --ca-cert.
+# with the test certificate of server/tests/fixtures/tls (RSA 2048), signed by its test CA, ca.crt, trusted with --ca-cert.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -63,7 +63,7 @@ drift_detection=$DRIFT
 $tls_lines" "$scheme"
             url="$scheme://localhost:${inference##*:}"
             for c in $CONCURRENCY; do
-                "$LOADTEST" run --target "$url" --ca-cert "$tls_dir/rsa.crt" --body models/signnet/example.json \
+                "$LOADTEST" run --target "$url" --ca-cert "$tls_dir/ca.crt" --body models/signnet/example.json \
                     --concurrency "$c" --warmup 2s --duration "$DURATION" --quiet --json "$work/run.json" >/dev/null
                 python3 - "$work/run.json" "$tls" "$batch" "$c" <<'PY'
 import json, sys

@@ -1,6 +1,6 @@
 """Triton's clients, unchanged, against a ferroserve that serves TLS: tritonclient.http with ssl=True on the
 https:// inference address and tritonclient.grpc with ssl=True on the gRPC port (enable_grpc_ssl=true), both
-trusting the test certificate (server/tests/fixtures/tls/rsa.crt, self-signed for localhost and 127.0.0.1), and a
+trusting the test certificate (server/tests/fixtures/tls/rsa.crt, for localhost and 127.0.0.1, signed by the test CA ca.crt), and a
 client that does not trust it refused.
 
 Usage: check_tls.py HTTPS_HOST_PORT GRPC_HOST_PORT CA_CERT

@@ -13,7 +13,7 @@ start_ferroserve "grpc_inference_port=$grpc_inference" "grpc_management_port=$gr
     "$INFERENCE_URL" "$WORK/key_file.json" "$ROOT/server/proto" "$ROOT/models/signnet/example.json"
 
 # The same clients over TLS: a second server with an https:// inference address and enable_grpc_ssl=true, the
-# test certificate of server/tests/fixtures/tls (self-signed for localhost and 127.0.0.1).
+# test certificate of server/tests/fixtures/tls (for localhost and 127.0.0.1, signed by the test CA ca.crt).
 tls_dir="$ROOT/server/tests/fixtures/tls"
 https_port=$(free_port) grpcs_port=$(free_port)
 {
@@ -33,8 +33,8 @@ https_port=$(free_port) grpcs_port=$(free_port)
 "$FERROSERVE_BIN" --ts-config "$WORK/tls.properties" >"$WORK/tls.log" 2>&1 &
 PIDS+=("$!")
 deadline=$((SECONDS + 60))
-until curl -fsS -o /dev/null --max-time 2 --cacert "$tls_dir/rsa.crt" "https://127.0.0.1:$https_port/ping" 2>/dev/null; do
+until curl -fsS -o /dev/null --max-time 2 --cacert "$tls_dir/ca.crt" "https://127.0.0.1:$https_port/ping" 2>/dev/null; do
     ((SECONDS < deadline)) || { tail -20 "$WORK/tls.log" >&2; fail "ferroserve over TLS did not become healthy"; }
     sleep 0.2
 done
-"$PYTHON" "$ROOT/server/tests/python_grpc/check_tls.py" "127.0.0.1:$https_port" "127.0.0.1:$grpcs_port" "$tls_dir/rsa.crt"
+"$PYTHON" "$ROOT/server/tests/python_grpc/check_tls.py" "127.0.0.1:$https_port" "127.0.0.1:$grpcs_port" "$tls_dir/ca.crt"

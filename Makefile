@@ -43,7 +43,7 @@ space := $(empty) $(empty)
 CUDA_LIBRARY_PATH = $(if $(ORT_FLAVOUR),$(subst $(space),:,$(wildcard $(TORCH_VENV)/lib/python3*/site-packages/nvidia/*/lib)))
 MODEL_VENV   := $(CACHE)/venv-model-torch-$(TORCH_VERSION)-onnx-$(ONNX_VERSION)
 SCIPY_VENV   := $(CACHE)/venv-scipy-$(SCIPY_VERSION)-numpy-$(NUMPY_VERSION)
-GRPC_VENV    := $(CACHE)/venv-grpc-tritonclient-$(TRITONCLIENT_VERSION)-grpcio-$(GRPCIO_VERSION)
+GRPC_VENV    := $(CACHE)/venv-grpc-tritonclient-http-$(TRITONCLIENT_VERSION)-grpcio-$(GRPCIO_VERSION)
 ORT_LIB := third_party/onnxruntime/capi/libonnxruntime.so.$(ORT_VERSION)
 TORCH_LIB := third_party/libtorch/lib/libtorch.so
 TORCHSERVE_STAMP := $(TORCH_VENV)/.torchserve-$(TORCHSERVE_VERSION).stamp
@@ -140,7 +140,7 @@ test: deps tools fmt lint features
 
 $(GRPC_VENV)/.stamp:
 	$(PYTHON) -m venv $(GRPC_VENV)
-	$(GRPC_VENV)/bin/python -m pip install --quiet "tritonclient[grpc]==$(TRITONCLIENT_VERSION)" \
+	$(GRPC_VENV)/bin/python -m pip install --quiet "tritonclient[grpc,http]==$(TRITONCLIENT_VERSION)" \
 		grpcio==$(GRPCIO_VERSION) grpcio-tools==$(GRPCIO_TOOLS_VERSION) protobuf==$(PROTOBUF_VERSION) \
 		numpy==$(NUMPY_VERSION)
 	touch $@
@@ -151,7 +151,8 @@ proto:
 	FERROSERVE_UPDATE_PROTO=1 cargo test -p ferroserve --test proto
 
 ## grpc-test: tritonclient.grpc==$(TRITONCLIENT_VERSION), unchanged, and a client generated with grpcio-tools from
-## TorchServe's protos, against the debug ferroserve (server/tests/python_grpc/; installs its venv under $(CACHE))
+## TorchServe's protos, against the debug ferroserve; then tritonclient.http and .grpc with ssl=True against it
+## serving TLS (server/tests/python_grpc/; installs its venv under $(CACHE))
 grpc-test: deps $(GRPC_VENV)/.stamp
 	cargo build --bin ferroserve
 	FERROSERVE_BIN=target/debug/ferroserve PYTHON=$(GRPC_VENV)/bin/python bash server/tests/python_grpc/run.sh

@@ -7,7 +7,10 @@
 # version of signnet; a percentage: a second version, 2.0, of the same model file is loaded beside it, with
 # WORKERS workers of its own, and made the canary with that share; 0 loads it without a split, the baseline to
 # compare a canary with). wrk sends no x-canary-key: each request is drawn at random. DRIFT (true: drift
-# detection on, as by default; false to measure its cost).
+# detection on, as by default; false to measure its cost). TLS=ab: instead of the wrk table, TLS off and on back to
+# back for each batch size and concurrency, driven by ferroserve-loadtest (LOADTEST, default
+# target/release/ferroserve-loadtest; closed loop, keep-alive connections) over http:// and then over https://
+# with the test certificate of server/tests/fixtures/tls (RSA 2048), signed by its test CA, ca.crt, trusted with --ca-cert.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -37,6 +40,43 @@ load_models=signnet,signnet-v2"
 models={\"signnet\": {\"1.0\": {\"defaultVersion\": true}, \"2.0\": {\"canaryPercent\": $CANARY}}}"
     fi
     echo "signnet 1.0 (default) and 2.0 (canary at ${CANARY} %)" >&2
+fi
+
+if [ "${TLS:-}" = ab ]; then
+    LOADTEST=${LOADTEST:-target/release/ferroserve-loadtest}
+    [ -x "$LOADTEST" ] || { echo "build first: cargo build --release -p ferroserve-loadtest" >&2; exit 1; }
+    tls_dir=server/tests/fixtures/tls
+    printf '%-6s %-10s %-12s %12s %10s %10s %10s\n' tls batchSize concurrency "req/s" p50_ms p99_ms errors
+    for batch in $BATCH_SIZES; do
+        for tls in off on; do
+            scheme=http tls_lines=
+            if [ $tls = on ]; then
+                scheme=https
+                tls_lines="private_key_file=$tls_dir/rsa-pkcs1.key
+certificate_file=$tls_dir/rsa.crt"
+            fi
+            start_server "$work" "$BIN" "default_workers_per_model=$WORKERS
+job_queue_size=1000
+batch_size=$batch
+max_batch_delay=$DELAY_MS
+drift_detection=$DRIFT
+$tls_lines" "$scheme"
+            url="$scheme://localhost:${inference##*:}"
+            for c in $CONCURRENCY; do
+                "$LOADTEST" run --target "$url" --ca-cert "$tls_dir/ca.crt" --body models/signnet/example.json \
+                    --concurrency "$c" --warmup 2s --duration "$DURATION" --quiet --json "$work/run.json" >/dev/null
+                python3 - "$work/run.json" "$tls" "$batch" "$c" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+errors = sum(r["errors"].values())
+print(f"{sys.argv[2]:<6} {sys.argv[3]:<10} {sys.argv[4]:<12} {r['throughput_rps']:12.1f} "
+      f"{r['latency']['p50_ms']:10.2f} {r['latency']['p99_ms']:10.2f} {errors:10d}")
+PY
+            done
+            kill "$server_pid"; wait "$server_pid" 2>/dev/null || true; server_pid=
+        done
+    done
+    exit 0
 fi
 
 printf '%-10s %-12s %12s %10s %10s %10s\n' batchSize concurrency "req/s" p50 p99 errors

@@ -1,12 +1,13 @@
 # Sourced by the benchmark scripts: starts the release server on the bundled model, every API on a free port,
 # and prepares wrk (wrk_bench_setup, at the end).
 #
-# start_server WORK BIN EXTRA: writes WORK/config.properties (ports 0, models/, signnet, the key file in WORK)
-# followed by the config lines EXTRA, starts BIN, waits until it listens, and sets server_pid and the addresses
-# inference, management and metrics (HOST:PORT). Exits with the server's log when it does not start.
+# start_server WORK BIN EXTRA [SCHEME]: writes WORK/config.properties (ports 0, models/, signnet, the key file in
+# WORK) followed by the config lines EXTRA, starts BIN, waits until it listens, and sets server_pid and the
+# addresses inference, management and metrics (HOST:PORT). SCHEME https serves the inference API over TLS (EXTRA
+# then names the key and certificate). Exits with the server's log when it does not start.
 start_server() {
-    local work=$1 bin=$2 extra=$3
-    printf '%s\n' "inference_address=http://127.0.0.1:0" "management_address=http://127.0.0.1:0" \
+    local work=$1 bin=$2 extra=$3 scheme=${4:-http}
+    printf '%s\n' "inference_address=$scheme://127.0.0.1:0" "management_address=http://127.0.0.1:0" \
         "metrics_address=http://127.0.0.1:0" "grpc_inference_port=0" "grpc_management_port=0" "model_store=models" "load_models=signnet" \
         "key_file=$work/key_file.json" "$extra" > "$work/config.properties"
     # Emptied first: the redirection below happens in the child, after this shell may already read the log.
@@ -17,7 +18,7 @@ start_server() {
         grep -q "metrics API on" "$work/server.log" && break
         sleep 0.1
     done
-    inference=$(sed -n 's/.*inference API on http:\/\///p' "$work/server.log")
+    inference=$(sed -n 's/.*inference API on https\{0,1\}:\/\///p' "$work/server.log")
     management=$(sed -n 's/.*management API on http:\/\///p' "$work/server.log")
     metrics=$(sed -n 's/.*metrics API on http:\/\///p' "$work/server.log")
     if [ -z "$metrics" ]; then

@@ -47,9 +47,12 @@ impl Cli {
 /// Where requests go and what they carry.
 #[derive(Debug, Clone, Args)]
 pub struct TargetArgs {
-    /// Inference address of the server.
+    /// Inference address of the server (`http://` or `https://`).
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     pub target: String,
+    /// CA certificates (PEM) that `https://` servers are checked against, instead of the system's roots.
+    #[arg(long, value_name = "FILE")]
+    pub ca_cert: Option<PathBuf>,
     /// Model name.
     #[arg(long, default_value = "signnet")]
     pub model: String,

@@ -1,11 +1,13 @@
-//! The HTTP side: one hyper-util client with a connection pool for the whole run, the inference endpoint of
-//! each protocol, and the timed exchange of one request (status, bytes and the server's timing headers).
+//! The HTTP side: one hyper-util client with a connection pool for the whole run, over plain HTTP or TLS
+//! (rustls, trusting the system's roots or the `--ca-cert` file), the inference endpoint of each protocol, and the
+//! timed exchange of one request (status, bytes and the server's timing headers).
 
-use std::time::Duration;
+use std::{path::Path, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{header, Method, Request, Uri};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::{
     client::legacy::{connect::HttpConnector, Client},
     rt::{TokioExecutor, TokioTimer},
@@ -15,13 +17,21 @@ use thiserror::Error;
 
 use crate::body::BodySet;
 
-/// The pooled client every request goes through.
-pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
+/// The pooled client every request goes through, `http://` and `https://` alike.
+pub type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// A control-plane request (metadata, management, metrics) failed.
 #[derive(Debug, Error)]
 pub enum HttpError {
-    /// The URL is not a valid `http://` URI.
+    /// The CA certificates of `--ca-cert` cannot be used.
+    #[error("--ca-cert {}: {message}", path.display())]
+    CaCert {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        message: String,
+    },
+    /// The URL is not a valid `http://` or `https://` URI.
     #[error("bad URL `{url}`: {reason}")]
     Url {
         /// The URL.
@@ -53,10 +63,50 @@ pub enum HttpError {
     },
 }
 
-/// Builds the client: HTTP/1.1, keep-alive, idle connections kept so that they are reused.
+/// Builds the client: HTTP/1.1, keep-alive, idle connections kept so that they are reused; `https://` URLs
+/// trust the system's root certificates.
 pub fn http_client() -> HttpClient {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = HttpsConnectorBuilder::new().with_provider_and_native_roots(provider).unwrap_or_else(|error| {
+        tracing::debug!(%error, "no system root certificates: https:// needs --ca-cert");
+        HttpsConnectorBuilder::new().with_tls_config(tls_config(rustls::RootCertStore::empty()))
+    });
+    build(tls)
+}
+
+/// Builds the client as [`http_client`] does, but `https://` URLs trust only the CA certificates (PEM) in
+/// `ca_cert`: a test CA, a private one.
+///
+/// # Errors
+/// [`HttpError::CaCert`] when the file cannot be read or holds no usable certificate.
+pub fn http_client_trusting(ca_cert: &Path) -> Result<HttpClient, HttpError> {
+    let bad = |message: String| HttpError::CaCert { path: ca_cert.to_path_buf(), message };
+    let pem = std::fs::read(ca_cert).map_err(|e| bad(e.to_string()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::pem::PemObject::pem_slice_iter(&pem) {
+        let cert: rustls_pki_types::CertificateDer<'_> = cert.map_err(|e| bad(format!("not PEM: {e}")))?;
+        roots.add(cert).map_err(|e| bad(e.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(bad("holds no certificate (`BEGIN CERTIFICATE`)".into()));
+    }
+    Ok(build(HttpsConnectorBuilder::new().with_tls_config(tls_config(roots))))
+}
+
+/// rustls (ring) trusting `roots`, offering HTTP/1.1.
+fn tls_config(roots: rustls::RootCertStore) -> rustls::ClientConfig {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap_or_else(|_| rustls::ClientConfig::builder_with_protocol_versions(rustls::DEFAULT_VERSIONS));
+    builder.with_root_certificates(roots).with_no_client_auth()
+}
+
+fn build(tls: HttpsConnectorBuilder<hyper_rustls::builderstates::WantsSchemes>) -> HttpClient {
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    http.enforce_http(false);
+    let connector = tls.https_or_http().enable_http1().wrap_connector(http);
     Client::builder(TokioExecutor::new())
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(Duration::from_secs(30))
@@ -89,14 +139,14 @@ impl Protocol {
 /// Joins a base URL and a path, and checks the result.
 ///
 /// # Errors
-/// [`HttpError::Url`] when the result is not an `http://` URI.
+/// [`HttpError::Url`] when the result is not an `http://` or `https://` URI.
 pub fn join_url(base: &str, path: &str) -> Result<Uri, HttpError> {
     let url = format!("{}{}", base.trim_end_matches('/'), path);
     let uri: Uri = url
         .parse()
         .map_err(|e: hyper::http::uri::InvalidUri| HttpError::Url { url: url.clone(), reason: e.to_string() })?;
-    if uri.scheme_str() != Some("http") {
-        return Err(HttpError::Url { url, reason: "only http:// is supported".into() });
+    if !matches!(uri.scheme_str(), Some("http" | "https")) {
+        return Err(HttpError::Url { url, reason: "give an http:// or https:// URL".into() });
     }
     Ok(uri)
 }
@@ -287,7 +337,8 @@ mod tests {
     #[test]
     fn urls_are_checked() {
         assert_eq!(join_url("http://127.0.0.1:8080/", "/ping").expect("uri").to_string(), "http://127.0.0.1:8080/ping");
-        assert!(join_url("https://example.invalid", "/x").is_err());
+        assert_eq!(join_url("https://localhost:1", "/x").expect("uri").to_string(), "https://localhost:1/x");
+        assert!(join_url("ftp://example.invalid", "/x").is_err());
         assert!(join_url("not a url", "/x").is_err());
     }
 

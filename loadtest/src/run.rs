@@ -11,7 +11,7 @@ use hyper::Method;
 use crate::{
     body::BodySet,
     cli::{RunArgs, TargetArgs},
-    client::{fetch, http_client, join_url, HttpClient, Protocol, Target},
+    client::{fetch, http_client, http_client_trusting, join_url, HttpClient, Protocol, Target},
     cpu::CpuMeter,
     error::Error,
     keys::Keys,
@@ -128,12 +128,23 @@ fn stop_on_ctrl_c(stop: Stop) -> tokio::task::JoinHandle<()> {
     })
 }
 
+/// The client of a run: trusting `--ca-cert` when given, else the system's roots.
+///
+/// # Errors
+/// [`Error::Http`] when `--ca-cert` cannot be used.
+pub fn client_for(args: &TargetArgs) -> Result<HttpClient, Error> {
+    Ok(match &args.ca_cert {
+        Some(path) => http_client_trusting(path)?,
+        None => http_client(),
+    })
+}
+
 /// Runs one load and writes its reports. Returns the report; its `slo_met` decides the exit status.
 ///
 /// # Errors
 /// Setup failures (see [`build_target`]), bad flags, or report files that cannot be written.
 pub async fn run(args: &RunArgs) -> Result<Report, Error> {
-    let client = http_client();
+    let client = client_for(&args.target)?;
     let target = build_target(&args.target, &client).await?;
     let spec = load_spec(args)?;
     let settings = settings(args, &spec, &target, target.body_count());

@@ -249,6 +249,10 @@ pub struct Config {
     pub drift: crate::drift_config::DriftConfig,
     /// The access log, log format and traces (ferroserve's keys of [`crate::obs_config::ObsConfig::KEYS`]).
     pub obs: crate::obs_config::ObsConfig,
+    /// TLS: `https://` addresses, `enable_grpc_ssl`, `private_key_file`, `certificate_file`, `keystore`.
+    pub tls: crate::tls_config::TlsConfig,
+    /// CORS: `cors_allowed_origin`, `cors_allowed_methods`, `cors_allowed_headers` (TorchServe's keys).
+    pub cors: crate::cors::CorsConfig,
 }
 
 /// The venv `make deps` installs torch and torchserve into (`~/.cache/ferroserve/venv-torch-<version>`), when it
@@ -302,6 +306,8 @@ impl Default for Config {
             service_envelope: String::new(),
             drift: crate::drift_config::DriftConfig::default(),
             obs: crate::obs_config::ObsConfig::default(),
+            tls: crate::tls_config::TlsConfig::default(),
+            cors: crate::cors::CorsConfig::default(),
         }
     }
 }
@@ -314,9 +320,6 @@ const IGNORED: &[&str] = &[
     "number_of_gpu",
     "async_logging",
     "disable_system_metrics",
-    "cors_allowed_origin",
-    "cors_allowed_methods",
-    "cors_allowed_headers",
     "default_service_handler",
     "workflow_store",
     "plugins_path",
@@ -391,17 +394,18 @@ impl Config {
 
     fn set(&mut self, key: &str, value: &str) -> Result<(), String> {
         match key {
-            "inference_address" => self.inference_address = parse_address(value)?,
-            "management_address" => self.management_address = parse_address(value)?,
-            "metrics_address" => self.metrics_address = parse_address(value)?,
+            "inference_address" => (self.inference_address, self.tls.https[0]) = parse_address(value)?,
+            "management_address" => (self.management_address, self.tls.https[1]) = parse_address(value)?,
+            "metrics_address" => (self.metrics_address, self.tls.https[2]) = parse_address(value)?,
             "grpc_inference_address" => self.grpc_inference_address.set_ip(parse_host(value)?),
             "grpc_management_address" => self.grpc_management_address.set_ip(parse_host(value)?),
             "grpc_inference_port" => self.grpc_inference_address.set_port(parse_port(value)?),
             "grpc_management_port" => self.grpc_management_address.set_port(parse_port(value)?),
-            "enable_grpc_ssl" if parse_bool(value)? => {
-                return Err("gRPC over TLS is not supported: terminate TLS in front of ferroserve".into())
-            }
-            "enable_grpc_ssl" => {}
+            "enable_grpc_ssl" => self.tls.grpc = parse_bool(value)?,
+            "private_key_file" => self.tls.private_key_file = non_empty_path(value),
+            "certificate_file" => self.tls.certificate_file = non_empty_path(value),
+            "keystore" => self.tls.keystore = non_empty_path(value),
+            "cors_allowed_origin" | "cors_allowed_methods" | "cors_allowed_headers" => self.cors.set(key, value)?,
             "enable_envvars_config" => self.enable_envvars_config = parse_bool(value)?,
             "max_response_size" => self.max_response_size = positive(value)?,
             "metrics_latency_buckets_ms" => self.latency_buckets = parse_buckets(value)?,
@@ -547,15 +551,25 @@ fn positive(value: &str) -> Result<usize, String> {
     }
 }
 
-fn parse_address(value: &str) -> Result<SocketAddr, String> {
-    let rest = value
-        .strip_prefix("http://")
-        .ok_or_else(|| format!("`{value}` must be http://HOST:PORT (https is not supported yet)"))?;
+/// An API's address and whether it serves TLS (`https://`).
+fn parse_address(value: &str) -> Result<(SocketAddr, bool), String> {
+    let (rest, tls) = match (value.strip_prefix("http://"), value.strip_prefix("https://")) {
+        (Some(rest), _) => (rest, false),
+        (_, Some(rest)) => (rest, true),
+        _ => return Err(format!("`{value}` must be http://HOST:PORT or https://HOST:PORT")),
+    };
     let rest = rest.trim_end_matches('/');
-    rest.to_socket_addrs()
+    let addr = rest
+        .to_socket_addrs()
         .map_err(|e| format!("`{value}`: {e}"))?
         .next()
-        .ok_or_else(|| format!("`{value}` resolves to no address"))
+        .ok_or_else(|| format!("`{value}` resolves to no address"))?;
+    Ok((addr, tls))
+}
+
+/// A file key's path; empty means unset.
+fn non_empty_path(value: &str) -> Option<PathBuf> {
+    (!value.is_empty()).then(|| PathBuf::from(value))
 }
 
 /// A gRPC address key's host: an IP address or a name that resolves to one (TorchServe gives the port apart).
@@ -794,7 +808,7 @@ mod tests {
             ("a=1\njob_queue_size=lots\n", "job_queue_size", 2),
             ("batch_size=0\n", "batch_size", 1),
             ("\n\nmax_batch_delay=-1\n", "max_batch_delay", 3),
-            ("inference_address=https://127.0.0.1:1\n", "inference_address", 1),
+            ("inference_address=ftp://127.0.0.1:1\n", "inference_address", 1),
             ("models={\"m\": {\"1.0\": {\"batchSize\": 0}}}\n", "models", 1),
             ("models={not json}\n", "models", 1),
         ] {
@@ -899,7 +913,7 @@ enable_grpc_ssl=false
                 "grpc_inference_address",
             ),
             (
-                "enable_grpc_ssl=true
+                "enable_grpc_ssl=yes
 ",
                 "enable_grpc_ssl",
             ),
@@ -946,6 +960,28 @@ enable_grpc_ssl=false
         for bad in ["0", "-1", "soon", "inf", "5256001", "1e300"] {
             assert!(parse(&format!("token_expiration_min={bad}\n")).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn reads_the_tls_and_cors_keys() {
+        let c = parse(
+            "inference_address=https://127.0.0.1:1\nmanagement_address=http://127.0.0.1:2\n\
+             metrics_address=https://127.0.0.1:3/\nenable_grpc_ssl=true\nprivate_key_file=/k.pem\n\
+             certificate_file=/c.pem\ncors_allowed_origin=*\ncors_allowed_methods=GET, POST\n",
+        )
+        .expect("valid");
+        assert_eq!(c.tls.https, [true, false, true]);
+        assert!(c.tls.grpc && c.tls.enabled() && c.tls.keystore.is_none());
+        assert_eq!(c.inference_address, SocketAddr::from(([127, 0, 0, 1], 1)));
+        assert_eq!(
+            (c.tls.private_key_file, c.tls.certificate_file),
+            (Some(PathBuf::from("/k.pem")), Some(PathBuf::from("/c.pem")))
+        );
+        assert_eq!(c.cors.allowed_origin.as_ref().map(|v| v.to_str().ok()), Some(Some("*")));
+        assert_eq!(c.cors.allowed_methods.as_ref().map(|v| v.to_str().ok()), Some(Some("GET, POST")));
+        assert!(c.cors.allowed_headers.is_none());
+        let defaults = Config::default();
+        assert!(!defaults.tls.enabled() && !defaults.cors.enabled());
     }
 
     #[test]

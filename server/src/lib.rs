@@ -16,6 +16,7 @@ pub mod auth;
 pub mod batching_config;
 pub mod canary_metrics;
 pub mod config;
+pub mod cors;
 pub mod drift;
 pub mod drift_config;
 pub mod drift_profile;
@@ -43,6 +44,8 @@ mod serve;
 pub mod slo;
 pub mod slo_config;
 pub mod state;
+pub mod tls;
+pub mod tls_config;
 pub mod traces;
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
@@ -65,6 +68,9 @@ pub enum ServeError {
         /// The operating system's error.
         source: std::io::Error,
     },
+    /// TLS is asked for and its key or certificate cannot be used.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
     /// A task of the server failed (it panicked).
     #[error("a server task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
@@ -79,6 +85,8 @@ pub struct Listeners {
     listeners: [TcpListener; Api::ALL.len()],
     /// Those of the gRPC services of [`Api::GRPC`], in its order.
     grpc: [TcpListener; Api::GRPC.len()],
+    /// The key and certificate of the listeners that serve TLS.
+    tls: Option<tls::Tls>,
 }
 
 impl Listeners {
@@ -98,6 +106,12 @@ impl Listeners {
         let index = Api::GRPC.iter().position(|a| *a == api);
         index.map(|i| self.grpc[i].local_addr()).transpose()
     }
+
+    /// The TLS key and certificate, when a listener serves TLS (to [`tls::Tls::reload`] them).
+    #[must_use]
+    pub fn tls(&self) -> Option<&tls::Tls> {
+        self.tls.as_ref()
+    }
 }
 
 /// Binds the three APIs' addresses and those of the gRPC services. Each accept queue holds up to `max_connections` connections (the kernel caps
@@ -105,8 +119,10 @@ impl Listeners {
 /// `max_connections`) instead of being dropped by the kernel.
 ///
 /// # Errors
-/// [`ServeError::Bind`] naming the address and its key.
+/// [`ServeError::Tls`] when a listener serves TLS and its key or certificate cannot be used (read first, before
+/// any socket is opened), [`ServeError::Bind`] naming the address and its key.
 pub async fn bind(config: &Config) -> Result<Listeners, ServeError> {
+    let tls = tls::Tls::from_config(&config.tls)?;
     let backlog = u32::try_from(config.max_connections).unwrap_or(u32::MAX);
     let open = |api: Api| {
         let addr = config.address(api);
@@ -119,6 +135,7 @@ pub async fn bind(config: &Config) -> Result<Listeners, ServeError> {
     Ok(Listeners {
         listeners: [open(Api::Inference)?, open(Api::Management)?, open(Api::Metrics)?],
         grpc: [open_grpc(Api::Inference)?, open_grpc(Api::Management)?],
+        tls,
     })
 }
 
@@ -143,11 +160,19 @@ pub async fn run(
 ) -> Result<(), ServeError> {
     let (stop, _) = tokio::sync::broadcast::channel::<()>(1);
     let mut servers = tokio::task::JoinSet::new();
-    let http = Api::ALL.into_iter().zip(listeners.listeners).map(|(api, l)| (api, serve::Transport::Http, l));
-    let grpc = Api::GRPC.into_iter().zip(listeners.grpc).map(|(api, l)| (api, serve::Transport::Grpc, l));
-    for (api, transport, listener) in http.chain(grpc) {
+    let tls = listeners.tls;
+    let tls_for = |on: bool| tls.clone().filter(|_| on);
+    let http = Api::ALL
+        .into_iter()
+        .zip(listeners.listeners)
+        .map(|(api, l)| (api, serve::Transport::Http, l, tls_for(state.config.tls.https[api.index()])));
+    let grpc = Api::GRPC
+        .into_iter()
+        .zip(listeners.grpc)
+        .map(|(api, l)| (api, serve::Transport::Grpc, l, tls_for(state.config.tls.grpc)));
+    for (api, transport, listener, tls) in http.chain(grpc) {
         let mut stopped = stop.subscribe();
-        servers.spawn(serve::serve(listener, Arc::clone(&state), api, transport, async move {
+        servers.spawn(serve::serve(listener, Arc::clone(&state), api, transport, tls, async move {
             let _ = stopped.recv().await;
         }));
     }

@@ -137,12 +137,17 @@ fn serve(config: Config) -> anyhow::Result<()> {
         }
         // Said once everything is in place: a client that reads these lines can use the key file.
         for api in Api::ALL {
-            tracing::info!("{} API on http://{}", api.name(), listeners.local_addr(api)?);
+            let scheme = if state.config.tls.https[api.index()] { "https" } else { "http" };
+            tracing::info!("{} API on {scheme}://{}", api.name(), listeners.local_addr(api)?);
         }
+        let grpc_tls = if state.config.tls.grpc { " (TLS)" } else { "" };
         for api in Api::GRPC {
             if let Some(addr) = listeners.grpc_addr(api)? {
-                tracing::info!("{} API over gRPC on {addr}", api.name());
+                tracing::info!("{} API over gRPC on {addr}{grpc_tls}", api.name());
             }
+        }
+        if let Some(tls) = listeners.tls().cloned() {
+            tokio::spawn(reload_on_sighup(tls));
         }
         let served = ferroserve::run(listeners, Arc::clone(&state), first_signal()).await;
         let observer = Arc::clone(&state.observer);
@@ -202,6 +207,27 @@ fn healthcheck(cli: &Cli, url: Option<&str>, timeout: std::time::Duration) -> an
             std::process::exit(1)
         }
     }
+}
+
+/// Reads the TLS key and certificate again at each SIGHUP, for the next handshakes; open connections keep
+/// theirs, and a pair that fails the start-up checks is logged and not used.
+async fn reload_on_sighup(tls: ferroserve::tls::Tls) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP: the certificate will not be reloaded");
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            match tls.reload() {
+                Ok(()) => tracing::info!("SIGHUP: TLS key and certificate reloaded"),
+                Err(error) => tracing::error!("SIGHUP: {error}; the current certificate stays"),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    drop(tls);
 }
 
 /// Completes at the first SIGTERM or Ctrl-C; a second one ends the process at once.

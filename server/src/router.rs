@@ -41,13 +41,22 @@ pub(crate) async fn route(req: Request<Incoming>, state: &Arc<AppState>, api: Ap
         worker = tracing::field::Empty,
     );
     let exchange = state.observer.is_on().then(|| Exchange::begin(&req, "HTTP", id.to_str().unwrap_or_default()));
-    let work = handle(req, state, api, protocol).instrument(span);
-    let (result, served) = if exchange.is_some() { exchange::watch(work).await } else { (work.await, None) };
+    let (result, served) = if state.config.cors.is_preflight(&req) {
+        (Ok(reply::with_type(StatusCode::OK, Vec::new(), "text/plain")), None)
+    } else {
+        let work = handle(req, state, api, protocol).instrument(span);
+        if exchange.is_some() {
+            exchange::watch(work).await
+        } else {
+            (work.await, None)
+        }
+    };
     let reply = result
         .and_then(|reply| within_limit(reply, state.config.max_response_size))
         .unwrap_or_else(|e| reply::error(&e, protocol));
     let mut reply = finish(reply, state, api);
     reply.headers_mut().insert(X_REQUEST_ID, id);
+    state.config.cors.decorate(reply.headers_mut());
     if let Some(exchange) = exchange {
         let bytes = reply.body().size_hint().exact().unwrap_or_else(|| reply.body().size_hint().lower());
         let outcome = Outcome {

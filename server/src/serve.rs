@@ -1,7 +1,9 @@
 //! The transport of one API: the accept loop over hyper 1 (HTTP/1.1 and HTTP/2) with TCP_NODELAY, a
 //! header-read timeout, the `max_connections` limit, back-off on accept errors, and graceful shutdown. Every
 //! request it reads goes to the router, or, on a gRPC listener, to the API's gRPC services (HTTP/2 only, with the
-//! limits of [`grpc::http2`]). HTTP and gRPC connections to one API share its `max_connections`.
+//! limits of [`grpc::http2`]). HTTP and gRPC connections to one API share its `max_connections`. On a TLS
+//! listener each connection's handshake ([`Tls::handshake`]) runs on the connection's own task, so that a slow
+//! client does not hold up the accept loop.
 
 use std::{convert::Infallible, future::Future, sync::Arc, time::Duration};
 
@@ -10,11 +12,16 @@ use hyper::{
     service::{service_fn, Service},
     Request, Response,
 };
+use hyper_util::server::graceful::Watcher;
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
     server::{conn::auto, graceful::GracefulShutdown},
 };
-use tokio::net::{TcpListener, TcpStream};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::{TcpListener, TcpStream},
+    sync::OwnedSemaphorePermit,
+};
 
 use crate::{
     config::Api,
@@ -22,6 +29,7 @@ use crate::{
     exchange::ClientAddr,
     grpc, observe, router,
     state::AppState,
+    tls::Tls,
 };
 
 /// What a listener speaks.
@@ -45,13 +53,14 @@ const READ_BUFFER: usize = 8 * 1024;
 /// How long a refused connection may keep sending before it is closed.
 const LINGER: Duration = Duration::from_secs(2);
 
-/// Serves `api` over `transport` on `listener` until `shutdown` completes, then lets open connections finish
-/// their requests (for `shutdown_grace_period` at most).
+/// Serves `api` over `transport` on `listener` (over TLS when `tls` is given) until `shutdown` completes, then
+/// lets open connections finish their requests (for `shutdown_grace_period` at most).
 pub(crate) async fn serve(
     listener: TcpListener,
     state: Arc<AppState>,
     api: Api,
     transport: Transport,
+    tls: Option<Tls>,
     shutdown: impl Future<Output = ()>,
 ) {
     match transport {
@@ -63,21 +72,22 @@ pub(crate) async fn serve(
                 let state = Arc::clone(&routed);
                 async move { Ok::<_, Infallible>(router::route(req, &state, api).await) }
             });
-            accept(listener, state, api, &builder, service, shutdown).await;
+            accept(listener, state, api, tls, &builder, service, shutdown).await;
         }
         Transport::Grpc => {
             let builder = grpc::http2();
             let service = observe::Grpc::new(grpc::routes(&state, api), Arc::clone(&state.observer));
-            accept(listener, state, api, &builder, service, shutdown).await;
+            accept(listener, state, api, tls, &builder, service, shutdown).await;
         }
     }
 }
 
-/// The accept loop: each connection `builder` serves with `service`.
+/// The accept loop: each connection `builder` serves with `service`, after its TLS handshake when `tls` is given.
 async fn accept<S, B>(
     listener: TcpListener,
     state: Arc<AppState>,
     api: Api,
+    tls: Option<Tls>,
     builder: &auto::Builder<TokioExecutor>,
     service: S,
     shutdown: impl Future<Output = ()>,
@@ -120,12 +130,16 @@ async fn accept<S, B>(
             tracing::debug!(%error, %peer, "cannot set TCP_NODELAY");
         }
         let service = WithPeer { inner: service.clone(), peer: ClientAddr(peer) };
-        let conn = graceful.watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned());
+        let (watcher, builder, tls) = (graceful.watcher(), builder.clone(), tls.clone());
         tokio::spawn(async move {
-            if let Err(error) = conn.await {
-                tracing::debug!(%error, %peer, "connection ended with an error");
+            match tls {
+                None => serve_connection(stream, &builder, service, watcher, permit, peer).await,
+                Some(tls) => {
+                    if let Some(stream) = tls.handshake(stream, peer).await {
+                        serve_connection(stream, &builder, service, watcher, permit, peer).await;
+                    }
+                }
             }
-            drop(permit);
         });
     }
     drop(listener);
@@ -151,6 +165,30 @@ impl<S: Service<Request<Incoming>>> Service<Request<Incoming>> for WithPeer<S> {
         req.extensions_mut().insert(self.peer);
         self.inner.call(req)
     }
+}
+
+/// Serves one connection to its end (or the graceful shutdown's), holding its `max_connections` permit.
+async fn serve_connection<I, S, B>(
+    io: I,
+    builder: &auto::Builder<TokioExecutor>,
+    service: S,
+    watcher: Watcher,
+    permit: OwnedSemaphorePermit,
+    peer: std::net::SocketAddr,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let conn = watcher.watch(builder.serve_connection_with_upgrades(TokioIo::new(io), service).into_owned());
+    if let Err(error) = conn.await {
+        tracing::debug!(%error, %peer, "connection ended with an error");
+    }
+    drop(permit);
 }
 
 /// Answers a connection over `max_connections` with a 503 and closes it, without parsing its request. What the

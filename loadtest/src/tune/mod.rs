@@ -22,11 +22,11 @@ use self::{
 };
 use crate::{
     cli::TuneArgs,
-    client::{http_client, Target},
+    client::Target,
     cpu::{CpuMeter, CpuUsage},
     error::Error,
     keys::Keys,
-    run::build_target,
+    run::{build_target, client_for},
     slo::Slo,
     units::{self, trim_float},
 };
@@ -165,7 +165,7 @@ pub async fn tune(args: &TuneArgs) -> Result<TuneReport, Error> {
     if let Some(path) = &args.replay {
         return replay(args, path);
     }
-    let client = http_client();
+    let client = client_for(&args.target)?;
     let target = Arc::new(build_target(&args.target, &client).await?);
     let keys = Keys::resolve(args.target.key_file.as_deref(), args.management_key.as_deref(), None)?;
     let management = Management::new(

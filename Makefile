@@ -50,7 +50,7 @@ TORCHSERVE_STAMP := $(TORCH_VENV)/.torchserve-$(TORCHSERVE_VERSION).stamp
 CONFIG  ?= config/config.properties
 BIN     := target/release/ferroserve
 
-.PHONY: deps deps-run tools run build build-server plugin proto dist image-test test grpc-test fmt lint features deploy-check deploy-live bench bench-backend bench-e2e bench-adaptive bench-drift bench-obs bench-memory soak loadtest tune model drift-fixtures fuzz clean
+.PHONY: deps deps-run tools run build build-server plugin proto dist image-test test grpc-test fmt lint features deploy-check deploy-live gpu-bundle gpu-bundle-test bench bench-backend bench-e2e bench-adaptive bench-drift bench-obs bench-memory soak loadtest tune model drift-fixtures fuzz clean
 
 ## deps: what `make build` needs (deps-run), then torch==$(TORCH_VERSION) with its CUDA wheels and, beside it,
 ## torchserve and torch-model-archiver==$(TORCHSERVE_VERSION) (the Python worker of archives with their own handler:
@@ -169,6 +169,46 @@ dist: deps
 ## missing; no registry needed) and run for real: user, read-only root, predictions, key, health, SIGTERM, compose
 image-test: dist
 	bash docker/image-test.sh
+
+# The GPU bundle (README "The GPU bundle"): ferroserve for a GPU host with torch $(GPU_BUNDLE_TORCH) installed and no
+# Rust or network, its TorchScript plugin built against that torch's libtorch (gpu-bundle/plugin-torch-2.11, tch
+# 0.24, a build of its own). The libtorch comes from the torch wheel without its CUDA wheels, as LIBTORCH_CPU_VENV
+# (torch 2.11 names the same cudart and cupti as 2.13); ONNX Runtime from the CPU wheel, whatever this machine has.
+GPU_BUNDLE_TORCH := 2.11.0
+LIBTORCH_GPU_BUNDLE_VENV := $(CACHE)/venv-libtorch-cpu-$(GPU_BUNDLE_TORCH)
+LIBTORCH_GPU_BUNDLE = $(wildcard $(LIBTORCH_GPU_BUNDLE_VENV)/lib/python3*/site-packages/torch)
+LIBTORCH_CPU = $(wildcard $(LIBTORCH_CPU_VENV)/lib/python3*/site-packages/torch)
+ORT_CPU_VENV := $(CACHE)/venv-ort-$(ORT_VERSION)
+GPU_BUNDLE := target/gpu-bundle/ferroserve-gpu-bundle-torch$(GPU_BUNDLE_TORCH).tar.xz
+
+ifneq ($(LIBTORCH_GPU_BUNDLE_VENV),$(LIBTORCH_CPU_VENV))
+$(LIBTORCH_GPU_BUNDLE_VENV)/.stamp:
+	$(PYTHON) -m venv $(LIBTORCH_GPU_BUNDLE_VENV)
+	$(LIBTORCH_GPU_BUNDLE_VENV)/bin/python -m pip install --quiet --no-deps torch==$(GPU_BUNDLE_TORCH) \
+		nvidia-cuda-runtime==$(CUDA_RUNTIME_VERSION) nvidia-cuda-cupti==$(CUDA_CUPTI_VERSION)
+	touch $@
+endif
+
+ifneq ($(ORT_CPU_VENV),$(RUNTIME_VENV))
+$(ORT_CPU_VENV)/.stamp:
+	$(PYTHON) -m venv $(ORT_CPU_VENV)
+	$(ORT_CPU_VENV)/bin/python -m pip install --quiet onnxruntime==$(ORT_VERSION)
+	touch $@
+endif
+
+## gpu-bundle: $(GPU_BUNDLE) (at most 64 MiB): the stripped release server, ferroserve-gpu-check, the TorchScript
+## plugin built against torch $(GPU_BUNDLE_TORCH)'s libtorch, ONNX Runtime's CPU library, signnet and run.sh, which
+## runs the CUDA checks, the server with TORCH_DEVICE=cuda and the GPU figures on the host and writes a report
+gpu-bundle: $(LIBTORCH_GPU_BUNDLE_VENV)/.stamp $(ORT_CPU_VENV)/.stamp
+	LIBTORCH_211="$(LIBTORCH_GPU_BUNDLE)" GPU_BUNDLE_TORCH=$(GPU_BUNDLE_TORCH) \
+		ORT_LIB="$(wildcard $(ORT_CPU_VENV)/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.$(ORT_VERSION))" \
+		bash gpu-bundle/build.sh
+
+## gpu-bundle-test: the bundle's size, then the bundle unpacked in a temporary folder and run with TORCH_DEVICE=cpu
+## in a clean environment with only the torch $(GPU_BUNDLE_TORCH) wheel's libraries: signnet's reference answers,
+## "device":"cpu", nothing loaded from the clone, and a torch $(TORCH_VERSION) refused
+gpu-bundle-test: gpu-bundle $(LIBTORCH_CPU_VENV)/.stamp
+	bash gpu-bundle/test.sh $(GPU_BUNDLE) "$(LIBTORCH_GPU_BUNDLE)" "$(LIBTORCH_CPU)"
 
 ## deploy-check: Kubernetes manifests against their schemas, KServe and KEDA resources against their CRDs,
 ## yamllint, promtool check and test of the rules (installs its tools into a venv under $(CACHE))

@@ -245,8 +245,11 @@ bench-backend: deps
 	cargo build --release -p ferroserve-torch-plugin
 	cargo bench -p ferroserve-benches --bench backend
 
-bench-e2e: build
+## bench-e2e: the wrk table (concurrency 1, 16, 64; batch size 1 and 16), then TLS off and on back to back, then the
+## access log with traces (10 % sampled) off and on in alternation (bench-obs)
+bench-e2e: build bench-obs
 	bash benches/e2e.sh
+	TLS=ab bash benches/e2e.sh
 
 ## bench-adaptive: maxBatchDelay "auto" (p99 objective) against fixed settings: a lone client, open loop at 10-95 %
 ## of capacity, and a 10 % -> 90 % -> 10 % step (release server and ferroserve-loadtest)

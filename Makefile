@@ -131,12 +131,14 @@ run: build-server
 	$(if $(CUDA_LIBRARY_PATH),LD_LIBRARY_PATH=$(CUDA_LIBRARY_PATH)$${LD_LIBRARY_PATH:+:$$LD_LIBRARY_PATH}) $(BIN) --ts-config $(CONFIG)
 
 ## test: formatting, clippy with -D warnings, every cargo feature combination, every test, and the checks of
-## deploy/ (manifests and rules, then a live Prometheus against the server)
+## deploy/ (manifests and rules, then a live Prometheus against the server), and the images, built from the debug
+## binaries the tests built (a release build of their own made CI too long; `make image-test` alone builds release)
 test: deps tools fmt lint features
 	cargo build -p ferroserve-torch-plugin
 	cargo test --workspace --all-targets
 	cargo test --workspace --doc
-	$(MAKE) grpc-test deploy-check deploy-live image-test
+	$(MAKE) grpc-test deploy-check deploy-live
+	$(MAKE) image-test DIST_PROFILE=dev
 
 $(GRPC_VENV)/.stamp:
 	$(PYTHON) -m venv $(GRPC_VENV)
@@ -159,11 +161,12 @@ grpc-test: deps $(GRPC_VENV)/.stamp
 
 ## dist: the release binaries and the native libraries the images copy, in dist/linux-<arch>/ (DIST_CUDA=1 adds
 ## the CUDA libraries of the torch wheel, for the cuda image; DIST_ARCH=arm64 cross-builds the slim binary for
-## linux/arm64); docker/dist.sh says what goes where
+## linux/arm64; DIST_PROFILE=dev takes the debug binaries, as `make test` does); docker/dist.sh says what goes where
 DIST_CUDA ?= 0
 DIST_ARCH ?=
+DIST_PROFILE ?= release
 dist: deps
-	DIST_CUDA=$(DIST_CUDA) DIST_ARCH=$(DIST_ARCH) bash docker/dist.sh
+	DIST_CUDA=$(DIST_CUDA) DIST_ARCH=$(DIST_ARCH) DIST_PROFILE=$(DIST_PROFILE) bash docker/dist.sh
 
 ## image-test: hadolint and compose validation, then the cpu and slim images built with podman (installed when
 ## missing; no registry needed) and run for real: user, read-only root, predictions, key, health, SIGTERM, compose

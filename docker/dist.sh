@@ -14,6 +14,10 @@
 #   lib/torch-cuda/       with DIST_CUDA=1: the plugin and every library of the torch wheel and its nvidia-* wheels
 #                         (the plugin opens libtorch_cuda when the machine has a CUDA GPU)
 #
+# DIST_PROFILE=dev takes the debug binaries instead of the release ones (`make test` builds its images so, from the
+# binaries its tests already built: the images' layout, user, libraries and answers are checked without a release
+# build of its own); the images users build come from the release profile.
+#
 # DIST_ARCH=arm64 on an x86-64 host cross-builds the slim binary only (Debian's gcc-aarch64-linux-gnu links it;
 # libonnxruntime comes from PyPI's aarch64 wheel): libtorch is not cross-built (see README, Containers).
 set -euo pipefail
@@ -63,16 +67,22 @@ mkdir -p "$out"/bin "$out"/lib/{onnxruntime,torch-cpu}
 # Links a file into a folder (a copy when hard links cannot cross file systems).
 place() { ln -f "$1" "$2/" 2>/dev/null || cp -f "$1" "$2/"; }
 
-cargo build --release -p ferroserve -p ferroserve-torch-plugin --lib --bin ferroserve
-strip --strip-unneeded -o "$out/bin/ferroserve" target/release/ferroserve
+profile=${DIST_PROFILE:-release}
+case $profile in
+    release) built=target/release ;;
+    dev) built=target/debug ;;
+    *) echo "dist: DIST_PROFILE is release or dev, not $profile" >&2; exit 1 ;;
+esac
+cargo build --profile "$profile" -p ferroserve -p ferroserve-torch-plugin --lib --bin ferroserve
+strip --strip-unneeded -o "$out/bin/ferroserve" "$built/ferroserve"
 # The plugin names libtorch_cpu and libc10 only (libtorch_cuda it opens itself on a GPU machine); in the images
 # they lie beside it.
 plugin=$out/lib/libferroserve_torch.so
-strip --strip-unneeded -o "$plugin" target/release/libferroserve_torch.so
+strip --strip-unneeded -o "$plugin" "$built/libferroserve_torch.so"
 patchelf --set-rpath '$ORIGIN' "$plugin"
 
-cargo build --release --bin ferroserve -p ferroserve --no-default-features --features onnx
-strip --strip-unneeded -o "$out/bin/ferroserve-onnx" target/release/ferroserve
+cargo build --profile "$profile" --bin ferroserve -p ferroserve --no-default-features --features onnx
+strip --strip-unneeded -o "$out/bin/ferroserve-onnx" "$built/ferroserve"
 
 for lib in "$ort"/libonnxruntime.so.* "$ort"/libonnxruntime_providers_*.so; do
     [[ -e $lib ]] && place "$lib" "$out/lib/onnxruntime"

@@ -219,13 +219,11 @@ mod tests {
             });
         };
         let slot = ServedSlot::default();
-        let spawned = slot.scope(async move { tokio::spawn(carry(async move { record() })) }).await;
-        spawned.await.expect("the task");
+        slot.scope(async move { tokio::spawn(carry(async move { record() })).await.expect("the task") }).await;
         let served = slot.take().expect("recorded from the other task");
         assert_eq!((served.model.as_str(), served.timing.batch_size), ("m", 3));
         let lost = ServedSlot::default();
-        let plain = lost.scope(async move { tokio::spawn(async move { record() }) }).await;
-        plain.await.expect("the task");
+        lost.scope(async move { tokio::spawn(async move { record() }).await.expect("the task") }).await;
         assert!(lost.take().is_none(), "without carry, a spawned task records nothing");
     }
 }

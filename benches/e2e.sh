@@ -25,7 +25,11 @@ DRIFT=${DRIFT:-true}
 BIN=${BIN:-target/release/ferroserve}
 
 source benches/server.sh
-wrk_bench_setup "$BIN"
+if [ "${TLS:-}" = ab ]; then
+    bench_setup "$BIN" # ferroserve-loadtest drives it: no wrk
+else
+    wrk_bench_setup "$BIN"
+fi
 
 # With CANARY: a model store holding signnet and a no-archive folder of the same files, version 2.0.
 store_lines=

@@ -3,7 +3,8 @@
 //! the JSON log (valid JSON lines that carry the request's id, model and worker), and OpenTelemetry traces sent to
 //! an OTLP receiver inside the test (the client's `traceparent` continued, with queue and inference spans that
 //! name the model and batch), none without an endpoint, and none that holds up a request when the collector is
-//! down.
+//! down, its lost spans counted; a gRPC stream's line names its model and batch; the binary's access log holds
+//! every line of the requests answered before SIGTERM.
 
 mod support;
 

@@ -2,7 +2,9 @@
 //! `localhost` and 127.0.0.1, an expired one, a key of another pair); curl trusting the test CA gets `/ping`, a
 //! prediction and HTTP/2, and a gRPC call over TLS; the load generator runs over TLS; plain HTTP to a TLS port is
 //! answered 400 and closed; a silent client does not hold up others; a wrong key, a missing file, an expired
-//! certificate and a `keystore` each stop the binary with the reason; CORS preflights and headers as configured.
+//! certificate and a `keystore` each stop the binary with the reason; CORS preflights and headers as configured;
+//! SIGHUP and a change of the files reload the certificate (a half-written pair is not used); `ferroserve
+//! healthcheck` over https trusts the CA given, or exactly the configured certificate, and nothing else.
 
 mod support;
 

@@ -353,3 +353,34 @@ fn access_log_lines_written_just_before_sigterm_are_all_in_the_file() {
     let expected: Vec<String> = (0..n).map(|i| format!("/predictions/none-{i}")).collect();
     assert_eq!(paths, expected, "every request's line, in order");
 }
+
+/// A collector that accepts connections and never answers: the first export hangs (until its 5 s timeout), the
+/// spans recorded meanwhile fill the queue, and each one past it is dropped at once and counted, never waited for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_past_a_full_queue_are_dropped_and_counted_while_a_silent_collector_holds_an_export() {
+    use ferroserve::exchange::{Exchange, Outcome};
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let failures = ExportFailures::register(&prometheus::Registry::new()).expect("counters");
+    let traces = Traces::start(&format!("http://{}", silent.local_addr().expect("addr")), 1.0, failures.clone())
+        .expect("an exporter");
+    let exchange = Exchange {
+        started: std::time::SystemTime::now(),
+        start: std::time::Instant::now(),
+        peer: None,
+        protocol: "HTTP/1.1",
+        method: "POST".into(),
+        path: "/predictions/m".into(),
+        request_id: "r".into(),
+        trace_headers: None,
+    };
+    let outcome = Outcome { status: 200, grpc_status: None, bytes: 0, latency: Duration::from_millis(1), served: None };
+    let (queue, sent) = (8192, 9000);
+    let started = std::time::Instant::now();
+    for _ in 0..sent {
+        traces.record(&exchange, &outcome);
+    }
+    assert!(started.elapsed() < Duration::from_secs(4), "recording waits for no export: {:?}", started.elapsed());
+    assert_eq!(failures.queue_full.get(), sent - queue, "one request span each; those past the queue dropped");
+    tokio::task::spawn_blocking(move || drop(traces)).await.expect("the exporter stops");
+    drop(silent);
+}

@@ -248,8 +248,8 @@ bench-backend: deps
 	cargo build --release -p ferroserve-torch-plugin
 	cargo bench -p ferroserve-benches --bench backend
 
-## bench-e2e: the wrk table (concurrency 1, 16, 64; batch size 1 and 16), then TLS off and on back to back, then the
-## access log with traces (10 % sampled) off and on in alternation (bench-obs)
+## bench-e2e: the wrk table (concurrency 1, 16, 64; batch size 1 and 16), then TLS off and on back to back (3 rounds,
+## with CPU per request), then the access log and traces (10 % sampled) off and on in rotation (bench-obs)
 bench-e2e: build bench-obs
 	bash benches/e2e.sh
 	TLS=ab bash benches/e2e.sh
@@ -264,8 +264,8 @@ bench-adaptive: build
 bench-drift: build
 	bash benches/drift-cost.sh
 
-## bench-obs: the cost of the access log and OTLP traces (10 % sampled, to a local receiver), on and off in
-## alternation (req/s and CPU per request; benches/obs-cost.sh, SINK=refused for a collector that is down)
+## bench-obs: the cost of the access log and OTLP traces (10 % sampled, to a local receiver): off, log, traces and
+## both in rotation (req/s, p50, p99 and CPU per request; benches/obs-cost.sh, SINK=refused for a collector that is down)
 bench-obs: build
 	cargo build --release --bin ferroserve-loadtest
 	cargo build --release -p ferroserve --example otlp_sink

@@ -38,14 +38,19 @@ f:close()
 LUA
 }
 
-# wrk_bench_setup BIN: checks for wrk (installs Debian's package when it can) and for BIN, makes the folder `work`
-# (removed on exit, with the server still running, if any) and work/post.lua (write_post_lua).
+# wrk_bench_setup BIN: checks for wrk (installs Debian's package when it can), then bench_setup BIN.
 wrk_bench_setup() {
-    local bin=$1
     if ! command -v wrk >/dev/null; then
         echo "installing wrk (Debian package)" >&2
         apt-get install -y -qq wrk >/dev/null || { echo "wrk is needed: apt-get install wrk" >&2; exit 1; }
     fi
+    bench_setup "$1"
+}
+
+# bench_setup BIN: checks for BIN, makes the folder `work` (removed on exit, with the server still running, if
+# any) and work/post.lua (write_post_lua).
+bench_setup() {
+    local bin=$1
     [ -x "$bin" ] || { echo "build first: make build" >&2; exit 1; }
     work=$(mktemp -d)
     server_pid=

@@ -1,12 +1,14 @@
 //! The access log: one JSON line per request (HTTP and gRPC), written by a thread of its own through a buffered
 //! writer. Requests hand their line over a bounded channel and never wait for the disk: when the channel is full
 //! the line is dropped and counted in `ferroserve_access_log_dropped_total`. The writer flushes whenever it has
-//! caught up, so a quiet server's log is current and a busy one writes in large blocks.
+//! caught up, so a quiet server's log is current and a busy one writes in large blocks. At shutdown
+//! [`AccessLog::flush`] waits until every line recorded before it is on disk (or stdout).
 
 use std::{
     fs::OpenOptions,
     io::{BufWriter, Write},
     thread::JoinHandle,
+    time::{Duration, Instant},
 };
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
@@ -21,10 +23,17 @@ use crate::{
 /// Lines waiting for the writer at most; past this, lines are dropped (and counted).
 pub const QUEUE: usize = 16 * 1024;
 
+/// What the writer thread is handed: a line, or a request to flush what came before and say so.
+#[derive(Debug)]
+enum Message {
+    Line(String),
+    Flush(Sender<()>),
+}
+
 /// An open access log.
 #[derive(Debug)]
 pub struct AccessLog {
-    lines: Sender<String>,
+    lines: Sender<Message>,
     dropped: IntCounter,
     writer: Option<JoinHandle<()>>,
 }
@@ -58,10 +67,19 @@ impl AccessLog {
 
     /// Logs one request; never waits: a full queue drops the line.
     pub fn record(&self, exchange: &Exchange, outcome: &Outcome) {
-        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = self.lines.try_send(line(exchange, outcome))
+        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
+            self.lines.try_send(Message::Line(line(exchange, outcome)))
         {
             self.dropped.inc();
         }
+    }
+
+    /// Waits, `timeout` at most, until every line recorded before the call is written and flushed: what a
+    /// server stopping does, so that the lines of its last requests are not lost. Returns whether they were.
+    pub fn flush(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let (done, flushed) = crossbeam_channel::bounded(1);
+        self.lines.send_deadline(Message::Flush(done), deadline).is_ok() && flushed.recv_deadline(deadline).is_ok()
     }
 }
 
@@ -76,25 +94,32 @@ impl Drop for AccessLog {
     }
 }
 
-/// The writer thread: writes lines as they come, flushing each time the queue is empty, until every sender is
-/// gone. A write error is reported once and the lines that follow are dropped rather than block requests.
-fn write_lines(received: &Receiver<String>, mut out: BufWriter<Box<dyn Write + Send>>) {
+/// The writer thread: writes lines as they come, flushing each time the queue is empty or a flush is asked for,
+/// until every sender is gone. A write error is reported once and the lines that follow are dropped rather than
+/// block requests.
+fn write_lines(received: &Receiver<Message>, mut out: BufWriter<Box<dyn Write + Send>>) {
     let mut failed = false;
     while let Ok(first) = received.recv() {
-        let mut write = |line: String| {
-            if !failed {
+        let mut asked = Vec::new();
+        let mut take = |message: Message| match message {
+            Message::Line(line) if !failed => {
                 if let Err(error) = out.write_all(line.as_bytes()) {
                     tracing::error!(%error, "cannot write the access log; its lines are dropped from now on");
                     failed = true;
                 }
             }
+            Message::Line(_) => {}
+            Message::Flush(done) => asked.push(done),
         };
-        write(first);
-        while let Ok(line) = received.try_recv() {
-            write(line);
+        take(first);
+        while let Ok(message) = received.try_recv() {
+            take(message);
         }
         if !failed {
             let _ = out.flush();
+        }
+        for done in asked {
+            let _ = done.send(());
         }
     }
 }
@@ -236,6 +261,23 @@ mod tests {
 
         fn flush(&mut self) -> std::io::Result<()> {
             Ok(())
+        }
+    }
+
+    #[test]
+    fn flush_returns_once_every_line_recorded_before_it_is_written_and_flushed() {
+        let gate = Gate::default();
+        *gate.open.0.lock().expect("gate") = true;
+        let log =
+            AccessLog::to_writer(Box::new(gate.clone()), IntCounter::new("d", "d").expect("a counter")).expect("a log");
+        for round in 1..=3 {
+            for i in 0..100 {
+                log.record(&exchange(&format!("{round}-{i}")), &outcome(true));
+            }
+            assert!(log.flush(Duration::from_secs(30)), "flushed");
+            let written = String::from_utf8(gate.written.lock().expect("written").clone()).expect("UTF-8");
+            assert_eq!(written.lines().count(), round * 100, "every line so far, with no waiting after flush");
+            assert!(written.ends_with(&format!("\"request_id\":\"{round}-99\"}}\n")), "the last line is whole");
         }
     }
 

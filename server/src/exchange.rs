@@ -1,7 +1,8 @@
 //! One request and its answer as the access log and the traces see them: who asked what ([`Exchange`]), how it
 //! ended ([`Outcome`]) and, when a model answered it, which model and batch did ([`Served`]). The handlers say
 //! which model served a request with [`served`], wherever in the request's task they learn it; the transport
-//! collects it with [`watch`]. A leaf: it imports nothing of the server above it.
+//! collects it with [`watch`] (or a [`ServedSlot`] read when a stream ends), and [`carry`] takes it, with the
+//! request's span, into a task the request starts. A leaf: it imports nothing of the server above it.
 
 use std::{
     future::Future,
@@ -36,6 +37,54 @@ tokio::task_local! {
     static SERVED: Arc<Mutex<Option<Served>>>;
 }
 
+/// Where [`served`] leaves what it learns while a request's work runs in [`ServedSlot::scope`]: read once the
+/// request is over, which for a stream is when its last answer is sent.
+#[derive(Debug, Clone, Default)]
+pub struct ServedSlot(Arc<Mutex<Option<Served>>>);
+
+impl ServedSlot {
+    /// Runs `work` with what [`served`] records in it (and in the tasks it starts through [`carry`]) left here.
+    pub async fn scope<F: Future>(&self, work: F) -> F::Output {
+        SERVED.scope(Arc::clone(&self.0), work).await
+    }
+
+    /// What [`served`] recorded last, if anything.
+    #[must_use]
+    pub fn take(&self) -> Option<Served> {
+        self.0.lock().take()
+    }
+}
+
+/// `work`, to be run on a task of its own (`tokio::spawn`), made part of the current request: it runs in the
+/// current span, and what [`served`] records in it goes to the current request's [`watch`] or [`ServedSlot`].
+/// For the answers of a gRPC stream, computed on a task of their own.
+pub fn carry<F: Future>(work: F) -> impl Future<Output = F::Output> {
+    let span = tracing::Span::current();
+    let slot = SERVED.try_with(Arc::clone).ok();
+    async move {
+        let work = tracing::Instrument::instrument(work, span);
+        match slot {
+            Some(slot) => SERVED.scope(slot, work).await,
+            None => work.await,
+        }
+    }
+}
+
+/// The model a request's path names, when it names one: `/predictions/{model}`, `/explanations/{model}`,
+/// `/v2/models/{model}/...`, `/models/{model}` (management) and `/v1/models/{model}:verb`; so that a request's
+/// log lines carry its model before a model has answered it.
+#[must_use]
+pub fn model_in_path(path: &str) -> Option<&str> {
+    let mut parts = path.trim_start_matches('/').split('/');
+    let model = match (parts.next()?, parts.next()?) {
+        ("predictions" | "explanations" | "models", model) => model,
+        ("v1" | "v2", "models") => parts.next()?,
+        _ => return None,
+    };
+    let model = model.split_once(':').map_or(model, |(name, _)| name);
+    (!model.is_empty()).then_some(model)
+}
+
 /// Records that `model` answered the current request with `timing`: for the access log and the traces (when the
 /// request runs under [`watch`]) and in the current span's `model` and `worker` fields (the request's span).
 pub fn served(model: &Model, timing: Timing) {
@@ -61,10 +110,9 @@ pub fn served(model: &Model, timing: Timing) {
 
 /// Runs `work`, and returns its output with what [`served`] recorded meanwhile in the same task.
 pub async fn watch<F: Future>(work: F) -> (F::Output, Option<Served>) {
-    let slot = Arc::new(Mutex::new(None));
-    let output = SERVED.scope(Arc::clone(&slot), work).await;
-    let served = slot.lock().take();
-    (output, served)
+    let slot = ServedSlot::default();
+    let output = slot.scope(work).await;
+    (output, slot.take())
 }
 
 /// What the access log and the traces know of a request when it arrives.
@@ -130,4 +178,52 @@ pub struct Outcome {
     pub latency: Duration,
     /// The model and batch that answered it, if one did.
     pub served: Option<Served>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_model_is_read_from_the_paths_that_name_one() {
+        for (path, model) in [
+            ("/predictions/signnet", Some("signnet")),
+            ("/predictions/signnet/2.0", Some("signnet")),
+            ("/explanations/m", Some("m")),
+            ("/v2/models/m/versions/1/infer", Some("m")),
+            ("/v2/models/m/ready", Some("m")),
+            ("/v1/models/m:predict", Some("m")),
+            ("/models/m", Some("m")),
+            ("/models", None),
+            ("/predictions/", None),
+            ("/ping", None),
+            ("/v2/health/ready", None),
+        ] {
+            assert_eq!(model_in_path(path), model, "{path}");
+        }
+    }
+
+    #[tokio::test]
+    async fn what_a_carried_task_records_reaches_the_requests_watch() {
+        let timing = Timing {
+            queue: Duration::from_millis(1),
+            inference: Duration::from_millis(2),
+            batch_size: 3,
+            batch_id: 9,
+            worker: 1,
+        };
+        let record = move || {
+            let _ = SERVED.try_with(|slot| {
+                *slot.lock() =
+                    Some(Served { model: "m".into(), version: "1.0".into(), timing, answered: Instant::now() });
+            });
+        };
+        let slot = ServedSlot::default();
+        slot.scope(async move { tokio::spawn(carry(async move { record() })).await.expect("the task") }).await;
+        let served = slot.take().expect("recorded from the other task");
+        assert_eq!((served.model.as_str(), served.timing.batch_size), ("m", 3));
+        let lost = ServedSlot::default();
+        lost.scope(async move { tokio::spawn(async move { record() }).await.expect("the task") }).await;
+        assert!(lost.take().is_none(), "without carry, a spawned task records nothing");
+    }
 }

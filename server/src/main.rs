@@ -55,6 +55,9 @@ enum Command {
         /// How long to wait for the answer.
         #[arg(long, value_name = "DURATION", default_value = "5s")]
         timeout: humantime::Duration,
+        /// For an https:// URL: the CAs (PEM) to trust; default: exactly the configuration's certificate_file.
+        #[arg(long, value_name = "FILE")]
+        ca_cert: Option<PathBuf>,
     },
     /// Makes a model's drift reference profile from a file of example requests (one `{"landmarks": ...}` body
     /// per line), run through the model as the server runs them; the server reads it from
@@ -101,8 +104,8 @@ fn command(cli: &Cli) -> anyhow::Result<()> {
     if let Some(Command::Runtimes) = &cli.command {
         return runtimes(&load_config(cli)?);
     }
-    if let Some(Command::Healthcheck { url, timeout }) = &cli.command {
-        return healthcheck(cli, url.as_deref(), (*timeout).into());
+    if let Some(Command::Healthcheck { url, timeout, ca_cert }) = &cli.command {
+        return healthcheck(cli, url.as_deref(), (*timeout).into(), ca_cert.as_deref());
     }
     if let Some(Command::DriftProfile { model, file, requests, output }) = &cli.command {
         let job = drift_profile::ProfileJob { model: model.clone(), entry: file.clone(), requests: requests.clone() };
@@ -147,6 +150,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
             }
         }
         if let Some(tls) = listeners.tls().cloned() {
+            tokio::spawn(tls.clone().reload_on_change(std::time::Duration::from_secs(5)));
             tokio::spawn(reload_on_sighup(tls));
         }
         let served = ferroserve::run(listeners, Arc::clone(&state), first_signal()).await;
@@ -184,20 +188,21 @@ fn runtimes(config: &Config) -> anyhow::Result<()> {
 }
 
 /// Checks a running server's health, printing the answer (exit 0) or why it is not healthy (exit 1).
-fn healthcheck(cli: &Cli, url: Option<&str>, timeout: std::time::Duration) -> anyhow::Result<()> {
-    let url = match url {
-        Some(url) => url.to_string(),
-        None => {
-            let mut config = match &cli.ts_config {
-                Some(path) => Config::from_file(path)?,
-                None => Config::default(),
-            };
-            config.apply_env(std::env::vars())?;
-            ferroserve::healthcheck::ping_url(&config)
-        }
+fn healthcheck(
+    cli: &Cli,
+    url: Option<&str>,
+    timeout: std::time::Duration,
+    ca_cert: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    use ferroserve::healthcheck::{check, ping_url, Trust};
+    let mut config = match &cli.ts_config {
+        Some(path) => Config::from_file(path)?,
+        None => Config::default(),
     };
+    config.apply_env(std::env::vars())?;
+    let url = url.map_or_else(|| ping_url(&config), str::to_string);
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    match runtime.block_on(ferroserve::healthcheck::check(&url, timeout)) {
+    match runtime.block_on(check(&url, &Trust::from(&config, ca_cert), timeout)) {
         Ok(body) => {
             println!("healthy: {url} answered 200 {body}");
             Ok(())

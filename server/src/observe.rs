@@ -14,13 +14,17 @@ use hyper::{
     service::Service,
     Request, Response,
 };
+use tracing::Instrument as _;
 
 use crate::{
     access_log::AccessLog,
-    exchange::{self, Exchange, Outcome, Served},
+    exchange::{Exchange, Outcome, ServedSlot},
     obs_config::ObsConfig,
-    traces::Traces,
+    traces::{ExportFailures, Traces},
 };
+
+/// How long a stopping server waits for the access log's last lines to be written.
+const SHUTDOWN_FLUSH: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The access log and the trace exporter, each when configured.
 #[derive(Debug, Default)]
@@ -38,8 +42,8 @@ pub enum ObserveError {
     /// The trace exporter cannot start.
     #[error(transparent)]
     Traces(#[from] crate::traces::TraceError),
-    /// The dropped-lines counter cannot be registered.
-    #[error("cannot register the access log's metric: {0}")]
+    /// The access log's or the exporter's counters cannot be registered.
+    #[error("cannot register the access log's or the trace exporter's metrics: {0}")]
     Metric(#[from] prometheus::Error),
 }
 
@@ -62,7 +66,8 @@ impl Observer {
         let traces = match config.endpoint(|name| std::env::var(name).ok()) {
             Some(endpoint) => {
                 tracing::info!(endpoint, ratio = config.otlp_sampling_ratio, "exporting traces over OTLP/gRPC");
-                Some(Traces::start(&endpoint, config.otlp_sampling_ratio)?)
+                let failures = ExportFailures::register(registry)?;
+                Some(Traces::start(&endpoint, config.otlp_sampling_ratio, failures)?)
             }
             None => None,
         };
@@ -99,15 +104,23 @@ impl Observer {
         self.traces.as_ref().map_or(Ok(()), Traces::flush)
     }
 
-    /// Stops the trace exporter after a last export. The access log is written out when the observer drops.
+    /// Writes out the access log's lines so far and stops the trace exporter after a last export: what a server
+    /// does once its connections are drained, before it exits.
     pub fn shutdown(&self) {
+        if let Some(log) = &self.access_log {
+            if !log.flush(SHUTDOWN_FLUSH) {
+                tracing::warn!("the access log's last lines could not be written within {SHUTDOWN_FLUSH:?}");
+            }
+        }
         if let Some(traces) = &self.traces {
             traces.shutdown();
         }
     }
 }
 
-/// A gRPC service observed: each call's line and trace once its last frame is sent (or the call is dropped).
+/// A gRPC service observed: each call runs in a `request` span (its `x-request-id`, else a new one; the model and
+/// worker once known), and, with the access log or traces on, gets its line and trace once its last frame is
+/// sent (or the call is dropped).
 #[derive(Debug, Clone)]
 pub struct Grpc<S> {
     inner: S,
@@ -132,20 +145,29 @@ where
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, S::Error>> + Send>>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).map_or_else(new_id, str::to_string);
+        let span = tracing::info_span!(
+            "request",
+            id = %id,
+            api = "gRPC",
+            method = %req.method(),
+            path = %req.uri().path(),
+            model = tracing::field::Empty,
+            worker = tracing::field::Empty,
+        );
         if !self.observer.is_on() {
-            let call = self.inner.call(req);
+            let call = self.inner.call(req).instrument(span);
             return Box::pin(async move { Ok(call.await?.map(|body| Observed { body, pending: None })) });
         }
-        let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).map_or_else(new_id, str::to_string);
         let exchange = Exchange::begin(&req, "gRPC", &id);
-        let call = self.inner.call(req);
+        let slot = ServedSlot::default();
+        let call = self.inner.call(req).instrument(span);
         let observer = Arc::clone(&self.observer);
         Box::pin(async move {
-            let (response, served) = exchange::watch(call).await;
-            let response = response?;
+            let response = slot.scope(call).await?;
             let status = response.status().as_u16();
             let grpc_status = response.headers().get("grpc-status").and_then(|v| v.to_str().ok()?.parse().ok());
-            let pending = Pending { observer, exchange, status, grpc_status, served, bytes: 0 };
+            let pending = Pending { observer, exchange, status, grpc_status, slot, bytes: 0 };
             Ok(response.map(|body| Observed { body, pending: Some(pending) }))
         })
     }
@@ -163,7 +185,9 @@ struct Pending {
     exchange: Exchange,
     status: u16,
     grpc_status: Option<i32>,
-    served: Option<Served>,
+    /// What the call's model recorded; a stream's answers, computed on a task the call started, record in it too
+    /// ([`crate::exchange::carry`]), so it is read when the call is over.
+    slot: ServedSlot,
     bytes: u64,
 }
 
@@ -175,7 +199,7 @@ impl Drop for Pending {
             grpc_status: self.grpc_status,
             bytes: self.bytes,
             latency: self.exchange.start.elapsed(),
-            served: self.served.take(),
+            served: self.slot.take(),
         };
         self.observer.finish(&self.exchange, &outcome);
     }

@@ -3,8 +3,9 @@
 //! check, the in-flight limit of inference requests, the handler of the API, the `max_response_size` limit,
 //! `Retry-After` on overload answers and the count of responses by status class. Each request has an id (the
 //! client's `x-request-id`, else a new UUID) sent back in `x-request-id`, and runs in a `request` span (INFO)
-//! that names it (and the model and worker that answered it, once known), the parent of its span in the engine's
-//! queue. When the access log or traces are on, the finished request goes to [`crate::observe::Observer`].
+//! that names it and the model its path names (and the worker that answered it, once known), the parent of its
+//! span in the engine's queue. When the access log or traces are on, the finished request goes to
+//! [`crate::observe::Observer`].
 
 use std::sync::Arc;
 
@@ -37,7 +38,7 @@ pub(crate) async fn route(req: Request<Incoming>, state: &Arc<AppState>, api: Ap
         api = api.name(),
         method = %req.method(),
         path = %req.uri().path(),
-        model = tracing::field::Empty,
+        model = exchange::model_in_path(req.uri().path()),
         worker = tracing::field::Empty,
     );
     let exchange = state.observer.is_on().then(|| Exchange::begin(&req, "HTTP", id.to_str().unwrap_or_default()));

@@ -2,7 +2,8 @@
 //! `certificate_file` read and checked at start-up (readable, PEM, the key matching the certificate, the
 //! certificate valid now), ALPN `h2` and `http/1.1` so that HTTP/2 and gRPC work, and the handshake of each
 //! connection, bounded in time, on the connection's own task. The certificate is held behind a resolver, so that
-//! [`Tls::reload`] (on SIGHUP) swaps it for new handshakes while open connections carry on.
+//! [`Tls::reload`] (on SIGHUP, or when the files change: [`Tls::reload_on_change`]) swaps it for new handshakes
+//! while open connections carry on.
 
 use std::{
     path::{Path, PathBuf},
@@ -143,6 +144,34 @@ impl Tls {
         Ok(())
     }
 
+    /// Reloads the key and certificate ([`Tls::reload`]) whenever either file changes (its modification time,
+    /// size or presence), looked at every `every`: a renewal tool that rewrites the files (certbot, cert-manager's
+    /// secret volume) needs no SIGHUP. A pair caught half written fails the checks, is logged and not used; the
+    /// second file's change brings the whole pair. Runs until the runtime stops.
+    pub async fn reload_on_change(self, every: Duration) {
+        let mut seen = self.files.stamp();
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            ticks.tick().await;
+            let now = self.files.stamp();
+            if now == seen {
+                continue;
+            }
+            seen = now;
+            match self.reload() {
+                Ok(()) => tracing::info!("the TLS key or certificate file changed: reloaded"),
+                Err(error) => tracing::error!("the TLS files changed: {error}; the current certificate stays"),
+            }
+        }
+    }
+
+    /// The server certificate the next handshakes get (the first of its chain).
+    #[must_use]
+    pub fn certificate(&self) -> CertificateDer<'static> {
+        self.resolver.0.read().cert.first().cloned().unwrap_or_else(|| CertificateDer::from(Vec::new()))
+    }
+
     /// The TLS handshake of an accepted connection, all within [`HANDSHAKE_TIMEOUT`]. A client that speaks plain
     /// HTTP is answered 400 (saying to use https) and closed; a failed or slow handshake closes the connection.
     /// Each ends with a log line; `None` then.
@@ -199,7 +228,16 @@ async fn refuse_plain(mut stream: TcpStream) {
     let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
 }
 
+/// What tells that a file changed: its modification time and size, `None` while it cannot be read.
+type Stamp = Option<(std::time::SystemTime, u64)>;
+
 impl Files {
+    /// The stamps of the key and the certificate (following symbolic links, as a secret volume swaps them).
+    fn stamp(&self) -> [Stamp; 2] {
+        let stamp = |path: &Path| std::fs::metadata(path).ok().and_then(|m| Some((m.modified().ok()?, m.len())));
+        [stamp(&self.key), stamp(&self.cert)]
+    }
+
     /// The key and certificate, read and checked.
     fn load(&self, provider: &CryptoProvider) -> Result<CertifiedKey, TlsError> {
         let key_pem = read(&self.key, "private_key_file")?;

@@ -6,9 +6,17 @@
 //!
 //! Spans go to the SDK's batch processor: a bounded queue (spans past it are dropped) drained by a thread of its
 //! own, which exports every half second or 512 spans. A collector that is down, slow or refusing makes exports
-//! fail there, never in a request.
+//! fail there, never in a request. What is lost is counted ([`ExportFailures`]): failed exports in
+//! `ferroserve_otlp_export_failures_total`, and their spans, and those dropped with the queue full, in
+//! `ferroserve_otlp_spans_dropped_total{reason="export_failed"|"queue_full"}`.
 
-use std::time::{Duration, SystemTime};
+use std::{
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::{Duration, SystemTime},
+};
 
 use opentelemetry::{
     propagation::{Extractor, TextMapPropagator as _},
@@ -17,10 +25,15 @@ use opentelemetry::{
 };
 use opentelemetry_otlp::WithExportConfig as _;
 use opentelemetry_sdk::{
+    error::OTelSdkResult,
     propagation::TraceContextPropagator,
-    trace::{BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracer, SdkTracerProvider},
+    trace::{
+        BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracer, SdkTracerProvider, SpanData, SpanExporter,
+        SpanProcessor,
+    },
     Resource,
 };
+use prometheus::IntCounter;
 
 use crate::exchange::{Exchange, Outcome, Served};
 
@@ -50,21 +63,26 @@ impl Traces {
     /// `traceparent` decides for its own trace. Must run inside a tokio runtime: the exporter's connection lives
     /// on it.
     ///
+    /// What is lost is counted in `failures`.
+    ///
     /// # Errors
     /// When `endpoint` is not a URL the exporter takes.
-    pub fn start(endpoint: &str, ratio: f64) -> Result<Self, TraceError> {
+    pub fn start(endpoint: &str, ratio: f64, failures: ExportFailures) -> Result<Self, TraceError> {
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_tonic()
             .with_endpoint(endpoint)
             .with_timeout(EXPORT_TIMEOUT)
             .build()
             .map_err(|source| TraceError { endpoint: endpoint.to_string(), source })?;
+        let pending = Pending::default();
+        let exporter = Counted { inner: exporter, pending: Arc::clone(&pending), failures: failures.clone() };
         let batching = BatchConfigBuilder::default()
             .with_max_queue_size(QUEUE)
             .with_scheduled_delay(Duration::from_millis(500))
             .build();
+        let batches = BatchSpanProcessor::builder(exporter).with_batch_config(batching).build();
         let provider = SdkTracerProvider::builder()
-            .with_span_processor(BatchSpanProcessor::builder(exporter).with_batch_config(batching).build())
+            .with_span_processor(Bounded { inner: batches, pending, failures })
             .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(ratio))))
             .with_resource(Resource::builder().with_service_name("ferroserve").build())
             .build();
@@ -142,6 +160,110 @@ impl Traces {
         if let Err(error) = self.provider.shutdown() {
             tracing::warn!(%error, "the last traces could not be exported");
         }
+    }
+}
+
+/// What the exporter lost, as the metrics count it.
+#[derive(Debug, Clone)]
+pub struct ExportFailures {
+    /// Exports that failed (`ferroserve_otlp_export_failures_total`).
+    pub exports: IntCounter,
+    /// Spans lost in those exports (`ferroserve_otlp_spans_dropped_total{reason="export_failed"}`).
+    pub failed: IntCounter,
+    /// Spans dropped because the export queue was full (`ferroserve_otlp_spans_dropped_total{reason="queue_full"}`).
+    pub queue_full: IntCounter,
+}
+
+impl ExportFailures {
+    /// New counters, registered in `registry`.
+    ///
+    /// # Errors
+    /// When a counter of the same name is registered already.
+    pub fn register(registry: &prometheus::Registry) -> prometheus::Result<Self> {
+        let exports = IntCounter::new(
+            "ferroserve_otlp_export_failures_total",
+            "OTLP trace exports that failed (collector down, slow or refusing); requests never wait for them.",
+        )?;
+        let dropped = prometheus::IntCounterVec::new(
+            prometheus::Opts::new("ferroserve_otlp_spans_dropped_total", "Spans never exported, by reason."),
+            &["reason"],
+        )?;
+        registry.register(Box::new(exports.clone()))?;
+        registry.register(Box::new(dropped.clone()))?;
+        let (failed, queue_full) =
+            (dropped.with_label_values(&["export_failed"]), dropped.with_label_values(&["queue_full"]));
+        Ok(Self { exports, failed, queue_full })
+    }
+}
+
+/// The spans handed to the batch processor and not yet through an export: at most [`QUEUE`], so that the
+/// processor's own queue (of that size) never overflows uncounted.
+type Pending = Arc<AtomicUsize>;
+
+/// The batch processor, with the spans it is handed counted and, past [`QUEUE`] waiting, dropped and counted.
+#[derive(Debug)]
+struct Bounded {
+    inner: BatchSpanProcessor,
+    pending: Pending,
+    failures: ExportFailures,
+}
+
+impl SpanProcessor for Bounded {
+    fn on_start(&self, span: &mut opentelemetry_sdk::trace::Span, context: &Context) {
+        self.inner.on_start(span, context);
+    }
+
+    fn on_end(&self, span: SpanData) {
+        if !span.span_context.is_sampled() {
+            return;
+        }
+        if self.pending.fetch_add(1, Ordering::Relaxed) >= QUEUE {
+            self.pending.fetch_sub(1, Ordering::Relaxed);
+            self.failures.queue_full.inc();
+            return;
+        }
+        self.inner.on_end(span);
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
+    }
+}
+
+/// An exporter whose exports leave the pending count, and whose failed exports are counted.
+#[derive(Debug)]
+struct Counted<E> {
+    inner: E,
+    pending: Pending,
+    failures: ExportFailures,
+}
+
+impl<E: SpanExporter> SpanExporter for Counted<E> {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        let spans = batch.len();
+        let result = self.inner.export(batch).await;
+        self.pending.fetch_sub(spans, Ordering::Relaxed);
+        if result.is_err() {
+            self.failures.exports.inc();
+            self.failures.failed.inc_by(spans as u64);
+        }
+        result
+    }
+
+    fn shutdown_with_timeout(&mut self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
     }
 }
 

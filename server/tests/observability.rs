@@ -3,7 +3,8 @@
 //! the JSON log (valid JSON lines that carry the request's id, model and worker), and OpenTelemetry traces sent to
 //! an OTLP receiver inside the test (the client's `traceparent` continued, with queue and inference spans that
 //! name the model and batch), none without an endpoint, and none that holds up a request when the collector is
-//! down.
+//! down, its lost spans counted; a gRPC stream's line names its model and batch; the binary's access log holds
+//! every line of the requests answered before SIGTERM.
 
 mod support;
 
@@ -20,7 +21,7 @@ use ferroserve::{
     obs_config::ObsConfig,
     observe::Observer,
     proto::torchserve_inference::{self as ts, inference_ap_is_service_client::InferenceApIsServiceClient},
-    traces::Traces,
+    traces::{ExportFailures, Traces},
     AppState,
 };
 use ferroserve_engine::{backend::FakeMode, Registry};
@@ -90,12 +91,22 @@ async fn every_request_has_exactly_one_access_log_line_with_its_id_status_model_
         input: [("data".to_string(), body.clone().into_bytes())].into(),
         ..Default::default()
     };
-    let mut call = tonic::Request::new(request);
+    let mut call = tonic::Request::new(request.clone());
     call.metadata_mut().insert("x-request-id", "grpc-1".parse().expect("metadata"));
     grpc.predictions(call).await.expect("a gRPC prediction");
+    // A stream of two predictions: one call, one line, naming the model and batch of its answers.
+    let mut call = tonic::Request::new(tokio_stream::iter(vec![request.clone(), request]));
+    call.metadata_mut().insert("x-request-id", "grpc-stream".parse().expect("metadata"));
+    let mut answers = grpc.stream_predictions2(call).await.expect("a gRPC stream").into_inner();
+    let mut answered = 0;
+    while let Some(answer) = answers.message().await.expect("an answer") {
+        assert!(answer.status.is_none() && !answer.prediction.is_empty(), "{answer:?}");
+        answered += 1;
+    }
+    assert_eq!(answered, 2);
 
-    let lines = access_lines(&log, 33).await;
-    assert_eq!(lines.len(), 33, "one line per request: {lines:?}");
+    let lines = access_lines(&log, 34).await;
+    assert_eq!(lines.len(), 34, "one line per request: {lines:?}");
     for (id, (path, status)) in &expected {
         let mine: Vec<_> = lines.iter().filter(|l| l["request_id"] == id.as_str()).collect();
         assert_eq!(mine.len(), 1, "{id} appears once in {lines:?}");
@@ -124,6 +135,10 @@ async fn every_request_has_exactly_one_access_log_line_with_its_id_status_model_
     assert_eq!(call["grpc_status"], 0, "{call}");
     assert_eq!(call["model"], "m");
     assert!(call["bytes"].as_u64() > Some(0), "{call}");
+    let stream = lines.iter().find(|l| l["request_id"] == "grpc-stream").expect("the stream's line");
+    assert_eq!(stream["path"], "/org.pytorch.serve.grpc.inference.InferenceAPIsService/StreamPredictions2");
+    assert_eq!((&stream["grpc_status"], &stream["model"], &stream["version"]), (&0.into(), &"m".into(), &"1.0".into()));
+    assert!(stream["batch_size"].as_u64().is_some_and(|n| (1..=8).contains(&n)), "{stream}");
 }
 
 async fn channel(addr: SocketAddr) -> tonic::transport::Channel {
@@ -223,7 +238,8 @@ async fn a_clients_traceparent_is_continued_by_the_request_queue_and_inference_s
     let receiver = Receiver::default();
     let endpoint = format!("http://{}", receiver.start().await);
     // Nothing of the server's own would be sampled: the client's sampled flag decides.
-    let traces = Traces::start(&endpoint, 0.0).expect("an exporter");
+    let failures = ExportFailures::register(&prometheus::Registry::new()).expect("counters");
+    let traces = Traces::start(&endpoint, 0.0, failures.clone()).expect("an exporter");
     let server = server(Observer::new(None, Some(traces))).await;
     let (trace_id, parent) = ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7");
     let headers = [("content-type", "application/json"), ("traceparent", &format!("00-{trace_id}-{parent}-01"))];
@@ -233,6 +249,8 @@ async fn a_clients_traceparent_is_continued_by_the_request_queue_and_inference_s
     let unsampled = server.send(Method::POST, "/predictions/m", landmark_body(&[0.5; 18])).await;
     assert_eq!(unsampled.status, StatusCode::OK);
     flush(&server).await.expect("the export reaches the receiver");
+    let lost = (failures.exports.get(), failures.failed.get(), failures.queue_full.get());
+    assert_eq!(lost, (0, 0, 0), "nothing counted as lost when the export works");
 
     let spans = receiver.spans();
     assert_eq!(spans.len(), 3, "request, queue and inference of the sampled request only: {spans:?}");
@@ -281,5 +299,88 @@ async fn without_an_endpoint_nothing_is_exported_and_with_a_dead_one_requests_st
     }
     assert!(flush(&down).await.is_err(), "the export to a closed port fails");
     assert!(started.elapsed() < Duration::from_secs(30), "requests are not held up by the exporter");
+    // Counted: each of the 16 requests made 3 spans (request, queue, inference), all in failed exports.
+    let text = prometheus::TextEncoder::new().encode_to_string(&registry.gather()).expect("metrics text");
+    let exports = support::metric(&text, "ferroserve_otlp_export_failures_total", &[]).expect("the failure counter");
+    assert!(exports >= 1.0, "{text}");
+    let dropped = |reason| support::metric(&text, "ferroserve_otlp_spans_dropped_total", &[("reason", reason)]);
+    assert_eq!((dropped("export_failed"), dropped("queue_full")), (Some(48.0), Some(0.0)), "{text}");
     assert!(receiver.spans().is_empty(), "the receiver got nothing: {:?}", receiver.spans());
+}
+
+/// The binary, on port 0 with no model, its access log in a file: SIGTERM right after the last answer, and every
+/// request has its line once the process is gone (the log is flushed at shutdown, not left in a buffer).
+#[test]
+fn access_log_lines_written_just_before_sigterm_are_all_in_the_file() {
+    use std::io::BufRead as _;
+    let dir = tempfile::tempdir().expect("dir");
+    let (config, log) = (dir.path().join("config.properties"), dir.path().join("access.log"));
+    std::fs::write(
+        &config,
+        format!(
+            "inference_address=http://127.0.0.1:0\nmanagement_address=http://127.0.0.1:0\n\
+             metrics_address=http://127.0.0.1:0\ngrpc_inference_port=0\ngrpc_management_port=0\n\
+             access_log={}\n",
+            log.display()
+        ),
+    )
+    .expect("config");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ferroserve"))
+        .arg("--ts-config")
+        .arg(&config)
+        .current_dir(dir.path())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start ferroserve");
+    let mut stderr = std::io::BufReader::new(child.stderr.take().expect("stderr")).lines().map_while(Result::ok);
+    let port = stderr
+        .by_ref()
+        .find_map(|line| line.split_once("inference API on http://127.0.0.1:").map(|(_, p)| p.trim().to_string()))
+        .expect("the server says where it listens");
+    std::thread::spawn(move || stderr.for_each(drop));
+    let n = 200;
+    let urls: Vec<String> = (0..n).map(|i| format!("http://127.0.0.1:{port}/predictions/none-{i}")).collect();
+    let curl = std::process::Command::new("curl").args(["-sS", "-o", "/dev/null"]).args(&urls).status().expect("curl");
+    assert!(curl.success(), "curl");
+    let term = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill");
+    assert!(term.success());
+    assert!(child.wait().expect("exit").success(), "a clean exit");
+    let text = std::fs::read_to_string(&log).expect("the access log");
+    let paths: Vec<String> = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("JSON")["path"].as_str().expect("a path").into())
+        .collect();
+    let expected: Vec<String> = (0..n).map(|i| format!("/predictions/none-{i}")).collect();
+    assert_eq!(paths, expected, "every request's line, in order");
+}
+
+/// A collector that accepts connections and never answers: the first export hangs (until its 5 s timeout), the
+/// spans recorded meanwhile fill the queue, and each one past it is dropped at once and counted, never waited for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_past_a_full_queue_are_dropped_and_counted_while_a_silent_collector_holds_an_export() {
+    use ferroserve::exchange::{Exchange, Outcome};
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let failures = ExportFailures::register(&prometheus::Registry::new()).expect("counters");
+    let traces = Traces::start(&format!("http://{}", silent.local_addr().expect("addr")), 1.0, failures.clone())
+        .expect("an exporter");
+    let exchange = Exchange {
+        started: std::time::SystemTime::now(),
+        start: std::time::Instant::now(),
+        peer: None,
+        protocol: "HTTP/1.1",
+        method: "POST".into(),
+        path: "/predictions/m".into(),
+        request_id: "r".into(),
+        trace_headers: None,
+    };
+    let outcome = Outcome { status: 200, grpc_status: None, bytes: 0, latency: Duration::from_millis(1), served: None };
+    let (queue, sent) = (8192, 9000);
+    let started = std::time::Instant::now();
+    for _ in 0..sent {
+        traces.record(&exchange, &outcome);
+    }
+    assert!(started.elapsed() < Duration::from_secs(4), "recording waits for no export: {:?}", started.elapsed());
+    assert_eq!(failures.queue_full.get(), sent - queue, "one request span each; those past the queue dropped");
+    tokio::task::spawn_blocking(move || drop(traces)).await.expect("the exporter stops");
+    drop(silent);
 }

@@ -2,7 +2,9 @@
 //! `localhost` and 127.0.0.1, an expired one, a key of another pair); curl trusting the test CA gets `/ping`, a
 //! prediction and HTTP/2, and a gRPC call over TLS; the load generator runs over TLS; plain HTTP to a TLS port is
 //! answered 400 and closed; a silent client does not hold up others; a wrong key, a missing file, an expired
-//! certificate and a `keystore` each stop the binary with the reason; CORS preflights and headers as configured.
+//! certificate and a `keystore` each stop the binary with the reason; CORS preflights and headers as configured;
+//! SIGHUP and a change of the files reload the certificate (a half-written pair is not used); `ferroserve
+//! healthcheck` over https trusts the CA given, or exactly the configured certificate, and nothing else.
 
 mod support;
 
@@ -242,6 +244,29 @@ async fn cors_answers_preflights_and_adds_its_headers_when_configured() {
     assert!(!got.contains("access-control-"), "no CORS headers unless configured: {got}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthcheck_asks_https_trusting_the_ca_or_exactly_the_configured_certificate() {
+    use ferroserve::healthcheck::{check, HealthError, Trust};
+    let (pki, other) = (Pki::new(), Pki::new());
+    let server = tls_server(&pki, &[]).await;
+    let port = server.addr.port();
+    let time = Duration::from_secs(20);
+    for host in ["127.0.0.1", "localhost"] {
+        let url = format!("https://{host}:{port}/ping");
+        for trust in [Trust::Pinned(pki.path("cert.pem")), Trust::Ca(pki.path("ca.pem"))] {
+            let body = check(&url, &trust, time).await.unwrap_or_else(|e| panic!("{url} {trust:?}: {e}"));
+            assert!(body.contains("Healthy"), "{body}");
+        }
+        for trust in [Trust::Pinned(other.path("cert.pem")), Trust::Ca(other.path("ca.pem"))] {
+            let error = check(&url, &trust, time).await.expect_err("another certificate");
+            assert!(matches!(error, HealthError::Tls { .. }), "{url} {trust:?}: {error}");
+        }
+    }
+    let plain = check(&format!("http://127.0.0.1:{port}/ping"), &Trust::Nothing, time).await.expect_err("plain");
+    let refused = matches!(plain, HealthError::Unhealthy { status: hyper::StatusCode::BAD_REQUEST, .. });
+    assert!(refused || matches!(plain, HealthError::Http { .. }), "plain HTTP to the TLS port: {plain}");
+}
+
 /// The binary started with `lines` added to a config on port 0: its exit status and stderr, or `None` when it
 /// is still running after 30 s (killed).
 fn start_binary(lines: &str) -> (Option<i32>, String) {
@@ -315,6 +340,44 @@ fn rsa_pkcs1_and_ec_sec1_keys_are_read_and_a_key_of_another_certificate_is_refus
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_of_the_files_reloads_the_certificate_and_a_half_written_pair_is_not_used() {
+    let (first, second) = (Pki::new(), Pki::new());
+    let live = tempfile::tempdir().expect("dir");
+    let (key, cert) = (live.path().join("key.pem"), live.path().join("cert.pem"));
+    std::fs::copy(first.path("key.pem"), &key).expect("copy");
+    std::fs::copy(first.path("cert.pem"), &cert).expect("copy");
+    let config = TlsConfig {
+        https: [true, false, false],
+        private_key_file: Some(key.clone()),
+        certificate_file: Some(cert.clone()),
+        ..TlsConfig::default()
+    };
+    let tls = Tls::from_config(&config).expect("TLS").expect("on");
+    use rustls_pki_types::pem::PemObject as _;
+    let pem = |pki: &Pki| {
+        let text = std::fs::read(pki.path("cert.pem")).expect("read");
+        rustls_pki_types::CertificateDer::from_pem_slice(&text).expect("a certificate")
+    };
+    assert_eq!(tls.certificate(), pem(&first));
+    let watcher = tokio::spawn(tls.clone().reload_on_change(Duration::from_millis(20)));
+    // Only the certificate rewritten: the pair does not match, the first certificate stays.
+    std::fs::copy(second.path("cert.pem"), &cert).expect("copy");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(tls.certificate(), pem(&first), "a half-written pair is not used");
+    std::fs::copy(second.path("key.pem"), &key).expect("copy");
+    let mut reloaded = false;
+    for _ in 0..250 {
+        if tls.certificate() == pem(&second) {
+            reloaded = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    watcher.abort();
+    assert!(reloaded, "the new pair is served once both files are written");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_the_certificate_for_new_connections() {
     use std::io::BufRead as _;
     let (first, second) = (Pki::new(), Pki::new());
@@ -348,6 +411,17 @@ async fn sighup_reloads_the_certificate_for_new_connections() {
     let ping = format!("https://localhost:{port}/ping");
     let (code, _, _) = curl(&first, &[&ping]).await;
     assert_eq!(code, "200", "the first certificate");
+    // `ferroserve healthcheck` with the server's configuration trusts exactly its certificate_file.
+    let healthcheck = || {
+        let ping = format!("https://127.0.0.1:{port}/ping");
+        std::process::Command::new(env!("CARGO_BIN_EXE_ferroserve"))
+            .args(["healthcheck", "--url", &ping, "--ts-config"])
+            .arg(config.path())
+            .output()
+            .expect("ferroserve healthcheck")
+    };
+    let out = healthcheck();
+    assert!(out.status.success(), "healthcheck over TLS: {}", String::from_utf8_lossy(&out.stderr));
     std::fs::copy(second.path("key.pem"), &key).expect("copy");
     std::fs::copy(second.path("cert.pem"), &cert).expect("copy");
     let hup = std::process::Command::new("kill").args(["-HUP", &child.id().to_string()]).status().expect("kill");
@@ -365,6 +439,8 @@ async fn sighup_reloads_the_certificate_for_new_connections() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let out = healthcheck();
+    assert!(out.status.success(), "healthcheck after the reload: {}", String::from_utf8_lossy(&out.stderr));
     let still_running = child.try_wait().expect("wait").is_none();
     let _ = child.kill();
     let _ = child.wait();

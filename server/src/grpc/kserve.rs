@@ -122,7 +122,7 @@ impl GrpcInferenceService for KServe {
         // The token is checked once, for the stream; each request takes its own place in flight.
         answer(&state, Api::Inference, admit(&state, Api::Inference, &metadata, Kind::Other))?;
         let (sender, receiver) = mpsc::channel(STREAM_BACKLOG);
-        tokio::spawn(async move {
+        tokio::spawn(crate::exchange::carry(async move {
             while let Some(next) = requests.next().await {
                 let message = match next {
                     Ok(message) => message,
@@ -147,7 +147,7 @@ impl GrpcInferenceService for KServe {
                     break;
                 }
             }
-        });
+        }));
         Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
     }
 }

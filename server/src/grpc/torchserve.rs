@@ -208,7 +208,7 @@ impl InferenceApIsService for Inference {
         // The token is checked once, for the stream; each request takes its own place in flight.
         answer(&state, Api::Inference, admit(&state, Api::Inference, &metadata, Kind::Other))?;
         let (sender, receiver) = mpsc::channel(16);
-        tokio::spawn(async move {
+        tokio::spawn(crate::exchange::carry(async move {
             while let Some(Ok(mut message)) = requests.next().await {
                 let sequence_id = message.sequence_id.take();
                 let result = admitted(&state, Api::Inference, &metadata, Kind::Infer, |timeout| {
@@ -233,7 +233,7 @@ impl InferenceApIsService for Inference {
                     break;
                 }
             }
-        });
+        }));
         Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
     }
 }

@@ -279,7 +279,7 @@ fn simulate<R: Rule>(
         drop(known);
         outcome.held.push(dispatched - batch[0].at.max(free_at));
         outcome.latencies.extend(batch.iter().map(|item| dispatched + took - item.at));
-        outcome.answered.extend(std::iter::repeat(dispatched + took).take(n));
+        outcome.answered.extend(std::iter::repeat_n(dispatched + took, n));
     }
     outcome.shed = source.shed.get();
     assert_eq!(outcome.latencies.len() + outcome.shed, times.len(), "every request answered or shed, once");

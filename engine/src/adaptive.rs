@@ -137,12 +137,24 @@ impl AutoPolicy {
     /// margin per batch, keep admission from shedding what full batches could still serve in time: a queue
     /// kept shorter than that leaves the workers partial batches near the capacity, and loses throughput.
     ///
+    /// When a full batch alone (with the margin) takes longer than the objective, no request can be sure to meet
+    /// it: admission then keeps
+    /// a round of full batches (`batchSize × workers`) queued and sheds the rest.
+    ///
     /// # Errors
     /// [`Shed`], the cause, with the predicted time.
     pub fn admit(&self, queued: usize, busy: &[Duration], timeout: Duration) -> Result<(), (Shed, Duration)> {
         let Some(cost) = self.cost.filter(|c| queued > 0 && c.knows(self.max())) else { return Ok(()) };
         let full = cost.predict(self.max());
         let workers = self.workers.max(1).max(busy.len());
+        let alone = full.saturating_add(cost.spread().mul_f64(ADMISSION_MARGIN));
+        if alone > self.slo_p99 && queued < self.max() * workers {
+            // Not even a full batch started now meets the objective (a slower device, a starved CPU): every
+            // request is late whatever is shed, so admission keeps a round of full batches queued for the most
+            // answers, and sheds only beyond it (shedding down to an empty queue would leave the workers
+            // batches of one or two, the slowest way to serve anything).
+            return Ok(());
+        }
         let mut free: Vec<Duration> = (0..workers).map(|w| busy.get(w).copied().unwrap_or_default()).collect();
         let ahead = queued / self.max();
         for _ in 0..ahead {
@@ -344,6 +356,21 @@ mod tests {
         assert_eq!(AutoPolicy { cost: Some(ones), ..p }.admit(40, &[], forever), Ok(()));
         let fulls = Cost { largest: 16, ..ones };
         assert_eq!(AutoPolicy { cost: Some(fulls), ..p }.admit(40, &[], forever).map_err(|e| e.0), Err(Shed::Slo));
+    }
+
+    #[test]
+    fn when_no_batch_can_meet_the_objective_a_round_of_full_batches_stays_queued() {
+        // 2 ms + 2 ms a request: a full batch takes 34 ms, over the 25 ms objective.
+        let cost = Cost { fixed: 0.002, per_request: 0.002, spread: 0.0, samples: 100, largest: 16, sloped: true };
+        let p = AutoPolicy { cost: Some(cost), workers: 2, ..policy(10_000.0) };
+        assert_eq!(p.admit(31, &[ms(30), ms(30)], Duration::MAX), Ok(()));
+        assert_eq!(p.admit(32, &[], Duration::MAX).map_err(|e| e.0), Err(Shed::Slo));
+        // So with a spread as large as a batch: 10 ms + 20 ms.
+        let erratic = AutoPolicy { cost: policy(0.0).cost.map(|c| Cost { spread: 0.02, ..c }), ..policy(10_000.0) };
+        assert_eq!(erratic.admit(15, &[ms(10)], Duration::MAX), Ok(()));
+        assert_eq!(erratic.admit(16, &[ms(10)], Duration::MAX).map_err(|e| e.0), Err(Shed::Slo));
+        // Where a full batch meets it, the prediction decides as before.
+        assert_eq!(policy(10_000.0).admit(31, &[ms(10)], Duration::MAX).map_err(|e| e.0), Err(Shed::Slo));
     }
 
     #[test]

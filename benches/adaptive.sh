@@ -1,19 +1,23 @@
 #!/usr/bin/env bash
-# Adaptive batching (`maxBatchDelay` "auto" for a p99 objective) against fixed settings, on the release server
-# with the bundled model, driven by the release ferroserve-loadtest over loopback. One server; the settings are
-# changed live through the management API between runs, back to back:
+# Adaptive batching (`maxBatchDelay` "auto" for a p99 objective) against the best fixed setting, on the release
+# server with the bundled model, driven by the release ferroserve-loadtest over loopback. One server; the
+# settings are changed live through the management API between runs, back to back:
 #   1. capacity: closed loop, 64 connections, batchSize 16 / 2 ms;
-#   2. a lone client (closed loop, 1 connection): p50 and p99 with auto, with 16 / 2 ms and with batch size 1;
-#   3. open loop at 10, 50, 80 and 95 % of the capacity, for auto, 16 / 2 ms and batch size 1 (p50, p99,
-#      answered per second, errors);
-#   4. a step: 10 %, then 90 %, then 10 % of the capacity, auto, each second's p99.
+#   2. the best fixed setting for 80 % of the capacity: `ferroserve-loadtest tune` at that one rate over batch
+#      sizes 4-32 and delays 0-4 ms (the setting that holds the objective there with the lowest p99), started
+#      while the model is `auto`, which it must restore (checked through describe);
+#   3. a lone client (closed loop, 1 connection): p50 and p99 with auto, the tuned setting and batch size 1;
+#   4. open loop at 10, 50, 80 and 95 % of the capacity, auto and the tuned setting in alternation, ROUNDS
+#      rounds (p50, p99, answered per second, errors), and batch size 1 at 10 % (the p50 auto must be near);
+#   5. a step: 10 %, then 90 %, then 10 % of the capacity, auto, each second's p99.
 # Usage: bash benches/adaptive.sh       (`make bench-adaptive` builds both binaries first)
-# Env: DURATION (per run, default 5s), SLO_MS (25), WORKERS (2), BIN (target/release/ferroserve),
+# Env: DURATION (per run, default 5s), ROUNDS (2), SLO_MS (25), WORKERS (2), BIN (target/release/ferroserve),
 # LT (target/release/ferroserve-loadtest).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DURATION=${DURATION:-5s}
+ROUNDS=${ROUNDS:-2}
 SLO_MS=${SLO_MS:-25}
 WORKERS=${WORKERS:-2}
 BIN=${BIN:-target/release/ferroserve}
@@ -55,24 +59,58 @@ print(f'{lat["p50_ms"]:.2f} {lat["p99_ms"]:.2f} {r["success_rps"]:.0f} {sum(r["e
 PY
 }
 
+# row NAME LOAD ARGS...: one run of setting NAME, printed as a table row.
+row() {
+    local name=$1 what=$2
+    shift 2
+    batching "${SETTINGS[$name]}"
+    read -r p50 p99 rps errors < <(load "$@")
+    printf '%-16s %-14s %10s %10s %12s %8s\n' "$name" "$what" "$p50" "$p99" "$rps" "$errors"
+}
+
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 batching "${SETTINGS[fixed16x2ms]}"
 "$LT" run --target "http://$inference" --quiet -c 16 -d 2s >/dev/null 2>&1 || true # warm-up
 read -r _ _ capacity _ < <(load -c 64 -d "$DURATION")
 echo "capacity (closed loop, 64 connections, batchSize 16 / 2 ms): $capacity answered/s"
 
-printf '\n%-12s %-14s %10s %10s %12s %8s\n' setting load p50_ms p99_ms answered/s errors
-for name in auto fixed16x2ms batch1; do
-    batching "${SETTINGS[$name]}"
-    read -r p50 p99 rps errors < <(load -c 1 -d "$DURATION")
-    printf '%-12s %-14s %10s %10s %12s %8s\n' "$name" "lone client" "$p50" "$p99" "$rps" "$errors"
+rate80=$((capacity * 80 / 100))
+batching "${SETTINGS[auto]}"
+"$LT" tune --target "http://$inference" --management-url "http://$management" --model signnet \
+    --slo "p99=${SLO_MS}ms" --batch-sizes 4,8,16,32 --delays 0ms,1ms,2ms,4ms \
+    --start-rate "$rate80" --min-rate "$rate80" --max-rate "$rate80" --window 1s --max-windows 4 \
+    --trial-warmup 500ms --cooldown 300ms --confirm-misses 0 --quiet --json "$work/tune.json" >/dev/null 2>&1 || true
+restored=$(curl -sf "http://$management/models/signnet" | python3 -c \
+    'import json, sys; d = json.load(sys.stdin)[0]; print(d["maxBatchDelay"], d.get("sloP99Ms"))')
+echo "after tune the model batches with maxBatchDelay $restored (auto and $SLO_MS expected)"
+read -r tuned_label tuned_query < <(python3 - "$work/tune.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+w = r.get("winner")
+if w is None:
+    print("fixed16x2ms batch_size=16&max_batch_delay=2")
+else:
+    s = r["settings"][w]
+    d = f'{s["max_batch_delay_ms"]:g}'
+    print(f'tuned{s["batch_size"]}x{d}ms batch_size={s["batch_size"]}&max_batch_delay={d}')
+PY
+)
+SETTINGS[$tuned_label]=$tuned_query
+echo "best fixed setting tune found for $rate80/s (80 %): $tuned_label (fixed 16 / 2 ms if none held)"
+
+printf '\n%-16s %-14s %10s %10s %12s %8s\n' setting load p50_ms p99_ms answered/s errors
+for name in auto "$tuned_label" batch1; do
+    row "$name" "lone client" -c 1 -d "$DURATION"
 done
-for share in 10 50 80 95; do
-    rate=$((capacity * share / 100))
-    for name in auto fixed16x2ms batch1; do
-        batching "${SETTINGS[$name]}"
-        read -r p50 p99 rps errors < <(load -r "$rate" -d "$DURATION" --max-in-flight 4096)
-        printf '%-12s %-14s %10s %10s %12s %8s\n' "$name" "$share % ($rate/s)" "$p50" "$p99" "$rps" "$errors"
+for round in $(seq "$ROUNDS"); do
+    echo "round $round"
+    for share in 10 50 80 95; do
+        rate=$((capacity * share / 100))
+        names=(auto "$tuned_label")
+        [ "$share" = 10 ] && names+=(batch1)
+        for name in "${names[@]}"; do
+            row "$name" "$share % ($rate/s)" -r "$rate" -d "$DURATION" --max-in-flight 4096
+        done
     done
 done
 

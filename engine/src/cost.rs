@@ -4,7 +4,8 @@
 //! [`CostFit`] is a least-squares line `a + b·n` over a window of the last [`WINDOW`] batches (a sliding window
 //! rather than a forgetting factor: it forgets a slow phase at once when the window has passed, and it cannot
 //! wind up while every batch has the same size). Its residual standard deviation is the spread the dispatch rule
-//! keeps as a margin. [`ArrivalRate`] is an exponentially decayed count of arrivals. Both take the instants they
+//! keeps as a margin. [`ArrivalRate`] is an exponentially decayed count of arrivals, over a fast and a slow time
+//! constant. Both take the instants they
 //! are given, so they run on virtual time in tests as on the monotonic clock in the workers.
 
 use std::{
@@ -20,8 +21,11 @@ pub const WINDOW: usize = 256;
 /// Batches needed before the fit predicts anything: fewer say too little of the spread.
 pub const MIN_SAMPLES: usize = 8;
 
-/// The time constant of [`ArrivalRate`]: arrivals older than a few of these no longer count.
+/// The slow time constant of [`ArrivalRate`]: arrivals older than a few of these no longer count.
 pub const RATE_TAU: Duration = Duration::from_millis(500);
+
+/// The fast time constant of [`ArrivalRate`], which follows a rise of the load.
+pub const RATE_TAU_FAST: Duration = Duration::from_millis(50);
 
 /// A fitted cost line and its spread, in seconds, ready for the dispatch rule.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -34,6 +38,11 @@ pub struct Cost {
     pub spread: f64,
     /// Batches the fit is made of.
     pub samples: usize,
+    /// The largest batch among them.
+    pub largest: usize,
+    /// Whether they had several sizes, so that the line's slope was measured (with one size only, the fit is
+    /// proportional, and overestimates larger batches by their fixed cost).
+    pub sloped: bool,
 }
 
 impl Cost {
@@ -43,6 +52,13 @@ impl Cost {
         #[allow(clippy::cast_precision_loss)]
         let seconds = self.fixed + self.per_request * n as f64;
         Duration::try_from_secs_f64(seconds.max(0.0)).unwrap_or(Duration::MAX)
+    }
+
+    /// Whether the fit predicts a batch of `n` from what it has seen: a batch no larger than the largest
+    /// measured, or any batch once the slope is measured.
+    #[must_use]
+    pub fn knows(&self, n: usize) -> bool {
+        self.sloped || n <= self.largest
     }
 
     /// The spread as a duration.
@@ -87,7 +103,8 @@ impl CostFit {
         let mean_t = self.window.iter().map(|p| p.1).sum::<f64>() / count;
         let sxx: f64 = self.window.iter().map(|p| (p.0 - mean_n).powi(2)).sum();
         let sxy: f64 = self.window.iter().map(|p| (p.0 - mean_n) * (p.1 - mean_t)).sum();
-        let (fixed, per_request) = if sxx <= f64::EPSILON * count {
+        let sloped = sxx > f64::EPSILON * count;
+        let (fixed, per_request) = if !sloped {
             (0.0, mean_t / mean_n.max(1.0))
         } else {
             let slope = sxy / sxx;
@@ -104,48 +121,83 @@ impl CostFit {
         };
         let sse: f64 = self.window.iter().map(|&(n, t)| (t - fixed - per_request * n).powi(2)).sum();
         let spread = (sse / (count - 2.0).max(1.0)).sqrt();
-        Some(Cost { fixed, per_request, spread, samples })
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let largest = self.window.iter().map(|p| p.0).fold(0.0, f64::max) as usize;
+        Some(Cost { fixed, per_request, spread, samples, largest, sloped })
     }
 }
 
-/// An exponentially decayed count of arrivals: their rate over the last [`RATE_TAU`] or so.
+/// Exponentially decayed counts of arrivals over two time constants: their rate is the larger of the two
+/// estimates, so that it rises within a few [`RATE_TAU_FAST`] when the load steps up (a slow estimate leaves
+/// batches too small for the new load for a second or more, and the queue grows meanwhile) and falls over
+/// [`RATE_TAU`] when it steps down (waiting a little longer than needed for a while costs nothing against the
+/// objective: the rule never waits past the budget).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ArrivalRate {
-    /// The decayed count at `last`.
-    count: f64,
+    /// The decayed counts at `last`: over [`RATE_TAU`], then over [`RATE_TAU_FAST`].
+    counts: [f64; 2],
     /// The last arrival.
     last: Option<Instant>,
 }
 
 impl ArrivalRate {
+    const TAUS: [Duration; 2] = [RATE_TAU, RATE_TAU_FAST];
+
     /// Counts an arrival at `at` (instants before the last one count as at the last one).
     pub fn record(&mut self, at: Instant) {
-        self.count = self.decayed(at) + 1.0;
+        self.counts = self.decayed(at).map(|c| c + 1.0);
         self.last = Some(self.last.map_or(at, |last| last.max(at)));
     }
 
     /// Arrivals per second at `now`.
     #[must_use]
     pub fn per_second(&self, now: Instant) -> f64 {
-        self.decayed(now) / RATE_TAU.as_secs_f64()
+        let [slow, fast] = self.decayed(now);
+        (slow / RATE_TAU.as_secs_f64()).max(fast / RATE_TAU_FAST.as_secs_f64())
     }
 
-    fn decayed(&self, now: Instant) -> f64 {
-        let Some(last) = self.last else { return 0.0 };
+    fn decayed(&self, now: Instant) -> [f64; 2] {
+        let Some(last) = self.last else { return [0.0; 2] };
         let age = now.saturating_duration_since(last).as_secs_f64();
-        self.count * (-age / RATE_TAU.as_secs_f64()).exp()
+        let mut decayed = self.counts;
+        for (count, tau) in decayed.iter_mut().zip(Self::TAUS) {
+            *count *= (-age / tau.as_secs_f64()).exp();
+        }
+        decayed
     }
 }
 
-/// What one model's workers have measured: the cost fit of each device they run on, and the arrival rate.
+/// What one model's workers have measured: the cost fit of each device they run on, and the arrival rate; and
+/// when the batches running now are predicted to end.
 #[derive(Debug, Default)]
 pub struct Estimates {
     arrivals: ArrivalRate,
     /// Per device: its fit, and the cost last fitted (refitted after every batch, read at every step).
     devices: Vec<(Device, CostFit, Option<Cost>)>,
+    /// Per worker running a batch: its id and when the batch is predicted to end.
+    running: Vec<(usize, Instant)>,
 }
 
 impl Estimates {
+    /// Records that worker `worker` started a batch of `n` on `device` at `at`, predicted to end when the
+    /// device's cost says (at once while it has none).
+    pub fn start_batch(&mut self, worker: usize, device: Device, n: usize, at: Instant) {
+        let ends = at.checked_add(self.cost(device).map_or(Duration::ZERO, |c| c.predict(n))).unwrap_or(at);
+        self.end_batch(worker);
+        self.running.push((worker, ends));
+    }
+
+    /// Records that worker `worker` finished its batch, whether it succeeded or not.
+    pub fn end_batch(&mut self, worker: usize) {
+        self.running.retain(|r| r.0 != worker);
+    }
+
+    /// How long each worker running a batch still needs at `now`, as predicted (zero once overdue).
+    #[must_use]
+    pub fn busy(&self, now: Instant) -> Vec<Duration> {
+        self.running.iter().map(|r| r.1.saturating_duration_since(now)).collect()
+    }
+
     /// Counts a request arriving at `at`.
     pub fn record_arrival(&mut self, at: Instant) {
         self.arrivals.record(at);
@@ -169,6 +221,13 @@ impl Estimates {
     #[must_use]
     pub fn cost(&self, device: Device) -> Option<Cost> {
         self.devices.iter().find(|d| d.0 == device).and_then(|d| d.2)
+    }
+
+    /// The fitted cost of the device whose batch of `n` is predicted the fastest; `None` while no device has
+    /// one.
+    #[must_use]
+    pub fn fastest(&self, n: usize) -> Option<Cost> {
+        self.devices.iter().filter_map(|d| d.2).min_by_key(|c| c.predict(n))
     }
 
     /// Every device's fitted cost, in the order the devices first ran a batch.
@@ -252,6 +311,10 @@ mod tests {
         let cost = fit.cost().expect("fitted");
         assert_eq!((cost.fixed, cost.predict(1)), (0.0, us(400)));
         assert_eq!(cost.predict(4), us(1_600), "no batching gain is assumed until one is seen");
+        assert!(cost.knows(1) && !cost.knows(2), "{cost:?}");
+        fit.record(3, us(900));
+        let cost = fit.cost().expect("fitted");
+        assert!(cost.sloped && cost.knows(16) && cost.largest == 3, "{cost:?}");
     }
 
     #[test]
@@ -296,6 +359,35 @@ mod tests {
         assert_eq!(per_request(Device::Cuda(0)).map(|b| (b * 1e6).round()), Some(1_000.0));
         assert_eq!(estimates.cost(Device::Cpu), None);
         assert_eq!(estimates.costs().len(), 2);
+        assert_eq!(estimates.fastest(16), estimates.cost(Device::Cuda(0)));
+        assert_eq!(Estimates::default().fastest(16), None);
+    }
+
+    #[test]
+    fn running_batches_are_predicted_to_end_by_their_device_cost() {
+        let (t0, mut estimates) = (Instant::now(), Estimates::default());
+        estimates.start_batch(0, Device::Cpu, 4, t0);
+        assert_eq!(estimates.busy(t0), [Duration::ZERO], "no cost yet: free at once");
+        for n in 1..=MIN_SAMPLES {
+            estimates.record_batch(Device::Cpu, n, us(1_000 + 500 * n as u64));
+        }
+        estimates.start_batch(0, Device::Cpu, 4, t0);
+        estimates.start_batch(1, Device::Cpu, 16, t0);
+        assert_eq!(estimates.busy(t0 + us(1_000)), [us(2_000), us(8_000)]);
+        estimates.end_batch(0);
+        assert_eq!(estimates.busy(t0 + us(10_000)), [Duration::ZERO], "overdue");
+    }
+
+    #[test]
+    fn the_fastest_device_is_the_one_whose_batch_is_predicted_the_shortest() {
+        let mut estimates = Estimates::default();
+        for n in 1..=MIN_SAMPLES {
+            // The first device has the cheaper batch of one, the second the cheaper full batch.
+            estimates.record_batch(Device::Cpu, n, us(1_000 * n as u64));
+            estimates.record_batch(Device::Cuda(0), n, us(4_000 + 100 * n as u64));
+        }
+        assert_eq!(estimates.fastest(1), estimates.cost(Device::Cpu));
+        assert_eq!(estimates.fastest(16), estimates.cost(Device::Cuda(0)));
     }
 
     #[test]
@@ -311,5 +403,25 @@ mod tests {
         assert!((rate.per_second(now) - 1_000.0).abs() < 20.0, "{}", rate.per_second(now));
         // Two seconds of silence: four time constants, under 2 % left.
         assert!(rate.per_second(now + Duration::from_secs(2)) < 20.0);
+    }
+
+    #[test]
+    fn the_arrival_rate_rises_within_a_tenth_of_a_second_and_falls_slowly() {
+        let t0 = Instant::now();
+        let mut rate = ArrivalRate::default();
+        // 5 s at 500 a second, then 5000 a second.
+        for i in 0..2_500 {
+            rate.record(t0 + us(2_000 * i));
+        }
+        let step = t0 + us(5_000_000);
+        assert!((rate.per_second(step) - 500.0).abs() < 60.0, "{}", rate.per_second(step));
+        for i in 0..500 {
+            rate.record(step + us(200 * i));
+        }
+        // 0.1 s after the step: two fast time constants, 86 % of the way (a 0.5 s constant alone: 18 %).
+        let later = step + us(100_000);
+        assert!(rate.per_second(later) > 4_200.0, "{}", rate.per_second(later));
+        // 0.1 s of silence after it: the slow estimate still holds more than a fifth of the new rate.
+        assert!(rate.per_second(later + us(100_000)) > 1_000.0, "{}", rate.per_second(later + us(100_000)));
     }
 }

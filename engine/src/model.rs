@@ -349,8 +349,9 @@ impl Model {
     /// ([`AutoPolicy::admit`](crate::adaptive::AutoPolicy::admit)); counted by cause. Nothing is shed without an
     /// objective.
     fn admit(&self, timeout: Duration) -> Result<(), EngineError> {
-        let Some(auto) = self.shared.auto_policy(self.policy(), self.shared.device) else { return Ok(()) };
-        let Err((cause, predicted)) = auto.admit(self.shared.rx.len(), timeout) else { return Ok(()) };
+        let Some(auto) = self.shared.admission_policy(self.policy()) else { return Ok(()) };
+        let busy = self.shared.estimates.lock().busy(Instant::now());
+        let Err((cause, predicted)) = auto.admit(self.shared.rx.len(), &busy, timeout) else { return Ok(()) };
         let m = &self.shared.metrics;
         let (counter, limit) = match cause {
             Shed::Slo => (&m.rejected_slo, format!("its latency objective of {} ms", in_ms(auto.slo_p99))),

@@ -27,7 +27,7 @@ use crate::{
     adaptive::{AutoPolicy, Policy},
     backend::{check_output, check_shaped, Backend, BackendError, BackendFactory, Device, ModelSpec},
     batcher::{collect_with, BatchPolicy, Recv, Skip, Source},
-    cost::Estimates,
+    cost::{Cost, Estimates},
     error::EngineError,
     metrics::ModelMetrics,
     request::{HandlerInput, HandlerOutput, InferOutput, InferRequest, SampleShape, Timing},
@@ -73,20 +73,27 @@ impl Shared {
     /// The rule in force for a batch collected by a worker on `device`, with the estimates of this instant.
     pub(crate) fn rule(&self, device: Device) -> Policy {
         let fixed = *self.policy.read();
-        match self.auto_policy(fixed, device) {
+        match self.auto_policy(fixed, |estimates| estimates.cost(device)) {
             Some(auto) => Policy::Auto(auto),
             None => Policy::Fixed(fixed),
         }
     }
 
-    /// The adaptive rule for `device`, when the model has an objective.
-    pub(crate) fn auto_policy(&self, fixed: BatchPolicy, device: Device) -> Option<AutoPolicy> {
+    /// The adaptive rule admission predicts with, when the model has an objective: a new request runs on
+    /// whichever worker collects next, so the prediction takes the device whose full batch is the fastest
+    /// (the workers on a slower device take a smaller share of the queue).
+    pub(crate) fn admission_policy(&self, fixed: BatchPolicy) -> Option<AutoPolicy> {
+        self.auto_policy(fixed, |estimates| estimates.fastest(fixed.max_batch_size))
+    }
+
+    /// The adaptive rule with the cost `cost` picks from the estimates, when the model has an objective.
+    fn auto_policy(&self, fixed: BatchPolicy, cost: impl FnOnce(&Estimates) -> Option<Cost>) -> Option<AutoPolicy> {
         let slo_p99 = (*self.slo_target.read())?;
         let estimates = self.estimates.lock();
         Some(AutoPolicy {
             max_batch_size: fixed.max_batch_size,
             slo_p99,
-            cost: estimates.cost(device),
+            cost: cost(&estimates),
             arrivals_per_second: estimates.arrivals_per_second(Instant::now()),
             workers: self.live_workers.load(Ordering::Acquire).max(1),
         })
@@ -346,6 +353,7 @@ fn run_batch(backend: &mut dyn Backend, batch: Vec<InferRequest>, shared: &Share
     let batch_id = NEXT_BATCH.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let span = tracing::debug_span!("batch", id = batch_id, size = n, worker = id).entered();
     let dispatched = Instant::now();
+    shared.estimates.lock().start_batch(id, device, n, dispatched);
     for request in &batch {
         let queued = dispatched - request.arrived;
         record_queue_time(shared, queued);
@@ -355,10 +363,13 @@ fn run_batch(backend: &mut dyn Backend, batch: Vec<InferRequest>, shared: &Share
         .unwrap_or_else(|panic| Err(BackendError::inference(panic_message(&*panic))));
     let inference = dispatched.elapsed();
     record_batch(shared, n, inference);
+    let mut estimates = shared.estimates.lock();
+    estimates.end_batch(id);
     if result.is_ok() {
         // Failed batches say little of what a batch costs: they may end at the first sample.
-        shared.estimates.lock().record_batch(device, n, inference);
+        estimates.record_batch(device, n, inference);
     }
+    drop(estimates);
     for request in batch.iter().filter(|r| !r.span.is_disabled()) {
         request.span.record("inference_us", micros(inference));
     }

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use self::{
-    management::{BatchSetting, Management},
+    management::{BatchSetting, Batching, Management},
     search::{RateSearch, SearchConfig},
     stability::StabilityConfig,
     trial::{run_trial, Trial, TrialConfig},
@@ -188,7 +188,7 @@ pub async fn tune(args: &TuneArgs) -> Result<TuneReport, Error> {
         for &batch_size in &args.batch_sizes {
             for &max_batch_delay in &args.delays {
                 let setting = BatchSetting { batch_size, max_batch_delay };
-                management.set(setting).await?;
+                management.set(Batching::Fixed(setting)).await?;
                 settings.push(tune_setting(&target, args, setting).await);
             }
         }
@@ -206,9 +206,10 @@ pub async fn tune(args: &TuneArgs) -> Result<TuneReport, Error> {
     let cpu = meter.stop();
     let report = TuneReport { slo: args.slo.iter().map(Slo::to_string).collect(), settings, winner, cpu };
     let winning = report.winning_setting();
-    let restore = if args.keep_winner { winning.or(original) } else { original };
-    if let Some(setting) = restore {
-        management.set(setting).await?;
+    // A model found batching for an objective (`auto`) gets it back, objective and all.
+    let restore = if args.keep_winner { winning.map(Batching::Fixed).or(original) } else { original };
+    if let Some(batching) = restore {
+        management.set(batching).await?;
     }
     print!("{}", table::render(&report));
     write_outputs(args, &report, winning)?;

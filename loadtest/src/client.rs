@@ -237,17 +237,32 @@ impl Outcome {
 /// Where and what the load sends: the inference URI, the bodies and the per-request timeout.
 #[derive(Debug)]
 pub struct Target {
-    client: HttpClient,
+    wire: Wire,
     uri: Uri,
     bodies: BodySet,
     timeout: Duration,
     authorization: Option<header::HeaderValue>,
 }
 
+/// How requests travel.
+#[derive(Debug)]
+enum Wire {
+    /// POSTed by the pooled HTTP/1.1 client.
+    Http(HttpClient),
+    /// KServe v2 `ModelInfer` calls over HTTP/2 (the bodies are framed requests).
+    Grpc(crate::grpc::Channels),
+}
+
 impl Target {
     /// A target over an existing client.
     pub fn new(client: HttpClient, uri: Uri, bodies: BodySet, timeout: Duration) -> Self {
-        Self { client, uri, bodies, timeout, authorization: None }
+        Self { wire: Wire::Http(client), uri, bodies, timeout, authorization: None }
+    }
+
+    /// A gRPC target: `bodies` are framed `ModelInfer` requests (see [`crate::grpc::Channels::requests`]) sent to
+    /// `uri` over `channels`.
+    pub fn grpc(channels: crate::grpc::Channels, uri: Uri, bodies: BodySet, timeout: Duration) -> Self {
+        Self { wire: Wire::Grpc(channels), uri, bodies, timeout, authorization: None }
     }
 
     /// Sends `Authorization: Bearer <key>` with every request (servers with inference token authorisation).
@@ -275,6 +290,14 @@ impl Target {
     pub async fn send(&self) -> (Outcome, u64) {
         let body = self.bodies.next_body();
         let sent = body.len() as u64;
+        let client = match &self.wire {
+            Wire::Http(client) => client,
+            Wire::Grpc(channels) => {
+                let call = channels.send(&self.uri, body, self.authorization.as_ref());
+                let outcome = tokio::time::timeout(self.timeout, call).await.unwrap_or(Outcome::Timeout);
+                return (outcome, sent);
+            }
+        };
         let mut request = Request::builder()
             .method(Method::POST)
             .uri(self.uri.clone())
@@ -286,34 +309,35 @@ impl Target {
         let Ok(request) = request else {
             return (Outcome::Io, 0);
         };
-        let outcome = match tokio::time::timeout(self.timeout, self.exchange(request)).await {
+        let outcome = match tokio::time::timeout(self.timeout, exchange(client, request)).await {
             Ok(outcome) => outcome,
             Err(_) => Outcome::Timeout,
         };
         (outcome, sent)
     }
-
-    async fn exchange(&self, request: Request<Full<Bytes>>) -> Outcome {
-        let response = match self.client.request(request).await {
-            Ok(response) => response,
-            Err(e) if e.is_connect() => return Outcome::Connect,
-            Err(_) => return Outcome::Io,
-        };
-        let status = response.status().as_u16();
-        let timing = server_timing(response.headers());
-        let mut body = response.into_body();
-        let mut bytes = 0u64;
-        while let Some(frame) = body.frame().await {
-            match frame {
-                Ok(frame) => bytes += frame.data_ref().map_or(0, |d| d.len() as u64),
-                Err(_) => return Outcome::Io,
-            }
-        }
-        Outcome::Response { status, bytes, timing }
-    }
 }
 
-fn server_timing(headers: &hyper::HeaderMap) -> ServerTiming {
+async fn exchange(client: &HttpClient, request: Request<Full<Bytes>>) -> Outcome {
+    let response = match client.request(request).await {
+        Ok(response) => response,
+        Err(e) if e.is_connect() => return Outcome::Connect,
+        Err(_) => return Outcome::Io,
+    };
+    let status = response.status().as_u16();
+    let timing = server_timing(response.headers());
+    let mut body = response.into_body();
+    let mut bytes = 0u64;
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(frame) => bytes += frame.data_ref().map_or(0, |d| d.len() as u64),
+            Err(_) => return Outcome::Io,
+        }
+    }
+    Outcome::Response { status, bytes, timing }
+}
+
+/// ferroserve's timing headers (or gRPC metadata) of an answer.
+pub(crate) fn server_timing(headers: &hyper::HeaderMap) -> ServerTiming {
     let number = |name: &str| -> Option<f64> { headers.get(name)?.to_str().ok()?.trim().parse().ok() };
     ServerTiming {
         queue_ms: number("x-queue-time"),

@@ -245,6 +245,8 @@ pub struct Target {
 }
 
 /// How requests travel.
+// One per run: its size does not matter, and boxing the client would cost every request an indirection.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 enum Wire {
     /// POSTed by the pooled HTTP/1.1 client.

@@ -16,6 +16,8 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::body::BodySet;
+use crate::outcome::server_timing;
+pub use crate::outcome::{Outcome, ServerTiming};
 
 /// The pooled client every request goes through, `http://` and `https://` alike.
 pub type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
@@ -183,57 +185,6 @@ pub async fn fetch(client: &HttpClient, method: Method, uri: &Uri, key: Option<&
     Ok(body)
 }
 
-/// What the server said about its own timing, from ferroserve's `x-queue-time`, `x-inference-time` (ms) and
-/// `x-batch-size` headers; absent on servers that do not send them.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct ServerTiming {
-    /// Time in the queue, ms.
-    pub queue_ms: Option<f64>,
-    /// Time in the model, ms.
-    pub inference_ms: Option<f64>,
-    /// Requests in the batch.
-    pub batch_size: Option<f64>,
-}
-
-/// How one request ended.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Outcome {
-    /// An HTTP answer, whatever its status.
-    Response {
-        /// Status code.
-        status: u16,
-        /// Body bytes received.
-        bytes: u64,
-        /// The server's timing headers.
-        timing: ServerTiming,
-    },
-    /// No complete answer within the timeout.
-    Timeout,
-    /// The connection could not be opened.
-    Connect,
-    /// The connection failed during the exchange.
-    Io,
-}
-
-impl Outcome {
-    /// True for a 2xx answer.
-    pub fn is_success(&self) -> bool {
-        matches!(self, Outcome::Response { status, .. } if (200..300).contains(status))
-    }
-
-    /// The key this outcome is counted under in the error table: the status code, `timeout`, `connect` or
-    /// `io`; `None` for a success.
-    pub fn error_key(&self) -> Option<String> {
-        match self {
-            Outcome::Response { status, .. } if (200..300).contains(status) => None,
-            Outcome::Response { status, .. } => Some(status.to_string()),
-            Outcome::Timeout => Some("timeout".into()),
-            Outcome::Connect => Some("connect".into()),
-            Outcome::Io => Some("io".into()),
-        }
-    }
-}
-
 /// Where and what the load sends: the inference URI, the bodies and the per-request timeout.
 #[derive(Debug)]
 pub struct Target {
@@ -338,16 +289,6 @@ async fn exchange(client: &HttpClient, request: Request<Full<Bytes>>) -> Outcome
     Outcome::Response { status, bytes, timing }
 }
 
-/// ferroserve's timing headers (or gRPC metadata) of an answer.
-pub(crate) fn server_timing(headers: &hyper::HeaderMap) -> ServerTiming {
-    let number = |name: &str| -> Option<f64> { headers.get(name)?.to_str().ok()?.trim().parse().ok() };
-    ServerTiming {
-        queue_ms: number("x-queue-time"),
-        inference_ms: number("x-inference-time"),
-        batch_size: number("x-batch-size"),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -366,14 +307,5 @@ mod tests {
         assert_eq!(join_url("https://localhost:1", "/x").expect("uri").to_string(), "https://localhost:1/x");
         assert!(join_url("ftp://example.invalid", "/x").is_err());
         assert!(join_url("not a url", "/x").is_err());
-    }
-
-    #[test]
-    fn error_keys() {
-        let ok = Outcome::Response { status: 200, bytes: 1, timing: ServerTiming::default() };
-        let busy = Outcome::Response { status: 503, bytes: 1, timing: ServerTiming::default() };
-        assert_eq!(ok.error_key(), None);
-        assert_eq!(busy.error_key().as_deref(), Some("503"));
-        assert_eq!(Outcome::Timeout.error_key().as_deref(), Some("timeout"));
     }
 }

@@ -23,7 +23,7 @@ use thiserror::Error;
 
 use crate::{
     body::BodySet,
-    client::{server_timing, Outcome},
+    outcome::{server_timing, Outcome},
 };
 
 /// The service's path prefix.

@@ -16,6 +16,7 @@ pub mod grpc;
 pub mod keys;
 pub mod load;
 pub mod metrics;
+pub mod outcome;
 pub mod progress;
 pub mod recorder;
 pub mod report;

@@ -63,6 +63,13 @@ pub struct TargetArgs {
     /// requests are generated from the model's metadata.
     #[arg(long)]
     pub kserve_v2: bool,
+    /// Send KServe v2's `ModelInfer` over gRPC with raw tensors (Triton's gRPC protocol) to --target, the
+    /// server's gRPC inference address (`host:port`); requests are generated from the model's gRPC metadata.
+    #[arg(long, conflicts_with_all = ["kserve_v2", "body", "landmarks", "ca_cert"])]
+    pub grpc: bool,
+    /// HTTP/2 connections the gRPC calls share (each multiplexes its calls).
+    #[arg(long, default_value_t = 1, requires = "grpc", value_parser = clap::value_parser!(u16).range(1..))]
+    pub grpc_connections: u16,
     /// A body file, or a folder of body files sent round-robin.
     #[arg(long, conflicts_with = "landmarks")]
     pub body: Option<PathBuf>,
@@ -254,6 +261,23 @@ mod tests {
         assert_eq!(t.batch_sizes, vec![1, 2, 4]);
         assert_eq!(t.delays, vec![Duration::from_millis(1), Duration::from_micros(500)]);
         assert_eq!(t.slo.len(), 1);
+    }
+
+    #[test]
+    fn grpc_flags_parse_and_exclude_the_http_bodies() {
+        let cli = Cli::try_parse_from([
+            "ferroserve-loadtest",
+            "--grpc",
+            "--target",
+            "127.0.0.1:7070",
+            "--grpc-connections",
+            "4",
+        ])
+        .expect("parses");
+        assert!(cli.run.target.grpc);
+        assert_eq!(cli.run.target.grpc_connections, 4);
+        assert!(Cli::try_parse_from(["ferroserve-loadtest", "--grpc", "--kserve-v2"]).is_err());
+        assert!(Cli::try_parse_from(["ferroserve-loadtest", "--grpc-connections", "2"]).is_err(), "needs --grpc");
     }
 
     #[test]

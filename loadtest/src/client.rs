@@ -16,6 +16,8 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::body::BodySet;
+use crate::outcome::server_timing;
+pub use crate::outcome::{Outcome, ServerTiming};
 
 /// The pooled client every request goes through, `http://` and `https://` alike.
 pub type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
@@ -183,71 +185,37 @@ pub async fn fetch(client: &HttpClient, method: Method, uri: &Uri, key: Option<&
     Ok(body)
 }
 
-/// What the server said about its own timing, from ferroserve's `x-queue-time`, `x-inference-time` (ms) and
-/// `x-batch-size` headers; absent on servers that do not send them.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct ServerTiming {
-    /// Time in the queue, ms.
-    pub queue_ms: Option<f64>,
-    /// Time in the model, ms.
-    pub inference_ms: Option<f64>,
-    /// Requests in the batch.
-    pub batch_size: Option<f64>,
-}
-
-/// How one request ended.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Outcome {
-    /// An HTTP answer, whatever its status.
-    Response {
-        /// Status code.
-        status: u16,
-        /// Body bytes received.
-        bytes: u64,
-        /// The server's timing headers.
-        timing: ServerTiming,
-    },
-    /// No complete answer within the timeout.
-    Timeout,
-    /// The connection could not be opened.
-    Connect,
-    /// The connection failed during the exchange.
-    Io,
-}
-
-impl Outcome {
-    /// True for a 2xx answer.
-    pub fn is_success(&self) -> bool {
-        matches!(self, Outcome::Response { status, .. } if (200..300).contains(status))
-    }
-
-    /// The key this outcome is counted under in the error table: the status code, `timeout`, `connect` or
-    /// `io`; `None` for a success.
-    pub fn error_key(&self) -> Option<String> {
-        match self {
-            Outcome::Response { status, .. } if (200..300).contains(status) => None,
-            Outcome::Response { status, .. } => Some(status.to_string()),
-            Outcome::Timeout => Some("timeout".into()),
-            Outcome::Connect => Some("connect".into()),
-            Outcome::Io => Some("io".into()),
-        }
-    }
-}
-
 /// Where and what the load sends: the inference URI, the bodies and the per-request timeout.
 #[derive(Debug)]
 pub struct Target {
-    client: HttpClient,
+    wire: Wire,
     uri: Uri,
     bodies: BodySet,
     timeout: Duration,
     authorization: Option<header::HeaderValue>,
 }
 
+/// How requests travel.
+// One per run: its size does not matter, and boxing the client would cost every request an indirection.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+enum Wire {
+    /// POSTed by the pooled HTTP/1.1 client.
+    Http(HttpClient),
+    /// KServe v2 `ModelInfer` calls over HTTP/2 (the bodies are framed requests).
+    Grpc(crate::grpc::Channels),
+}
+
 impl Target {
     /// A target over an existing client.
     pub fn new(client: HttpClient, uri: Uri, bodies: BodySet, timeout: Duration) -> Self {
-        Self { client, uri, bodies, timeout, authorization: None }
+        Self { wire: Wire::Http(client), uri, bodies, timeout, authorization: None }
+    }
+
+    /// A gRPC target: `bodies` are framed `ModelInfer` requests (see [`crate::grpc::Channels::requests`]) sent to
+    /// `uri` over `channels`.
+    pub fn grpc(channels: crate::grpc::Channels, uri: Uri, bodies: BodySet, timeout: Duration) -> Self {
+        Self { wire: Wire::Grpc(channels), uri, bodies, timeout, authorization: None }
     }
 
     /// Sends `Authorization: Bearer <key>` with every request (servers with inference token authorisation).
@@ -275,6 +243,14 @@ impl Target {
     pub async fn send(&self) -> (Outcome, u64) {
         let body = self.bodies.next_body();
         let sent = body.len() as u64;
+        let client = match &self.wire {
+            Wire::Http(client) => client,
+            Wire::Grpc(channels) => {
+                let call = channels.send(&self.uri, body, self.authorization.as_ref());
+                let outcome = tokio::time::timeout(self.timeout, call).await.unwrap_or(Outcome::Timeout);
+                return (outcome, sent);
+            }
+        };
         let mut request = Request::builder()
             .method(Method::POST)
             .uri(self.uri.clone())
@@ -286,40 +262,31 @@ impl Target {
         let Ok(request) = request else {
             return (Outcome::Io, 0);
         };
-        let outcome = match tokio::time::timeout(self.timeout, self.exchange(request)).await {
+        let outcome = match tokio::time::timeout(self.timeout, exchange(client, request)).await {
             Ok(outcome) => outcome,
             Err(_) => Outcome::Timeout,
         };
         (outcome, sent)
     }
-
-    async fn exchange(&self, request: Request<Full<Bytes>>) -> Outcome {
-        let response = match self.client.request(request).await {
-            Ok(response) => response,
-            Err(e) if e.is_connect() => return Outcome::Connect,
-            Err(_) => return Outcome::Io,
-        };
-        let status = response.status().as_u16();
-        let timing = server_timing(response.headers());
-        let mut body = response.into_body();
-        let mut bytes = 0u64;
-        while let Some(frame) = body.frame().await {
-            match frame {
-                Ok(frame) => bytes += frame.data_ref().map_or(0, |d| d.len() as u64),
-                Err(_) => return Outcome::Io,
-            }
-        }
-        Outcome::Response { status, bytes, timing }
-    }
 }
 
-fn server_timing(headers: &hyper::HeaderMap) -> ServerTiming {
-    let number = |name: &str| -> Option<f64> { headers.get(name)?.to_str().ok()?.trim().parse().ok() };
-    ServerTiming {
-        queue_ms: number("x-queue-time"),
-        inference_ms: number("x-inference-time"),
-        batch_size: number("x-batch-size"),
+async fn exchange(client: &HttpClient, request: Request<Full<Bytes>>) -> Outcome {
+    let response = match client.request(request).await {
+        Ok(response) => response,
+        Err(e) if e.is_connect() => return Outcome::Connect,
+        Err(_) => return Outcome::Io,
+    };
+    let status = response.status().as_u16();
+    let timing = server_timing(response.headers());
+    let mut body = response.into_body();
+    let mut bytes = 0u64;
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(frame) => bytes += frame.data_ref().map_or(0, |d| d.len() as u64),
+            Err(_) => return Outcome::Io,
+        }
     }
+    Outcome::Response { status, bytes, timing }
 }
 
 #[cfg(test)]
@@ -340,14 +307,5 @@ mod tests {
         assert_eq!(join_url("https://localhost:1", "/x").expect("uri").to_string(), "https://localhost:1/x");
         assert!(join_url("ftp://example.invalid", "/x").is_err());
         assert!(join_url("not a url", "/x").is_err());
-    }
-
-    #[test]
-    fn error_keys() {
-        let ok = Outcome::Response { status: 200, bytes: 1, timing: ServerTiming::default() };
-        let busy = Outcome::Response { status: 503, bytes: 1, timing: ServerTiming::default() };
-        assert_eq!(ok.error_key(), None);
-        assert_eq!(busy.error_key().as_deref(), Some("503"));
-        assert_eq!(Outcome::Timeout.error_key().as_deref(), Some("timeout"));
     }
 }

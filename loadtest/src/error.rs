@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use thiserror::Error;
 
-use crate::{body::BodyError, client::HttpError, keys::KeyError, tune::properties::PropertiesError};
+use crate::{body::BodyError, client::HttpError, grpc::GrpcError, keys::KeyError, tune::properties::PropertiesError};
 
 /// Why a command failed.
 #[derive(Debug, Error)]
@@ -15,6 +15,9 @@ pub enum Error {
     /// A control-plane request failed (model metadata, management API).
     #[error(transparent)]
     Http(#[from] HttpError),
+    /// The gRPC target cannot be reached or described (`--grpc`).
+    #[error(transparent)]
+    Grpc(#[from] GrpcError),
     /// `--key-file` cannot be used.
     #[error(transparent)]
     Keys(#[from] KeyError),

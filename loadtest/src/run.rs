@@ -6,7 +6,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use hyper::Method;
+use hyper::{header::HeaderValue, Method};
 
 use crate::{
     body::BodySet,
@@ -14,6 +14,7 @@ use crate::{
     client::{fetch, http_client, http_client_trusting, join_url, HttpClient, Protocol, Target},
     cpu::CpuMeter,
     error::Error,
+    grpc::Channels,
     keys::Keys,
     load::{Load, LoadSpec, Mode, Stop},
     metrics::{Scrape, ServerSide},
@@ -30,11 +31,18 @@ const DEFAULT_DURATION: Duration = Duration::from_secs(10);
 /// Prepares the bodies and the inference URI.
 ///
 /// # Errors
-/// A bad URL, unreadable bodies, or (KServe v2 without --body) metadata that cannot be fetched or used.
+/// A bad URL, unreadable bodies, or (KServe v2 without --body, or gRPC) metadata that cannot be fetched or used.
 pub async fn build_target(args: &TargetArgs, client: &HttpClient) -> Result<Target, Error> {
     let key = Keys::resolve(args.key_file.as_deref(), None, args.inference_key.as_deref())?.inference;
-    let protocol = args.protocol();
     let version = args.model_version.as_deref();
+    if args.grpc {
+        let channels = Channels::connect(&args.target, usize::from(args.grpc_connections)).await?;
+        let authorization = key.as_deref().and_then(|k| HeaderValue::from_str(&format!("Bearer {k}")).ok());
+        let bodies = channels.requests(&args.model, version, authorization.as_ref(), args.bodies, args.seed).await?;
+        let uri = channels.uri("ModelInfer")?;
+        return Ok(Target::grpc(channels, uri, bodies, args.timeout).with_key(key.as_deref()));
+    }
+    let protocol = args.protocol();
     let uri = join_url(&args.target, &protocol.infer_path(&args.model, version))?;
     let bodies = match (&args.body, protocol, args.landmarks) {
         (Some(path), _, _) => BodySet::from_path(path)?,

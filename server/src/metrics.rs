@@ -8,7 +8,8 @@ use std::time::Duration;
 use ferroserve_engine::{metrics::EngineMetrics, Model};
 use hyper::StatusCode;
 use prometheus::{
-    core::Metric as _, Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry, TextEncoder,
+    core::Metric as _, CounterVec, Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 use crate::{
@@ -34,6 +35,42 @@ pub struct ServerMetrics {
     /// The canary rollouts' families.
     pub canary: CanaryMetrics,
     ts: Option<TorchServeNames>,
+    failures: Failures,
+}
+
+/// What Triton's statistics need beyond the exposed families: each model's failed requests, their time, and the
+/// instant of its last request. Not registered: they are read by the statistics call, not scraped.
+struct Failures {
+    count: IntCounterVec,
+    seconds: CounterVec,
+    last_ms: IntGaugeVec,
+}
+
+impl Failures {
+    fn new() -> prometheus::Result<Self> {
+        let labels = &["model_name", "model_version", "device"];
+        Ok(Self {
+            count: IntCounterVec::new(Opts::new("failed", "Failed requests"), labels)?,
+            seconds: CounterVec::new(Opts::new("failed_seconds", "Seconds of failed requests"), labels)?,
+            last_ms: IntGaugeVec::new(Opts::new("last_ms", "The last request, in ms since the epoch"), labels)?,
+        })
+    }
+}
+
+/// A model's requests as Triton's statistics count them, read from the request-latency histogram: all answered
+/// requests and their total time, the failed (not 2xx) ones among them, and when the last one came.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Outcomes {
+    /// Requests answered, whatever their status.
+    pub requests: u64,
+    /// Their total time, end to end, in seconds.
+    pub seconds: f64,
+    /// Of them, answered with a status other than 2xx.
+    pub failed: u64,
+    /// The total time of the failed ones, in seconds.
+    pub failed_seconds: f64,
+    /// When the last request was answered, in milliseconds since the Unix epoch (0 before the first).
+    pub last_ms: u64,
 }
 
 /// TorchServe's metric names, kept for dashboards built on them.
@@ -80,7 +117,8 @@ impl ServerMetrics {
         let model_responses = ModelResponses::new(&registry)?;
         let canary = CanaryMetrics::new(&registry)?;
         let drift = DriftMetrics::new(&registry)?;
-        Ok(Self { registry, engine, drift, request_latency, responses, refused, model_responses, canary, ts })
+        let failures = Failures::new()?;
+        Ok(Self { registry, engine, drift, request_latency, responses, refused, model_responses, canary, ts, failures })
     }
 
     /// Brings the gauges and series of the models in `models` up to date, before an exposition: the queue depth
@@ -134,8 +172,15 @@ impl ServerMetrics {
     /// The answer's `status` counts in `ferroserve_model_responses_total`.
     pub fn observe_request(&self, model: &Model, url_version: Option<&str>, status: StatusCode, took: Duration) {
         let (name, version, device) = (model.name(), model.version(), model.device().kind());
-        self.request_latency.with_label_values(&[name, version, device]).observe(took.as_secs_f64());
+        let labels = [name, version, device];
+        self.request_latency.with_label_values(&labels).observe(took.as_secs_f64());
         self.model_responses.count(name, version, device, status.as_u16());
+        if !status.is_success() {
+            self.failures.count.with_label_values(&labels).inc();
+            self.failures.seconds.with_label_values(&labels).inc_by(took.as_secs_f64());
+        }
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        self.failures.last_ms.with_label_values(&labels).set(i64::try_from(now.as_millis()).unwrap_or(i64::MAX));
         if let Some(ts) = &self.ts {
             let labels = ts_labels(model, url_version);
             ts.requests.with_label_values(&labels).inc();
@@ -170,6 +215,21 @@ impl ServerMetrics {
             requests: read.get_sample_count(),
             errors: self.model_responses.get(name, version, device, "5xx"),
             buckets,
+        }
+    }
+
+    /// What `model`'s requests came to, for Triton's statistics (see [`Outcomes`]): the events of every model
+    /// recorded under its name, version and device since the server started.
+    #[must_use]
+    pub fn outcomes(&self, model: &Model) -> Outcomes {
+        let labels = [model.name(), model.version(), model.device().kind()];
+        let histogram = self.request_latency.with_label_values(&labels);
+        Outcomes {
+            requests: histogram.get_sample_count(),
+            seconds: histogram.get_sample_sum(),
+            failed: self.failures.count.with_label_values(&labels).get(),
+            failed_seconds: self.failures.seconds.with_label_values(&labels).get(),
+            last_ms: u64::try_from(self.failures.last_ms.with_label_values(&labels).get()).unwrap_or_default(),
         }
     }
 

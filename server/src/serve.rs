@@ -72,21 +72,22 @@ pub(crate) async fn serve(
                 let state = Arc::clone(&routed);
                 async move { Ok::<_, Infallible>(router::route(req, &state, api).await) }
             });
-            accept(listener, state, api, tls, &builder, service, shutdown).await;
+            accept(listener, state, (api, transport), tls, &builder, service, shutdown).await;
         }
         Transport::Grpc => {
             let builder = grpc::http2();
             let service = observe::Grpc::new(grpc::routes(&state, api), Arc::clone(&state.observer));
-            accept(listener, state, api, tls, &builder, service, shutdown).await;
+            accept(listener, state, (api, transport), tls, &builder, service, shutdown).await;
         }
     }
 }
 
-/// The accept loop: each connection `builder` serves with `service`, after its TLS handshake when `tls` is given.
+/// The accept loop: each connection `builder` serves with `service`, after its TLS handshake when `tls` is given;
+/// one past `max_connections` is refused in the terms of the listener's transport.
 async fn accept<S, B>(
     listener: TcpListener,
     state: Arc<AppState>,
-    api: Api,
+    (api, transport): (Api, Transport),
     tls: Option<Tls>,
     builder: &auto::Builder<TokioExecutor>,
     service: S,
@@ -122,7 +123,10 @@ async fn accept<S, B>(
         };
         let Ok(permit) = Arc::clone(&state.connections[api.index()]).try_acquire_owned() else {
             state.metrics.refuse(api, "too_many_connections");
-            tokio::spawn(refuse_connection(stream));
+            match transport {
+                Transport::Http => tokio::spawn(refuse_connection(stream)),
+                Transport::Grpc => tokio::spawn(grpc::refuse(stream, tls.clone(), peer)),
+            };
             continue;
         };
         // Small responses must not wait for Nagle's algorithm (about 40 ms otherwise).

@@ -1,6 +1,7 @@
 //! The gRPC services over real HTTP/2 on 127.0.0.1, with tonic clients generated from the same protos: KServe
 //! v2's health, metadata and infer (raw and typed tensors, answers equal to the HTTP path's), its errors as gRPC
 //! codes (unknown model, shape and data mismatch, a huge claimed shape, malformed protobuf, the deadline);
+//! Triton's model configuration and statistics; a connection past `max_connections` refused `UNAVAILABLE`;
 //! TorchServe's ping, predictions and management calls; the management key in metadata.
 
 mod support;
@@ -215,13 +216,82 @@ async fn bad_requests_get_the_grpc_code_of_their_http_status() {
     // INTERNAL, as tonic, grpc-java and grpc-go answer a request message that does not parse.
     assert_eq!(grpc_status, "13", "{message}");
     assert!(message.contains("failed%20to%20decode%20Protobuf%20message"), "{message}");
-    // A method the service does not have (Triton's ModelConfig), and a service the port does not serve.
-    for path in ["/inference.GRPCInferenceService/ModelConfig", "/grpc.health.v1.Health/Check"] {
+    // A method the service does not have (Triton's RepositoryIndex), and a service the port does not serve.
+    for path in ["/inference.GRPCInferenceService/RepositoryIndex", "/grpc.health.v1.Health/Check"] {
         let (grpc_status, message) = send_frame(server.grpc, path, &[], None).await;
         assert_eq!(grpc_status, "12", "UNIMPLEMENTED for {path}? {message}");
     }
     // The server is still up.
     assert!(client.server_live(pb::ServerLiveRequest {}).await.expect("live").into_inner().live);
+}
+
+#[tokio::test]
+async fn triton_config_and_statistics_describe_the_model_and_count_its_requests() {
+    let (server, _fake) = server_with(test_config(MB)).await;
+    let mut client = kserve(&server).await;
+    let request = |name: &str| pb::ModelConfigRequest { name: name.into(), version: String::new() };
+    let config = client.model_config(request("echo")).await.expect("config").into_inner().config.expect("a config");
+    assert_eq!((config.name.as_str(), config.max_batch_size), ("echo", 8));
+    let (input, output) = (&config.input[0], &config.output[0]);
+    assert_eq!((input.name.as_str(), input.dims.as_slice()), ("landmarks", [2, 3, 3].as_slice()));
+    assert_eq!((output.name.as_str(), output.dims.as_slice()), ("probabilities", [10].as_slice()));
+    assert_eq!(input.data_type(), pb::DataType::TypeFp32);
+    let Some(pb::model_config::SchedulingChoice::DynamicBatching(batching)) = config.scheduling_choice else {
+        panic!("a dynamic batcher")
+    };
+    assert_eq!(batching.max_queue_delay_microseconds, 1000);
+    assert_eq!(config.instance_group[0].count, 1);
+    assert_eq!(client.model_config(request("nope")).await.expect_err("unknown").code(), Code::NotFound);
+
+    let stats = |name: &str, version: &str| pb::ModelStatisticsRequest { name: name.into(), version: version.into() };
+    let before = client.model_statistics(stats("echo", "")).await.expect("statistics").into_inner();
+    assert_eq!(before.model_stats.len(), 1);
+    assert_eq!((before.model_stats[0].inference_count, before.model_stats[0].last_inference), (0, 0));
+    // Three samples in two requests, and one request that fails.
+    client.model_infer(raw_request("echo", &[1, 2])).await.expect("infer");
+    client.model_infer(raw_request("echo", &[3])).await.expect("infer");
+    let mut bad = raw_request("echo", &[1]);
+    bad.inputs[0].shape = vec![1, 3, 3, 2];
+    client.model_infer(bad).await.expect_err("bad shape");
+
+    let after = client.model_statistics(stats("echo", "1.0")).await.expect("statistics").into_inner();
+    let echo = &after.model_stats[0];
+    assert_eq!((echo.name.as_str(), echo.version.as_str(), echo.inference_count), ("echo", "1.0", 3));
+    assert!((1..=3).contains(&echo.execution_count), "{echo:?}");
+    assert!(echo.last_inference > 0);
+    let inference = echo.inference_stats.as_ref().expect("inference statistics");
+    let count = |d: &Option<pb::StatisticDuration>| d.as_ref().map(|d| (d.count, d.ns > 0));
+    assert_eq!(count(&inference.success), Some((2, true)));
+    assert_eq!(count(&inference.fail), Some((1, true)));
+    assert_eq!(inference.queue.as_ref().map(|d| d.count), Some(3), "one per sample");
+    assert_eq!(inference.compute_infer.as_ref().map(|d| d.count), Some(echo.execution_count), "one per batch");
+
+    let all = client.model_statistics(stats("", "")).await.expect("every model").into_inner();
+    let mut names: Vec<_> = all.model_stats.iter().map(|m| m.name.as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["echo", "other"]);
+    for (name, version) in [("nope", ""), ("echo", "9")] {
+        let status = client.model_statistics(stats(name, version)).await.expect_err("unknown");
+        assert_eq!(status.code(), Code::NotFound, "{name} {version}");
+    }
+}
+
+#[tokio::test]
+async fn a_connection_past_max_connections_is_refused_unavailable_in_grpc_terms() {
+    let (server, _fake) = server_with(Config { max_connections: 1, ..test_config(MB) }).await;
+    let mut first = kserve(&server).await;
+    assert!(first.server_live(pb::ServerLiveRequest {}).await.expect("live").into_inner().live);
+    let mut second = kserve(&server).await;
+    let status = second.server_live(pb::ServerLiveRequest {}).await.expect_err("refused");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("too many open connections"), "{status:?}");
+    // The raw view: an HTTP/2 answer with grpc-status 14, not an HTTP/1.1 503.
+    let (grpc_status, message) = send_frame(server.grpc, "/inference.GRPCInferenceService/ServerLive", &[], None).await;
+    assert_eq!(grpc_status, "14", "{message}");
+    // The first connection still works.
+    assert!(first.server_live(pb::ServerLiveRequest {}).await.expect("live").into_inner().live);
+    let text = String::from_utf8(server.state.metrics.render(&["ferroserve_admission_refused_total"])).expect("text");
+    assert!(text.contains("ferroserve_admission_refused_total{api=\"inference\",reason=\"too_many_connections\"}"));
 }
 
 /// Sends `payload` as one gRPC message to `path` over a plain HTTP/2 connection, and returns the call's

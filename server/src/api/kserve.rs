@@ -16,6 +16,7 @@
 
 pub mod grpc;
 mod tensor;
+pub mod triton;
 
 use std::sync::Arc;
 

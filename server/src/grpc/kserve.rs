@@ -1,6 +1,7 @@
 //! KServe v2's `inference.GRPCInferenceService` (Triton's), over [`crate::api::kserve::grpc`]: health, metadata,
 //! `ModelInfer`, and Triton's `ModelStreamInfer`, whose requests run one after another, each answered (or its
-//! error given in `error_message`, as Triton does) before the next is read.
+//! error given in `error_message`, as Triton does) before the next is read, and Triton's `ModelConfig` and
+//! `ModelStatistics` ([`crate::api::kserve::triton`]).
 
 use std::{pin::Pin, sync::Arc};
 
@@ -10,7 +11,7 @@ use tonic::{metadata::MetadataMap, Request, Response, Status, Streaming};
 
 use super::{admit, admitted, answer, unary, Kind, Limits};
 use crate::{
-    api::kserve::grpc as handlers,
+    api::kserve::{grpc as handlers, triton},
     config::Api,
     error::ApiError,
     infer::{bucket_of, CANARY_KEY},
@@ -107,6 +108,28 @@ impl GrpcInferenceService for KServe {
         let state = &self.state;
         unary(state, Api::Inference, Kind::Infer, request, |metadata, message, timeout| async move {
             infer(state, &metadata, message, timeout).await
+        })
+        .await
+    }
+
+    async fn model_config(
+        &self,
+        request: Request<pb::ModelConfigRequest>,
+    ) -> Result<Response<pb::ModelConfigResponse>, Status> {
+        let state = &self.state;
+        unary(state, Api::Inference, Kind::Other, request, |_, m, _| async move {
+            triton::model_config(state, &m.name, &m.version)
+        })
+        .await
+    }
+
+    async fn model_statistics(
+        &self,
+        request: Request<pb::ModelStatisticsRequest>,
+    ) -> Result<Response<pb::ModelStatisticsResponse>, Status> {
+        let state = &self.state;
+        unary(state, Api::Inference, Kind::Other, request, |_, m, _| async move {
+            triton::model_statistics(state, &m.name, &m.version)
         })
         .await
     }

@@ -7,11 +7,14 @@
 //! inference, the deadline (`grpc-timeout`, or `x-request-timeout-ms` metadata, the shorter), the handler, then
 //! the answer counted in the API's response metrics and an error turned into its gRPC status ([`status`]).
 //!
+//! A connection past `max_connections` is refused with `UNAVAILABLE` calls and a GOAWAY ([`refuse`]).
+//!
 //! HTTP/2 limits ([`http2`]): messages up to `max_request_size` in and `max_response_size` out,
 //! [`MAX_CONCURRENT_STREAMS`] calls at once per connection, a keepalive ping every [`KEEPALIVE_INTERVAL`] that
 //! closes a connection whose peer does not answer within [`KEEPALIVE_TIMEOUT`].
 
 mod kserve;
+mod refuse;
 mod status;
 mod torchserve;
 
@@ -24,6 +27,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tonic::{metadata::MetadataMap, server::NamedService};
 
 use crate::{auth::bearer_token, config::Api, error::ApiError, infer::timeout_ms, state::AppState};
+pub(crate) use refuse::refuse;
 
 /// Calls at once on one HTTP/2 connection (`SETTINGS_MAX_CONCURRENT_STREAMS`); inference calls past
 /// `max_inflight_requests` are refused anyway.

@@ -2,7 +2,8 @@
 
 tritonclient.grpc, unchanged, against KServe v2's inference.GRPCInferenceService: metadata, readiness, infer
 with raw tensors (what the client sends) and typed contents (through the client's own generated stub), several
-models, errors as gRPC codes; every output equal to the HTTP/JSON path's. Then a client generated with
+models, errors as gRPC codes; every output equal to the HTTP/JSON path's; Triton's model configuration and
+statistics as the client decodes them. Then a client generated with
 grpcio-tools from the TorchServe protos in server/proto: ping, predictions, list, describe, register, scale,
 set-default, unregister, with the management key in `authorization` metadata, as TorchServe's clients send it.
 
@@ -89,7 +90,33 @@ def kserve():
     expect_code(lambda: client.infer("signnet", [wrong]), grpc.StatusCode.INVALID_ARGUMENT, "wrong shape")
     expect_code(lambda: client.infer("nope", [tensor]), grpc.StatusCode.NOT_FOUND, "unknown model")
     expect_code(lambda: client.get_model_metadata("nope"), grpc.StatusCode.NOT_FOUND, "unknown model metadata")
+    config_and_statistics(client, metadata)
     return client, tensor, output_name, raw
+
+
+def config_and_statistics(client, metadata):
+    config = client.get_model_config("signnet").config
+    check(config.name == "signnet" and config.platform == metadata.platform, f"model config {config.name}")
+    check(config.max_batch_size >= 1 and list(config.input[0].dims) == [30, 21, 3],
+          f"config batch and dims {config.max_batch_size} {list(config.input[0].dims)}")
+    check(config.input[0].data_type == 11 and config.output[0].name == metadata.outputs[0].name,
+          "config input type TYPE_FP32 and output name")
+    expect_code(lambda: client.get_model_config("nope"), grpc.StatusCode.NOT_FOUND, "config of an unknown model")
+
+    # So far: the raw infer (2 samples), the same over HTTP (2), the typed one (2), all answered; the wrong
+    # shape failed (the unknown model reached no model).
+    stats = client.get_inference_statistics("signnet").model_stats
+    check(len(stats) == 1 and stats[0].name == "signnet" and stats[0].version == "1.0", "statistics of signnet")
+    signnet = stats[0]
+    check(signnet.inference_count == 6 and 1 <= signnet.execution_count <= 6,
+          f"statistics count samples and batches {signnet.inference_count} {signnet.execution_count}")
+    success, fail = signnet.inference_stats.success, signnet.inference_stats.fail
+    check(success.count == 3 and success.ns > 0 and fail.count == 1, f"success {success.count} fail {fail.count}")
+    check(signnet.inference_stats.queue.count == 6 and signnet.last_inference > 0, "queue statistics per sample")
+    everything = client.get_inference_statistics().model_stats
+    check([m.name for m in everything] == ["signnet"], "statistics of every model")
+    expect_code(lambda: client.get_inference_statistics("nope"), grpc.StatusCode.NOT_FOUND,
+                "statistics of an unknown model")
 
 
 def torchserve_stubs():

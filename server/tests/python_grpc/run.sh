@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Starts the debug ferroserve (FERROSERVE_BIN) with signnet on free loopback ports, token authorisation and the
 # model API on, and runs check_grpc.py with PYTHON (the venv that `make grpc-test` installs) against its gRPC
-# listeners; then a second one serving TLS, for check_tls.py.
+# listeners; then a second one serving TLS, for check_tls.py, and a third with max_connections=1, for
+# check_refusal.py.
 # Exit status: the script's.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../../../deploy/lib.sh"
@@ -38,3 +39,23 @@ until curl -fsS -o /dev/null --max-time 2 --cacert "$tls_dir/ca.crt" "https://12
     sleep 0.2
 done
 "$PYTHON" "$ROOT/server/tests/python_grpc/check_tls.py" "127.0.0.1:$https_port" "127.0.0.1:$grpcs_port" "$tls_dir/ca.crt"
+
+# A third server with max_connections=1, for check_refusal.py: a gRPC connection past the limit is refused in
+# gRPC's terms.
+limit_http=$(free_port) limit_grpc=$(free_port)
+{
+    echo "inference_address=http://127.0.0.1:$limit_http"
+    echo "management_address=http://127.0.0.1:$(free_port)"
+    echo "metrics_address=http://127.0.0.1:$(free_port)"
+    echo "grpc_inference_port=$limit_grpc"
+    echo "grpc_management_port=0"
+    echo "max_connections=1"
+    echo "load_models=signnet"
+    echo "default_workers_per_model=1"
+    echo "model_store=$ROOT/models"
+    echo "key_file=$WORK/limit_key_file.json"
+} >"$WORK/limit.properties"
+"$FERROSERVE_BIN" --ts-config "$WORK/limit.properties" >"$WORK/limit.log" 2>&1 &
+PIDS+=("$!")
+wait_for "http://127.0.0.1:$limit_http/ping" 60 || { tail -20 "$WORK/limit.log" >&2; fail "ferroserve with max_connections=1 did not become healthy"; }
+"$PYTHON" "$ROOT/server/tests/python_grpc/check_refusal.py" "127.0.0.1:$limit_grpc"

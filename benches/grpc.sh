@@ -12,7 +12,7 @@ source benches/server.sh
 bin=target/release/ferroserve
 load=target/release/ferroserve-loadtest
 [ -x "$bin" ] && [ -x "$load" ] || {
-    echo "build first: cargo build --release --bin ferroserve -p ferroserve-loadtest" >&2
+    echo "build first: cargo build --release --bin ferroserve --bin ferroserve-loadtest" >&2
     exit 1
 }
 work=$(mktemp -d)

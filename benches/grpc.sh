@@ -2,7 +2,7 @@
 # KServe v2 inference over gRPC with raw tensors against the same over HTTP with JSON, on the release server and
 # the bundled model (batchSize 16, maxBatchDelay 2 ms, 2 workers), with one load generator for both
 # (ferroserve-loadtest: --kserve-v2 over HTTP/1.1, --grpc over HTTP/2 with GRPC_CONNECTIONS connections, default
-# 1; closed loop, requests generated from the model's metadata, 16 seeded bodies): concurrency 64 and 1,
+# 1; closed loop, requests generated from the model's metadata, 16 seeded bodies): CONCURRENCY (default "64 1"),
 # SECONDS_PER_RUN (default 8) a run after a 1 s warm-up, the two modes in alternation, ROUNDS (default 2) times.
 # Prints one line per run: throughput, p50 and p99, and the CPU the generator and the server used per request
 # (µs, user + system, measured over the recorded window).
@@ -21,7 +21,7 @@ trap '[ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null; rm -rf "$work"' EX
 start_server "$work" "$bin" $'batch_size=16\nmax_batch_delay=2\ndefault_workers_per_model=2\nintra_op_threads=1'
 grpc=$(sed -n 's/.*inference API over gRPC on //p' "$work/server.log")
 for round in $(seq "${ROUNDS:-2}"); do
-    for concurrency in 64 1; do
+    for concurrency in ${CONCURRENCY:-64 1}; do
         for mode in http grpc; do
             flags=(--kserve-v2 --target "http://$inference")
             [ "$mode" = grpc ] && flags=(--grpc --target "$grpc" --grpc-connections "${GRPC_CONNECTIONS:-1}")

@@ -18,6 +18,11 @@ use ferroserve_engine::Registry;
 use hyper::{Method, StatusCode};
 use support::{metrics_for, test_config, Reply, TestServer};
 
+/// Held shared by every test of this binary that starts Python workers in this process, and exclusively by the
+/// one that counts them: another test's worker (started, or restarted after a death) must not be counted as
+/// this model's.
+static PYTHON_WORKERS: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
 /// The venv's `bin` folder, when it has what the tests need; else `None`, with the reason printed.
 fn venv() -> Option<PathBuf> {
     let home = std::env::var_os("HOME")?;
@@ -144,6 +149,7 @@ async fn behind_a_busy_worker(server: &Arc<TestServer>, bodies: Vec<serde_json::
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_handler_answers_as_called_directly_and_sees_whole_batches() {
     let Some(bin) = venv() else { return };
+    let _shared = PYTHON_WORKERS.read().await;
     let store = tempfile::tempdir().expect("store");
     make_archive(&bin, store.path());
     let server =
@@ -169,6 +175,7 @@ async fn the_handler_answers_as_called_directly_and_sees_whole_batches() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_raise_a_4xx_a_hang_and_a_death_fail_only_what_they_must() {
     let Some(bin) = venv() else { return };
+    let _shared = PYTHON_WORKERS.read().await;
     let store = tempfile::tempdir().expect("store");
     make_archive(&bin, store.path());
     let settings = r#"{"minWorkers": 1, "batchSize": 4, "maxBatchDelay": 20, "responseTimeout": 6}"#;
@@ -259,12 +266,14 @@ fn wait_all_gone(pids: &BTreeSet<u32>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unregistering_and_scaling_down_leave_no_python_process() {
     let Some(bin) = venv() else { return };
+    let _alone = PYTHON_WORKERS.write().await;
     let store = tempfile::tempdir().expect("store");
     make_archive(&bin, store.path());
     let config = config(&bin, store.path(), "{}");
     let metrics = metrics_for(&config);
     let server = TestServer::start_state(Arc::new(AppState::new(Arc::new(Registry::new()), config, metrics))).await;
-    // Other tests of this binary run Python workers too: only the ones this model starts count.
+    // Other tests of this binary wait (`PYTHON_WORKERS`), but their workers may still be exiting: only the ones
+    // this model starts count.
     let before = python_children(std::process::id());
     let registered = server.manage(Method::POST, "/models?url=signs.mar&initial_workers=2&synchronous=true").await;
     assert_eq!(registered.status, StatusCode::OK, "{}", registered.text);
@@ -324,6 +333,7 @@ fn sigterm_leaves_no_python_process() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_archives_requirements_are_installed_only_when_asked() {
     let Some(bin) = venv() else { return };
+    let _shared = PYTHON_WORKERS.read().await;
     let (store, src) = (tempfile::tempdir().expect("store"), tempfile::tempdir().expect("sources"));
     run(Command::new(bin.join("python")).arg(sources().join("make_wheel.py")).arg(src.path()));
     std::fs::write(src.path().join("requirements.txt"), "./tinydep-0.1-py3-none-any.whl\n").expect("requirements");

@@ -102,6 +102,7 @@ impl Model {
             live_workers: AtomicUsize::new(0),
             live_ids: Mutex::default(),
             workers_changed: parking_lot::Condvar::new(),
+            processes: Mutex::default(),
             name: options.name.clone(),
             #[cfg(test)]
             panic_after_batches: AtomicUsize::new(0),
@@ -165,6 +166,14 @@ impl Model {
     #[must_use]
     pub fn wait_for_workers(&self, timeout: Duration) -> bool {
         self.shared.wait_for_target(timeout)
+    }
+
+    /// The process that runs worker `worker`'s model when it is not the server's own (a Python worker's), as
+    /// TorchServe's describe reports it; `None` for workers that run in the server, or while a Python worker has
+    /// none (it could not be restarted, and is tried again on the next batch).
+    #[must_use]
+    pub fn worker_process(&self, worker: usize) -> Option<u32> {
+        self.shared.processes.lock().get(&worker).copied()
     }
 
     /// The ids of the running workers (worker `w` runs on [`Model::worker_device`]`(w)`).

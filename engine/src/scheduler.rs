@@ -13,7 +13,7 @@
 
 use std::{
     cell::{Cell, RefCell},
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     panic::{catch_unwind, AssertUnwindSafe},
     sync::atomic::{AtomicUsize, Ordering},
     time::{Duration, Instant},
@@ -59,6 +59,10 @@ pub(crate) struct Shared {
     pub(crate) live_ids: Mutex<BTreeSet<usize>>,
     /// Notified whenever `live_ids` changes (see `wait_for_target`).
     pub(crate) workers_changed: parking_lot::Condvar,
+    /// The process of each running worker whose backend runs outside the server ([`Backend::process_id`]),
+    /// by worker id: kept as the worker starts, after each of its batches (a Python worker is restarted within
+    /// one) and removed as it stops.
+    pub(crate) processes: Mutex<BTreeMap<usize, u32>>,
     /// The model's name, for the errors the workers answer with and the workers' span.
     pub(crate) name: String,
     /// The model's version, for the workers' span.
@@ -135,6 +139,7 @@ impl Shared {
     /// Records that worker `id` no longer runs; returns how many still do.
     pub(crate) fn dismiss(&self, ids: &mut BTreeSet<usize>, id: usize) -> usize {
         ids.remove(&id);
+        self.processes.lock().remove(&id);
         self.live_workers.store(ids.len(), Ordering::Release);
         self.workers_changed.notify_all();
         ids.len()
@@ -153,6 +158,21 @@ impl Shared {
                 return false;
             }
         }
+    }
+
+    /// Records `now` as the process of worker `id` when it is not `known` (the last one recorded), which it
+    /// becomes. A worker that has left keeps none.
+    fn note_process(&self, id: usize, now: Option<u32>, known: &mut Option<u32>) {
+        if now == *known {
+            return;
+        }
+        *known = now;
+        let ids = self.ids();
+        let mut processes = self.processes.lock();
+        match now {
+            Some(pid) if ids.contains(&id) => processes.insert(id, pid),
+            _ => processes.remove(&id),
+        };
     }
 
     /// Records that worker `id` stopped; returns how many still run.
@@ -291,7 +311,9 @@ pub(crate) fn supervise(backend: Box<dyn Backend>, shared: &Shared, factory: &dy
 /// Runs one worker until the queue is closed and drained, or until it retires.
 fn worker_loop(mut backend: Box<dyn Backend>, shared: &Shared, id: usize, device: Device) {
     let retired = Cell::new(false);
+    let mut process = None;
     while !shared.try_retire(id) {
+        shared.note_process(id, backend.process_id(), &mut process);
         let batch = {
             let Some(mut held) = wait_to_collect(shared, id) else {
                 break; // Retired while another worker collected.

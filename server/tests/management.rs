@@ -73,6 +73,7 @@ async fn describes_models_with_torchserve_fields() {
     assert_eq!(d["workers"].as_array().expect("workers").len(), 1);
     assert_eq!(d["workers"][0]["status"], "READY");
     assert_eq!(d["workers"][0]["device"], "cpu");
+    assert_eq!(d["workers"][0]["pid"], std::process::id(), "a worker that runs in the server has its pid");
     assert_eq!(d["jobQueueStatus"]["remainingCapacity"], 10);
     assert_eq!(d["jobQueueStatus"]["pendingRequests"], 0);
     assert_eq!(server.manage(Method::GET, "/models/alpha/all").await.json.as_array().expect("list").len(), 1);

@@ -18,11 +18,6 @@ use ferroserve_engine::Registry;
 use hyper::{Method, StatusCode};
 use support::{metrics_for, test_config, Reply, TestServer};
 
-/// Held shared by every test of this binary that starts Python workers in this process, and exclusively by the
-/// one that counts them: another test's worker (started, or restarted after a death) must not be counted as
-/// this model's.
-static PYTHON_WORKERS: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
-
 /// The venv's `bin` folder, when it has what the tests need; else `None`, with the reason printed.
 fn venv() -> Option<PathBuf> {
     let home = std::env::var_os("HOME")?;
@@ -149,7 +144,6 @@ async fn behind_a_busy_worker(server: &Arc<TestServer>, bodies: Vec<serde_json::
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_handler_answers_as_called_directly_and_sees_whole_batches() {
     let Some(bin) = venv() else { return };
-    let _shared = PYTHON_WORKERS.read().await;
     let store = tempfile::tempdir().expect("store");
     make_archive(&bin, store.path());
     let server =
@@ -175,7 +169,6 @@ async fn the_handler_answers_as_called_directly_and_sees_whole_batches() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_raise_a_4xx_a_hang_and_a_death_fail_only_what_they_must() {
     let Some(bin) = venv() else { return };
-    let _shared = PYTHON_WORKERS.read().await;
     let store = tempfile::tempdir().expect("store");
     make_archive(&bin, store.path());
     let settings = r#"{"minWorkers": 1, "batchSize": 4, "maxBatchDelay": 20, "responseTimeout": 6}"#;
@@ -206,11 +199,26 @@ async fn a_raise_a_4xx_a_hang_and_a_death_fail_only_what_they_must() {
     assert_eq!(hung.status, StatusCode::GATEWAY_TIMEOUT, "{}", hung.text);
     served_again(&server).await;
 
-    // The worker dies mid-batch: that batch fails, the worker is restarted, the model serves again.
+    // The worker dies mid-batch: that batch fails, the worker is restarted, the model serves again, and
+    // describe names the new process.
+    let before = described_pids(&server).await;
     let died = predict(&server, &serde_json::json!({"die": true})).await;
     assert_eq!(died.status, StatusCode::INTERNAL_SERVER_ERROR, "{}", died.text);
     assert!(died.text.contains("Worker died"), "{}", died.text);
     served_again(&server).await;
+    let after = described_pids(&server).await;
+    assert_eq!(after.len(), 1, "{after:?}");
+    assert!(before.is_disjoint(&after), "describe names the restarted process: {before:?}, then {after:?}");
+    assert!(before.iter().all(|&pid| gone(pid)), "the dead worker is reaped");
+    assert_eq!(after, python_children(std::process::id()).intersection(&after).copied().collect());
+}
+
+/// The `pid`s describe gives the workers of `signs`.
+async fn described_pids(server: &TestServer) -> BTreeSet<u32> {
+    let described = server.manage(Method::GET, "/models/signs").await;
+    assert_eq!(described.status, StatusCode::OK, "{}", described.text);
+    let workers = described.json[0]["workers"].as_array().expect("workers").clone();
+    workers.iter().map(|w| u32::try_from(w["pid"].as_u64().expect("pid")).expect("a pid")).collect()
 }
 
 /// Waits until the model answers a good request again (its worker restarting meanwhile): every answer until
@@ -266,19 +274,19 @@ fn wait_all_gone(pids: &BTreeSet<u32>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unregistering_and_scaling_down_leave_no_python_process() {
     let Some(bin) = venv() else { return };
-    let _alone = PYTHON_WORKERS.write().await;
     let store = tempfile::tempdir().expect("store");
     make_archive(&bin, store.path());
     let config = config(&bin, store.path(), "{}");
     let metrics = metrics_for(&config);
     let server = TestServer::start_state(Arc::new(AppState::new(Arc::new(Registry::new()), config, metrics))).await;
-    // Other tests of this binary wait (`PYTHON_WORKERS`), but their workers may still be exiting: only the ones
-    // this model starts count.
-    let before = python_children(std::process::id());
     let registered = server.manage(Method::POST, "/models?url=signs.mar&initial_workers=2&synchronous=true").await;
     assert_eq!(registered.status, StatusCode::OK, "{}", registered.text);
-    let ours: BTreeSet<u32> = python_children(std::process::id()).difference(&before).copied().collect();
-    assert_eq!(ours.len(), 2, "one Python worker per worker: {ours:?}");
+    // Describe names each worker's Python process (as TorchServe does), children of this process: the other
+    // tests of this binary run Python workers too, so these are told apart by describe alone.
+    let ours = described_pids(&server).await;
+    assert_eq!(ours.len(), 2, "one Python process per worker: {ours:?}");
+    assert!(!ours.contains(&std::process::id()), "{ours:?}");
+    assert!(ours.is_subset(&python_children(std::process::id())), "{ours:?} are this process's Python workers");
     assert_eq!(predict(&server, &landmarks(1)).await.status, StatusCode::OK);
 
     let scaled = server.manage(Method::PUT, "/models/signs?min_worker=1&synchronous=true").await;
@@ -290,6 +298,8 @@ async fn unregistering_and_scaling_down_leave_no_python_process() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(predict(&server, &landmarks(2)).await.status, StatusCode::OK, "the other one serves on");
+    let left = described_pids(&server).await;
+    assert!(left.len() == 1 && left.is_subset(&ours) && left.iter().all(|&pid| !gone(pid)), "{left:?} of {ours:?}");
 
     let removed = server.manage(Method::DELETE, "/models/signs").await;
     assert_eq!(removed.status, StatusCode::OK, "{}", removed.text);
@@ -333,7 +343,6 @@ fn sigterm_leaves_no_python_process() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_archives_requirements_are_installed_only_when_asked() {
     let Some(bin) = venv() else { return };
-    let _shared = PYTHON_WORKERS.read().await;
     let (store, src) = (tempfile::tempdir().expect("store"), tempfile::tempdir().expect("sources"));
     run(Command::new(bin.join("python")).arg(sources().join("make_wheel.py")).arg(src.path()));
     std::fs::write(src.path().join("requirements.txt"), "./tinydep-0.1-py3-none-any.whl\n").expect("requirements");

@@ -202,6 +202,12 @@ pub trait Backend: Send {
         let _ = batch;
         Err(BackendError::inference("this model takes tensors, not requests for a Python handler"))
     }
+
+    /// The process that runs the model for this backend when it is not the server's own (a Python worker), as
+    /// TorchServe's describe reports each worker's `pid`. `None` for backends that run in the server.
+    fn process_id(&self) -> Option<u32> {
+        None
+    }
 }
 
 /// A loaded model that makes backends for worker threads.

@@ -225,7 +225,7 @@ fn description(state: &AppState, model: &Model) -> Description {
                 status: "READY",
                 device: model.worker_device(i).to_string(),
                 gpu: model.worker_device(i).kind() != "cpu",
-                pid: std::process::id(),
+                pid: model.worker_process(i).unwrap_or_else(std::process::id),
             })
             .collect(),
         job_queue_status: QueueStatus {

@@ -284,6 +284,14 @@ impl Backend for PythonBackend {
         }
         in_order(&ids, answer.predictions)
     }
+
+    fn process_id(&self) -> Option<u32> {
+        match &self.state {
+            State::Ready(ready) => Some(ready.pid()),
+            State::Restarting(spawned) => Some(spawned.pid()),
+            State::Gone => None,
+        }
+    }
 }
 
 /// The worker's answers in the order of `ids`.

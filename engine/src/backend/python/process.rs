@@ -51,6 +51,11 @@ fn socket_path(dir: &Path) -> std::path::PathBuf {
 }
 
 impl Spawned {
+    /// The process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Starts the worker process of worker `worker`; it returns at once.
     ///
     /// # Errors
@@ -154,9 +159,9 @@ impl Worker {
         protocol::read_answer(&mut reader)
     }
 
-    /// The process id, for logs.
+    /// The process id.
     pub(crate) fn pid(&self) -> u32 {
-        self.spawned.child.id()
+        self.spawned.pid()
     }
 }
 

@@ -138,6 +138,9 @@ fn serve(config: Config) -> anyhow::Result<()> {
         for (name, error) in failed {
             state.set_failure(&name, Some(error.to_string()));
         }
+        // Listened for before the lines below: a SIGTERM sent as soon as they are read (a test, a supervisor that
+        // stops what it has just started) is a graceful shutdown, not the default action's death.
+        let signalled = first_signal();
         // Said once everything is in place: a client that reads these lines can use the key file.
         for api in Api::ALL {
             let scheme = if state.config.tls.https[api.index()] { "https" } else { "http" };
@@ -153,7 +156,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
             tokio::spawn(tls.clone().reload_on_change(std::time::Duration::from_secs(5)));
             tokio::spawn(reload_on_sighup(tls));
         }
-        let served = ferroserve::run(listeners, Arc::clone(&state), first_signal()).await;
+        let served = ferroserve::run(listeners, Arc::clone(&state), signalled).await;
         let observer = Arc::clone(&state.observer);
         tokio::task::spawn_blocking(move || observer.shutdown()).await?;
         match served {
@@ -235,13 +238,15 @@ async fn reload_on_sighup(tls: ferroserve::tls::Tls) {
     drop(tls);
 }
 
-/// Completes at the first SIGTERM or Ctrl-C; a second one ends the process at once.
+/// Completes at the first SIGTERM or Ctrl-C; a second one ends the process at once. Both are listened for from
+/// the moment this is called (inside the runtime), not from the first poll.
 fn first_signal() -> impl std::future::Future<Output = ()> {
+    let mut signals = ShutdownSignals::listen();
     let (first, received) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
-        shutdown_signal().await;
+        signals.next().await;
         let _ = first.send(());
-        shutdown_signal().await;
+        signals.next().await;
         tracing::warn!("second signal: exiting at once");
         std::process::exit(130)
     });
@@ -269,26 +274,53 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
     Ok(config)
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
+/// SIGTERM and SIGINT (Ctrl-C), registered when made: a signal that comes before [`ShutdownSignals::next`] is
+/// first awaited is kept for it.
+struct ShutdownSignals {
+    #[cfg(unix)]
+    term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    interrupt: Option<tokio::signal::unix::Signal>,
+}
+
+impl ShutdownSignals {
+    /// Registers the handlers (inside the runtime). One that cannot be registered is warned about and never
+    /// completes.
+    fn listen() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let register = |kind: SignalKind, name: &str| {
+                signal(kind).map_err(|error| tracing::warn!(%error, "cannot listen for {name}")).ok()
+            };
+            Self {
+                term: register(SignalKind::terminate(), "SIGTERM"),
+                interrupt: register(SignalKind::interrupt(), "SIGINT"),
+            }
+        }
+        #[cfg(not(unix))]
+        Self {}
+    }
+
+    /// Completes at the next signal.
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        {
+            async fn recv(signal: &mut Option<tokio::signal::unix::Signal>) {
+                match signal {
+                    Some(signal) => drop(signal.recv().await),
+                    None => std::future::pending().await,
+                }
+            }
+            tokio::select! {
+                () = recv(&mut self.term) => {},
+                () = recv(&mut self.interrupt) => {},
+            }
+        }
+        #[cfg(not(unix))]
         if tokio::signal::ctrl_c().await.is_err() {
             std::future::pending::<()>().await;
         }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
+        tracing::info!("shutting down");
     }
-    tracing::info!("shutting down");
 }

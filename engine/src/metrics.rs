@@ -219,7 +219,7 @@ impl EngineMetrics {
             )?,
             worker_restarts: counter(
                 "ferroserve_worker_restarts_total",
-                "Worker threads restarted after a panic outside the backend call",
+                "Workers restarted: threads after a panic outside the backend call, Python worker processes that died or hung",
                 LABELS,
             )?,
             dropped: counter(

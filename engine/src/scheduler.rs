@@ -311,9 +311,12 @@ pub(crate) fn supervise(backend: Box<dyn Backend>, shared: &Shared, factory: &dy
 /// Runs one worker until the queue is closed and drained, or until it retires.
 fn worker_loop(mut backend: Box<dyn Backend>, shared: &Shared, id: usize, device: Device) {
     let retired = Cell::new(false);
-    let mut process = None;
+    let (mut process, mut restarts) = (None, 0);
     while !shared.try_retire(id) {
         shared.note_process(id, backend.process_id(), &mut process);
+        let replaced = backend.restarts();
+        shared.metrics.worker_restarts.inc_by(replaced.saturating_sub(restarts));
+        restarts = replaced;
         let batch = {
             let Some(mut held) = wait_to_collect(shared, id) else {
                 break; // Retired while another worker collected.

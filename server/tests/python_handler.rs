@@ -16,7 +16,7 @@ use std::{
 use ferroserve::{load, AppState, Config};
 use ferroserve_engine::Registry;
 use hyper::{Method, StatusCode};
-use support::{metrics_for, test_config, Reply, TestServer};
+use support::{metric, metrics_for, test_config, Reply, TestServer};
 
 /// The venv's `bin` folder, when it has what the tests need; else `None`, with the reason printed.
 fn venv() -> Option<PathBuf> {
@@ -198,6 +198,7 @@ async fn a_raise_a_4xx_a_hang_and_a_death_fail_only_what_they_must() {
     let hung = predict(&server, &serde_json::json!({"sleep": 600})).await;
     assert_eq!(hung.status, StatusCode::GATEWAY_TIMEOUT, "{}", hung.text);
     served_again(&server).await;
+    assert_eq!(restarts(&server).await, 1.0, "the raise and the 4xx restart nothing; the hang does");
 
     // The worker dies mid-batch: that batch fails, the worker is restarted, the model serves again, and
     // describe names the new process.
@@ -206,11 +207,18 @@ async fn a_raise_a_4xx_a_hang_and_a_death_fail_only_what_they_must() {
     assert_eq!(died.status, StatusCode::INTERNAL_SERVER_ERROR, "{}", died.text);
     assert!(died.text.contains("Worker died"), "{}", died.text);
     served_again(&server).await;
+    assert_eq!(restarts(&server).await, 2.0, "the death is counted");
     let after = described_pids(&server).await;
     assert_eq!(after.len(), 1, "{after:?}");
     assert!(before.is_disjoint(&after), "describe names the restarted process: {before:?}, then {after:?}");
     assert!(before.iter().all(|&pid| gone(pid)), "the dead worker is reaped");
     assert_eq!(after, python_children(std::process::id()).intersection(&after).copied().collect());
+}
+
+/// `ferroserve_worker_restarts_total` of `signs`.
+async fn restarts(server: &TestServer) -> f64 {
+    let text = server.scrape().await;
+    metric(&text, "ferroserve_worker_restarts_total", &[("model_name", "signs")]).expect("the restart counter")
 }
 
 /// The `pid`s describe gives the workers of `signs`.

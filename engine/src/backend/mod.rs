@@ -208,6 +208,13 @@ pub trait Backend: Send {
     fn process_id(&self) -> Option<u32> {
         None
     }
+
+    /// How many times the backend has replaced the process that runs its model (a Python worker that died or
+    /// hung), counted in `ferroserve_worker_restarts_total` with the worker threads restarted. 0 for backends
+    /// that run in the server.
+    fn restarts(&self) -> u64 {
+        0
+    }
 }
 
 /// A loaded model that makes backends for worker threads.

@@ -188,7 +188,7 @@ impl BackendFactory for PythonFactory {
     fn create(&self, worker: usize) -> Result<Box<dyn Backend>, BackendError> {
         let ready = self.start(worker)?;
         tracing::info!(model = %self.options.model_name, worker, pid = ready.pid(), "Python worker loaded the model");
-        Ok(Box::new(PythonBackend { factory: self.clone(), worker, state: State::Ready(ready) }))
+        Ok(Box::new(PythonBackend { factory: self.clone(), worker, state: State::Ready(ready), restarts: 0 }))
     }
 
     fn worker_device(&self, worker: usize) -> Device {
@@ -211,6 +211,8 @@ struct PythonBackend {
     factory: PythonFactory,
     worker: usize,
     state: State,
+    /// Processes killed for a failure and replaced ([`Backend::restarts`]).
+    restarts: u64,
 }
 
 impl PythonBackend {
@@ -242,6 +244,7 @@ impl PythonBackend {
             State::Restarting(_) | State::Gone => None,
         };
         self.state = State::Gone; // Kills the old process (and its group).
+        self.restarts += 1;
         let model = &self.factory.options.model_name;
         tracing::warn!(model = %model, worker = self.worker, ?pid, error = %why, "Python worker failed; restarting it");
         match Spawned::start(&self.factory.options, self.worker) {
@@ -283,6 +286,10 @@ impl Backend for PythonBackend {
             return Err(BackendError::Status { code, message: answer.message.into() });
         }
         in_order(&ids, answer.predictions)
+    }
+
+    fn restarts(&self) -> u64 {
+        self.restarts
     }
 
     fn process_id(&self) -> Option<u32> {

@@ -193,12 +193,16 @@ async fn a_raise_a_4xx_a_hang_and_a_death_fail_only_what_they_must() {
         assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
     }
     assert_eq!(replies[0].batch_size(), 3, "the refused request was one of a batch of three");
+    assert_eq!(restarts(&server).await, 0.0, "a raise and a 4xx restart nothing");
 
     // A hang past responseTimeout: 504, the worker is killed and restarted, and the model serves again.
     let hung = predict(&server, &serde_json::json!({"sleep": 600})).await;
     assert_eq!(hung.status, StatusCode::GATEWAY_TIMEOUT, "{}", hung.text);
     served_again(&server).await;
-    assert_eq!(restarts(&server).await, 1.0, "the raise and the 4xx restart nothing; the hang does");
+    // One restart each for the hang and the death (a request timed out while a worker restarts, which
+    // `served_again` allows, could add one).
+    let after_hang = restarts(&server).await;
+    assert!(after_hang >= 1.0, "the hang is counted");
 
     // The worker dies mid-batch: that batch fails, the worker is restarted, the model serves again, and
     // describe names the new process.
@@ -207,7 +211,7 @@ async fn a_raise_a_4xx_a_hang_and_a_death_fail_only_what_they_must() {
     assert_eq!(died.status, StatusCode::INTERNAL_SERVER_ERROR, "{}", died.text);
     assert!(died.text.contains("Worker died"), "{}", died.text);
     served_again(&server).await;
-    assert_eq!(restarts(&server).await, 2.0, "the death is counted");
+    assert!(restarts(&server).await > after_hang, "the death is counted");
     let after = described_pids(&server).await;
     assert_eq!(after.len(), 1, "{after:?}");
     assert!(before.is_disjoint(&after), "describe names the restarted process: {before:?}, then {after:?}");

@@ -14,7 +14,7 @@ use parking_lot::{Mutex, RwLock};
 use tokio::sync::oneshot;
 
 use crate::{
-    adaptive::Shed,
+    adaptive::{AutoPolicy, Shed},
     archive::Unpacked,
     backend::{BackendError, BackendFactory, Device, ModelSpec},
     batcher::BatchPolicy,
@@ -329,8 +329,7 @@ impl Model {
         let (reply, rx) = oneshot::channel();
         let arrived = Instant::now();
         let timeout = timeout.map_or(self.options.response_timeout, |t| t.min(self.options.response_timeout));
-        self.shared.estimates.lock().record_arrival(arrived);
-        self.admit(timeout)?;
+        self.admit(self.shared.arrive(arrived), timeout)?;
         let deadline = crate::request::deadline(arrived, timeout);
         let request = InferRequest { input, shape, handler, reply, arrived, deadline, span: self.request_span() };
         match queue::push(tx, request) {
@@ -355,11 +354,10 @@ impl Model {
     }
 
     /// Sheds a request the adaptive batcher predicts would be answered past the objective or its `timeout`
-    /// ([`AutoPolicy::admit`](crate::adaptive::AutoPolicy::admit)); counted by cause. Nothing is shed without an
-    /// objective.
-    fn admit(&self, timeout: Duration) -> Result<(), EngineError> {
-        let Some(auto) = self.shared.admission_policy(self.policy()) else { return Ok(()) };
-        let busy = self.shared.estimates.lock().busy(Instant::now());
+    /// ([`AutoPolicy::admit`]), with the rule and the running batches' time left that the request's arrival
+    /// gave (`admission`); counted by cause. Nothing is shed without an objective (`None`).
+    fn admit(&self, admission: Option<(AutoPolicy, Vec<Duration>)>, timeout: Duration) -> Result<(), EngineError> {
+        let Some((auto, busy)) = admission else { return Ok(()) };
         let Err((cause, predicted)) = auto.admit(self.shared.rx.len(), &busy, timeout) else { return Ok(()) };
         let m = &self.shared.metrics;
         let (counter, limit) = match cause {

@@ -77,30 +77,40 @@ impl Shared {
     /// The rule in force for a batch collected by a worker on `device`, with the estimates of this instant.
     pub(crate) fn rule(&self, device: Device) -> Policy {
         let fixed = *self.policy.read();
-        match self.auto_policy(fixed, |estimates| estimates.cost(device)) {
-            Some(auto) => Policy::Auto(auto),
-            None => Policy::Fixed(fixed),
-        }
-    }
-
-    /// The adaptive rule admission predicts with, when the model has an objective: a new request runs on
-    /// whichever worker collects next, so the prediction takes the device whose full batch is the fastest
-    /// (the workers on a slower device take a smaller share of the queue).
-    pub(crate) fn admission_policy(&self, fixed: BatchPolicy) -> Option<AutoPolicy> {
-        self.auto_policy(fixed, |estimates| estimates.fastest(fixed.max_batch_size))
-    }
-
-    /// The adaptive rule with the cost `cost` picks from the estimates, when the model has an objective.
-    fn auto_policy(&self, fixed: BatchPolicy, cost: impl FnOnce(&Estimates) -> Option<Cost>) -> Option<AutoPolicy> {
-        let slo_p99 = (*self.slo_target.read())?;
+        let Some(slo_p99) = *self.slo_target.read() else { return Policy::Fixed(fixed) };
         let estimates = self.estimates.lock();
-        Some(AutoPolicy {
+        Policy::Auto(self.auto_policy(fixed, slo_p99, &estimates, estimates.cost(device), Instant::now()))
+    }
+
+    /// Counts a request arriving at `now` and, when the model has an objective, gives what admission predicts
+    /// with: the adaptive rule and how long each worker running a batch still needs. A new request runs on
+    /// whichever worker collects next, so the rule takes the device whose full batch is the fastest (the
+    /// workers on a slower device take a smaller share of the queue). One lock of the estimates per request.
+    pub(crate) fn arrive(&self, now: Instant) -> Option<(AutoPolicy, Vec<Duration>)> {
+        let (fixed, slo_p99) = (*self.policy.read(), *self.slo_target.read());
+        let mut estimates = self.estimates.lock();
+        estimates.record_arrival(now);
+        let cost = estimates.fastest(fixed.max_batch_size);
+        let auto = self.auto_policy(fixed, slo_p99?, &estimates, cost, now);
+        Some((auto, estimates.busy(now)))
+    }
+
+    /// The adaptive rule for the objective `slo_p99` with `cost`, from the estimates at `now`.
+    fn auto_policy(
+        &self,
+        fixed: BatchPolicy,
+        slo_p99: Duration,
+        estimates: &Estimates,
+        cost: Option<Cost>,
+        now: Instant,
+    ) -> AutoPolicy {
+        AutoPolicy {
             max_batch_size: fixed.max_batch_size,
             slo_p99,
-            cost: cost(&estimates),
-            arrivals_per_second: estimates.arrivals_per_second(Instant::now()),
+            cost,
+            arrivals_per_second: estimates.arrivals_per_second(now),
             workers: self.live_workers.load(Ordering::Acquire).max(1),
-        })
+        }
     }
 
     /// Whether a new request must be refused for want of workers: none runs (every one died and none could be

@@ -42,10 +42,13 @@ wait_for() {
 }
 
 # start_ferroserve [EXTRA_LINE...]: config/config.properties with free loopback ports, the model store and key file
-# made absolute, and the extra `key=value` lines; sets INFERENCE_URL, MANAGEMENT_URL, METRICS_URL, SERVER_PID.
+# made absolute, and the extra `key=value` lines (a key given again there wins); sets INFERENCE_URL,
+# MANAGEMENT_URL, METRICS_URL, KEY_FILE, SERVER_PID. FERROSERVE_NAME (default ferroserve) names its files in WORK
+# (NAME.properties, NAME.log, NAME_key_file.json), so that one script can run several servers.
 start_ferroserve() {
     [[ -x "$FERROSERVE_BIN" ]] || fail "no ferroserve binary at $FERROSERVE_BIN (set FERROSERVE_BIN)"
-    local inference management metrics
+    local inference management metrics name=${FERROSERVE_NAME:-ferroserve}
+    KEY_FILE="$WORK/${name}_key_file.json"
     inference=$(free_port) management=$(free_port) metrics=$(free_port)
     {
         grep -vE '^(inference_address|management_address|metrics_address|grpc_inference_address|grpc_management_address|grpc_inference_port|grpc_management_port|model_store|key_file)=' \
@@ -56,17 +59,17 @@ start_ferroserve() {
         echo "management_address=http://127.0.0.1:$management"
         echo "metrics_address=http://127.0.0.1:$metrics"
         echo "model_store=$ROOT/models"
-        echo "key_file=$WORK/key_file.json"
+        echo "key_file=$KEY_FILE"
         printf '%s\n' "$@"
-    } >"$WORK/config.properties"
-    "$FERROSERVE_BIN" --ts-config "$WORK/config.properties" >"$WORK/ferroserve.log" 2>&1 &
+    } >"$WORK/$name.properties"
+    "$FERROSERVE_BIN" --ts-config "$WORK/$name.properties" >"$WORK/$name.log" 2>&1 &
     SERVER_PID=$!
     PIDS+=("$SERVER_PID")
     INFERENCE_URL="http://127.0.0.1:$inference"
     MANAGEMENT_URL="http://127.0.0.1:$management"
     METRICS_URL="http://127.0.0.1:$metrics/metrics"
-    wait_for "$INFERENCE_URL/ping" 60 || { tail -20 "$WORK/ferroserve.log" >&2; fail "ferroserve did not become healthy"; }
-    log "ferroserve (pid $SERVER_PID) on $INFERENCE_URL, metrics $METRICS_URL"
+    wait_for "$INFERENCE_URL/ping" 60 || { tail -20 "$WORK/$name.log" >&2; fail "$name did not become healthy"; }
+    log "$name (pid $SERVER_PID) on $INFERENCE_URL, metrics $METRICS_URL"
 }
 
 # start_prometheus: scrapes METRICS_URL every second, as pod ferroserve-0 of namespace live-test (the labels

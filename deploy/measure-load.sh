@@ -24,7 +24,7 @@ wait_scraped 20
 
 if [[ -z "${CAPACITY:-}" ]]; then
     "$FERROSERVE_LOADTEST_BIN" tune --target "$INFERENCE_URL" --management-url "$MANAGEMENT_URL" \
-        --key-file "$WORK/key_file.json" --quiet --slo p99=25ms --max-error-percent 0 --batch-sizes 16 --delays 2ms \
+        --key-file "$KEY_FILE" --quiet --slo p99=25ms --max-error-percent 0 --batch-sizes 16 --delays 2ms \
         --start-rate 2000 --precision 0.1 --window 1s --window-requests 500 --trial-warmup 1s --max-in-flight 1000 \
         --json "$WORK/capacity.json" >"$WORK/capacity.txt"
     CAPACITY=$(python3 -c "import json; print(round(json.load(open('$WORK/capacity.json'))['settings'][0]['best_rate']))")

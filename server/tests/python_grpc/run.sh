@@ -11,7 +11,7 @@ grpc_inference=$(free_port) grpc_management=$(free_port)
 start_ferroserve "grpc_inference_port=$grpc_inference" "grpc_management_port=$grpc_management" \
     "enable_model_api=true" "default_workers_per_model=1"
 "$PYTHON" "$ROOT/server/tests/python_grpc/check_grpc.py" "127.0.0.1:$grpc_inference" "127.0.0.1:$grpc_management" \
-    "$INFERENCE_URL" "$WORK/key_file.json" "$ROOT/server/proto" "$ROOT/models/signnet/example.json"
+    "$INFERENCE_URL" "$KEY_FILE" "$ROOT/server/proto" "$ROOT/models/signnet/example.json"
 
 # The same clients over TLS: a second server with an https:// inference address and enable_grpc_ssl=true, the
 # test certificate of server/tests/fixtures/tls (for localhost and 127.0.0.1, signed by the test CA ca.crt).
@@ -42,20 +42,7 @@ done
 
 # A third server with max_connections=1, for check_refusal.py: a gRPC connection past the limit is refused in
 # gRPC's terms.
-limit_http=$(free_port) limit_grpc=$(free_port)
-{
-    echo "inference_address=http://127.0.0.1:$limit_http"
-    echo "management_address=http://127.0.0.1:$(free_port)"
-    echo "metrics_address=http://127.0.0.1:$(free_port)"
-    echo "grpc_inference_port=$limit_grpc"
-    echo "grpc_management_port=0"
-    echo "max_connections=1"
-    echo "load_models=signnet"
-    echo "default_workers_per_model=1"
-    echo "model_store=$ROOT/models"
-    echo "key_file=$WORK/limit_key_file.json"
-} >"$WORK/limit.properties"
-"$FERROSERVE_BIN" --ts-config "$WORK/limit.properties" >"$WORK/limit.log" 2>&1 &
-PIDS+=("$!")
-wait_for "http://127.0.0.1:$limit_http/ping" 60 || { tail -20 "$WORK/limit.log" >&2; fail "ferroserve with max_connections=1 did not become healthy"; }
+limit_grpc=$(free_port)
+FERROSERVE_NAME=limit start_ferroserve "grpc_inference_port=$limit_grpc" "max_connections=1" \
+    "default_workers_per_model=1"
 "$PYTHON" "$ROOT/server/tests/python_grpc/check_refusal.py" "127.0.0.1:$limit_grpc"

@@ -339,13 +339,20 @@ fn rsa_pkcs1_and_ec_sec1_keys_are_read_and_a_key_of_another_certificate_is_refus
     assert!(Tls::from_config(&TlsConfig::default()).expect("off").is_none(), "no TLS unless asked for");
 }
 
+/// A folder with a copy of `pki`'s key and certificate (`key.pem`, `cert.pem`), the files a reload test rewrites,
+/// and their paths.
+fn live_copy(pki: &Pki) -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let live = tempfile::tempdir().expect("dir");
+    let (key, cert) = (live.path().join("key.pem"), live.path().join("cert.pem"));
+    std::fs::copy(pki.path("key.pem"), &key).expect("copy");
+    std::fs::copy(pki.path("cert.pem"), &cert).expect("copy");
+    (live, key, cert)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_of_the_files_reloads_the_certificate_and_a_half_written_pair_is_not_used() {
     let (first, second) = (Pki::new(), Pki::new());
-    let live = tempfile::tempdir().expect("dir");
-    let (key, cert) = (live.path().join("key.pem"), live.path().join("cert.pem"));
-    std::fs::copy(first.path("key.pem"), &key).expect("copy");
-    std::fs::copy(first.path("cert.pem"), &cert).expect("copy");
+    let (_live, key, cert) = live_copy(&first);
     let config = TlsConfig {
         https: [true, false, false],
         private_key_file: Some(key.clone()),
@@ -381,10 +388,7 @@ async fn a_change_of_the_files_reloads_the_certificate_and_a_half_written_pair_i
 async fn sighup_reloads_the_certificate_for_new_connections() {
     use std::io::BufRead as _;
     let (first, second) = (Pki::new(), Pki::new());
-    let live = tempfile::tempdir().expect("dir");
-    let (key, cert) = (live.path().join("key.pem"), live.path().join("cert.pem"));
-    std::fs::copy(first.path("key.pem"), &key).expect("copy");
-    std::fs::copy(first.path("cert.pem"), &cert).expect("copy");
+    let (live, key, cert) = live_copy(&first);
     let mut config = tempfile::NamedTempFile::new().expect("config");
     write!(
         config,
